@@ -1,0 +1,124 @@
+"""Tokenize examples, collate micro-batches with dynamic padding, group by length.
+
+Seq2seq labels are the target ids with padding set to -100. Causal labels are
+the input ids with padding (and, for answer-only loss, the prompt) set to -100;
+the pad token is EOS, so the attention mask is what tells padding apart.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+IGNORE = -100
+
+
+def fit(ids: list[int], budget: int) -> list[int]:
+    """Truncate to `budget` tokens keeping the head and the tail.
+
+    A prompt ends with "Answer:", which the model needs to see, and starts with
+    the task; an over-long excerpt loses its middle instead.
+    """
+    if budget <= 0:
+        return []
+    if len(ids) <= budget:
+        return ids
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # seq2seq: target ids; causal: full sequence with IGNORE on unscored positions
+
+    @property
+    def size(self) -> int:
+        """Tokens this example costs in a batch (used to group similar lengths)."""
+        return len(self.input_ids) + len(self.labels)
+
+
+def encode_seq2seq(tokenizer, prompt: str, target: str, max_input: int, max_target: int) -> Encoded:
+    src = fit(tokenizer(prompt, add_special_tokens=True)["input_ids"], max_input)
+    tgt = tokenizer(target, add_special_tokens=True)["input_ids"][:max_target]
+    return Encoded(src, tgt)
+
+
+def prompt_ids(tokenizer, prompt: str, max_len: int, model_type: str) -> list[int]:
+    """Token ids of a prompt as fed to generation (no EOS appended for causal models)."""
+    if model_type == "seq2seq":
+        return fit(tokenizer(prompt, add_special_tokens=True)["input_ids"], max_len)
+    return fit(tokenizer(prompt, add_special_tokens=False)["input_ids"], max_len)
+
+
+def encode_causal(tokenizer, prompt: str, answer: str, max_len: int, max_answer: int, loss: str) -> Encoded:
+    """prompt + answer + EOS; the prompt is shortened (middle first) so the answer fits."""
+    ans = tokenizer(answer, add_special_tokens=False)["input_ids"][: max_answer] + [tokenizer.eos_token_id]
+    p = fit(tokenizer(prompt, add_special_tokens=False)["input_ids"], max_len - len(ans))
+    ids = p + ans
+    labels = ([IGNORE] * len(p) + ans) if loss == "answer" else list(ids)
+    return Encoded(ids, labels)
+
+
+class Collator:
+    """Pads a list of `Encoded` to the longest in the batch (dynamic padding)."""
+
+    def __init__(self, model_type: str, pad_id: int):
+        self.model_type = model_type
+        self.pad_id = pad_id
+
+    @staticmethod
+    def _pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def __call__(self, items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        ids = [e.input_ids for e in items]
+        batch = {
+            "input_ids": self._pad(ids, self.pad_id),
+            "attention_mask": self._pad([[1] * len(r) for r in ids], 0),
+            "labels": self._pad([e.labels for e in items], IGNORE),
+        }
+        return batch
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Shuffled micro-batches of similar length, reproducible from (seed, epoch).
+
+    Indices are shuffled, cut into chunks of `chunk` micro-batches, sorted by length
+    inside a chunk and cut into micro-batches; the micro-batches are shuffled again.
+    Similar lengths mean little padding; the shuffles keep the order random.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group: bool = True, chunk: int = 16):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = group
+        self.chunk = chunk
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 1000 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        if not self.group:
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        span = self.batch_size * self.chunk
+        out: list[list[int]] = []
+        for start in range(0, len(order), span):
+            part = sorted(order[start:start + span], key=lambda i: self.lengths[i])
+            out += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        rng.shuffle(out)
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)

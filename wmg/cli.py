@@ -1,0 +1,410 @@
+"""The `wmg` command line. Thin: each command parses options, builds a config
+and calls library code. torch and transformers are imported inside command
+bodies so `wmg --help` and `wmg runs` answer instantly."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import DEFAULT_MODELS, REGISTRY, ConfigError
+from .data import DEFAULT_DATA, DataError, parse_examples_option
+from .store.session import StoreError
+
+DB_HELP = "Results store: a SQLite file path or any SQLAlchemy URL [env WMG_DB; default results.db]."
+
+
+def db_option(f):
+    return click.option("--db", envvar="WMG_DB", default=None, metavar="URL|PATH", help=DB_HELP)(f)
+
+
+def handle_errors(f):
+    """Known problems become one line on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return f(*args, **kwargs)
+        except (ConfigError, DataError, StoreError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            msg = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise click.ClickException(f"results store error: {msg}") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+    return wrapper
+
+
+def echo(msg: str = "") -> None:
+    click.echo(msg)
+
+
+class RunId(click.ParamType):
+    name = "RUN_ID"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a run id (a positive whole number)", param, ctx)
+        if v < 1:
+            self.fail(f"{value!r} is not a run id (a positive whole number)", param, ctx)
+        return v
+
+
+RUN_ID = RunId()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="wmg")
+def main():
+    """wmg: fine-tune small language models to spot weird-machine gadgets in PLC manual
+    excerpts, compare their predictions, and keep every result in a SQLite store."""
+
+
+# ---------------------------------------------------------------- train
+@main.command()
+@click.option("--data", default=str(DEFAULT_DATA), show_default=True, type=click.Path(dir_okay=False),
+              help="JSONL dataset: one {instruction, input, output} object per line.")
+@click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True,
+              help=f"Comma-separated models to train, from the registry: {', '.join(REGISTRY)}.")
+@click.option("--examples", default="100", show_default=True,
+              help="How many examples to subsample before the split (a number, or 'all').")
+@click.option("--eval-split", default=0.1, show_default=True, type=float,
+              help="Fraction held out as the validation split every model is compared on.")
+@click.option("--seed", default=42, show_default=True, type=int, help="Seed of the subsample, split, init and order.")
+@click.option("--init", type=click.Choice(["auto", "pretrained", "scratch"]), default="auto", show_default=True,
+              help="pretrained: from_pretrained (hub id or cache); scratch: published architecture with random "
+                   "weights and a tokenizer trained on the training split; auto: pretrained if it loads, else "
+                   "scratch (announced and recorded).")
+@click.option("--epochs", type=int, default=None, help="Epochs [pretrained 3; scratch 20].")
+@click.option("--learning-rate", "--lr", "learning_rate", type=float, default=None,
+              help="Peak learning rate [pretrained 5e-5; scratch 1e-3 seq2seq, 6e-4 causal].")
+@click.option("--batch-size", type=int, default=None, help="Micro-batch size [pretrained 1; scratch 8].")
+@click.option("--grad-accum", type=int, default=None,
+              help="Micro-batches per optimizer step (effective batch = batch size x this) [pretrained 4; scratch 1].")
+@click.option("--warmup-ratio", type=float, default=None, help="Fraction of steps of linear warmup [0; scratch 0.1].")
+@click.option("--schedule", type=click.Choice(["linear", "cosine"]), default=None,
+              help="Decay after warmup [pretrained linear; scratch cosine].")
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [0; scratch 0.01].")
+@click.option("--max-grad-norm", type=float, default=None, help="Gradient clipping norm [1.0].")
+@click.option("--max-input-length", type=int, default=None, help="Seq2seq prompt tokens [512].")
+@click.option("--max-target-length", type=int, default=None, help="Answer tokens [256].")
+@click.option("--max-causal-length", type=int, default=None, help="Causal prompt+answer tokens [768].")
+@click.option("--causal-loss", type=click.Choice(["answer", "full"]), default=None,
+              help="Causal models: loss on the answer tokens only (default) or on the whole sequence (the tutorial).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CPUs with AMX/AVX512-BF16, else fp32.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True,
+              help="CPU by default: CUDA and MPS are disabled unless asked for here.")
+@click.option("--platform", type=click.Choice(["auto", "unix", "windows"]), default="auto", show_default=True,
+              help="unix: worker processes for data loading; windows: none.")
+@click.option("--checkpoints", default="checkpoints", show_default=True, type=click.Path(file_okay=False),
+              help="Where checkpoints/<run>/<model>/final_model are saved.")
+@click.option("--scratch-vocab", type=int, default=None,
+              help="Vocabulary size of tokenizers trained for scratch init [2000 unigram, 4000 BPE].")
+@click.option("--tiny", is_flag=True, help="Tiny 2-layer, width-64 architectures (scratch): for tests and smoke runs.")
+@click.option("--compare/--no-compare", default=True, show_default=True, help="Run the comparison after training.")
+@click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Generation limit in the comparison.")
+@click.option("--report", default="ensemble_report.json", show_default=True, type=click.Path(dir_okay=False),
+              help="Where the comparison writes its JSON report.")
+@click.option("--show-examples/--no-show-examples", default=True, show_default=True,
+              help="Print the agreement block of every validation example.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+@db_option
+@handle_errors
+def train(data, models, examples, eval_split, seed, init, epochs, learning_rate, batch_size, grad_accum,
+          warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
+          max_causal_length, causal_loss, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_new_tokens, report, show_examples, progress, db):
+    """Fine-tune every model on one split of the data, then compare them (unless --no-compare).
+
+    Prints the new run's id; every step, loss and prediction goes to the results store.
+    """
+    from . import device as dev
+    from .config import resolve_models
+    from .pipeline import CompareOptions, TrainOptions, compare_run, train_run
+
+    n_examples = parse_examples_option(examples)
+    resolve_models(models)  # fail fast on an unknown name, before the banner
+    for name, v in (("--epochs", epochs), ("--batch-size", batch_size), ("--grad-accum", grad_accum),
+                    ("--max-new-tokens", max_new_tokens)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if learning_rate is not None and learning_rate <= 0:
+        raise ConfigError("--learning-rate must be positive")
+    if not Path(data).is_file():
+        raise DataError(f"{data}: data file not found")
+    info = dev.setup(device, platform, echo)
+    prec = dev.resolve_precision(precision, device)
+    overrides = dict(epochs=epochs, learning_rate=learning_rate, micro_batch_size=batch_size, grad_accum=grad_accum,
+                     warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay,
+                     max_grad_norm=max_grad_norm, max_input_length=max_input_length,
+                     max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss)
+    opts = TrainOptions(data=data, models=models, examples=n_examples, eval_split=eval_split, seed=seed, init=init,
+                        device=device, platform=info.platform, workers=info.workers, precision=prec,
+                        checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab,
+                        overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress)
+    run_id = train_run(db, opts, echo)
+    echo("")
+    echo(f"Run id: {run_id}")
+    if compare:
+        compare_run(db, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec, device=device,
+                                       report=report, progress=progress, show_examples=show_examples), echo)
+        echo(f"Run id: {run_id}")
+
+
+# ---------------------------------------------------------------- compare / predict
+def _compare_options(f):
+    for opt in reversed([
+        click.option("--run-id", type=RUN_ID, required=True, help="The run whose models to compare."),
+        click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1),
+                     help="Most tokens each model may generate per example."),
+        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
+                     help="Prompts generated together (batched greedy decoding)."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="fp32", show_default=True,
+                     help="Generation precision (fp32 gives the exact greedy outputs)."),
+        click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True,
+                     help="CPU by default: CUDA and MPS are disabled unless asked for here."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@_compare_options
+@click.option("--data", default=None, type=click.Path(dir_okay=False),
+              help="Compare on every line of another dataset file instead of the run's validation split.")
+@click.option("--report", default="ensemble_report.json", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the JSON report.")
+@click.option("--show-examples/--no-show-examples", default=True, show_default=True,
+              help="Print the agreement block of every example.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+@db_option
+@handle_errors
+def compare(run_id, max_new_tokens, batch_size, precision, device, data, report, show_examples, progress, db):
+    """Let every model of a run predict on its validation split (or --data), and store
+    predictions, format checks and agreement as a new evaluation."""
+    from . import device as dev
+    from .pipeline import CompareOptions, compare_run
+    from .store import repo
+
+    repo.get_run(db, run_id)  # an unknown id fails before any banner
+    if data and not Path(data).is_file():
+        raise DataError(f"{data}: data file not found")
+    dev.setup(device, "auto", echo)
+    compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   precision=dev.resolve_precision(precision, device), device=device, report=report,
+                                   progress=progress, show_examples=show_examples), echo)
+
+
+@main.command()
+@_compare_options
+@click.option("--instruction", default="Identify any weird machine gadget in the excerpt. Report gadget_type, "
+                                       "location and explanation.", show_default=True, help="The task text.")
+@click.option("--excerpt", required=True, help="The manual excerpt to analyse.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@db_option
+@handle_errors
+def predict(run_id, max_new_tokens, batch_size, precision, device, instruction, excerpt, as_json, db):
+    """Run every model of a trained run on one custom excerpt (nothing is stored)."""
+    import contextlib
+    import io
+
+    from . import device as dev
+    from .pipeline import CompareOptions, predict as do_predict
+    from .store import repo
+
+    repo.get_run(db, run_id)
+    if not excerpt.strip():
+        raise ConfigError("--excerpt is empty")
+    sink = io.StringIO()
+    say = (lambda m="": sink.write(m + "\n")) if as_json else echo
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        dev.setup(device, "auto", say)
+    result = do_predict(db, run_id, instruction, excerpt,
+                        CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                       precision=dev.resolve_precision(precision, device), device=device,
+                                       report=None), say)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------- runs / show
+def _fmt(v, spec=".4f"):
+    if v is None:
+        return "-"
+    return format(v, spec) if isinstance(v, float) else str(v)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _run_dict(r) -> dict:
+    ev = r.latest_evaluation
+    return {
+        "id": r.id, "created_at": r.created_at.isoformat(timespec="seconds"), "status": r.status,
+        "models": [m.name for m in r.models], "init": {m.name: m.init for m in r.models},
+        "examples": r.n_train + r.n_validation, "n_train": r.n_train, "n_validation": r.n_validation,
+        "seed": r.seed, "epochs": {m.name: m.hyperparams.get("epochs") for m in r.models},
+        "final_loss": {m.name: m.final_loss for m in r.models},
+        "final_val_loss": {m.name: m.final_val_loss for m in r.models},
+        "train_seconds": r.train_seconds,
+        "evaluation_id": ev.id if ev else None,
+        "evaluation_status": ev.status if ev else None,
+        "full_agreement_rate": ev.full_agreement_rate if ev else None,
+        "format_accuracy": ev.format_accuracy if ev else {},
+        "gold_type_accuracy": ev.gold_accuracy if ev else {},
+        "error": r.error,
+    }
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: a list of objects with an `id` field, for scripts.")
+@db_option
+@handle_errors
+def runs(fmt, db):
+    """List every run: status, models, losses and the latest comparison's agreement."""
+    from .store import repo
+
+    items = [_run_dict(r) for r in repo.list_runs(db)]
+    if fmt == "json":
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no runs yet: start one with `wmg train`")
+        return
+    rows = []
+    for d in items:
+        rows.append([
+            d["id"], d["created_at"].replace("T", " "), d["status"], ",".join(d["models"]),
+            ",".join(str(d["init"][m] or "-") for m in d["models"]), d["examples"],
+            " ".join(_fmt(d["final_loss"][m], ".3f") for m in d["models"]),
+            _fmt(d["full_agreement_rate"], ".1%") if d["full_agreement_rate"] is not None else "-",
+            " ".join(f"{v:.0%}" for v in d["format_accuracy"].values()) or "-",
+            " ".join(f"{v:.0%}" for v in d["gold_type_accuracy"].values()) or "-",
+        ])
+    click.echo(table(["id", "created", "status", "models", "init", "examples", "final loss", "agreement",
+                      "format acc", "gold acc"], rows))
+
+
+@main.command()
+@click.option("--run-id", type=RUN_ID, required=True, help="The run to show.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@db_option
+@handle_errors
+def show(run_id, fmt, db):
+    """Everything about one run: configuration, each model's init, hyperparameters and
+    losses, and its latest comparison."""
+    from .store import repo
+
+    r = repo.get_run(db, run_id)
+    if fmt == "json":
+        d = _run_dict(r)
+        d.update(config=r.config, versions=r.versions, data_path=r.data_path, data_sha256=r.data_sha256,
+                 models_detail=[{k: v for k, v in vars(m).items()} for m in r.models])
+        click.echo(json.dumps(d, indent=2, default=str))
+        return
+    click.echo(f"Run {r.id}: {r.status}  (created {r.created_at:%Y-%m-%d %H:%M:%S} UTC)")
+    if r.error:
+        click.echo(f"  error: {r.error}")
+    click.echo(f"  data: {r.data_path} (sha256 {r.data_sha256[:12]}), {r.n_train} train / {r.n_validation} "
+               f"validation, seed {r.seed}, init requested {r.init_requested}, device {r.device}")
+    click.echo(f"  versions: " + ", ".join(f"{k} {v}" for k, v in r.versions.items()))
+    rows = [[m.name, m.status, m.init or "-", _fmt(m.parameters, ","), m.vocab_size or "-", m.steps or "-",
+             _fmt(m.final_loss), _fmt(m.final_val_loss), _fmt(m.train_seconds, ".0f")] for m in r.models]
+    click.echo(table(["model", "status", "init", "parameters", "vocab", "steps", "final loss", "val loss",
+                      "seconds"], rows))
+    for m in r.models:
+        hp = m.hyperparams
+        click.echo(f"  {m.name}: lr {hp.get('learning_rate')}, epochs {hp.get('epochs')}, batch "
+                   f"{hp.get('micro_batch_size')}x{hp.get('grad_accum')}, {hp.get('schedule')}, precision "
+                   f"{hp.get('precision')}; {m.init_note or ''}")
+    ev = r.latest_evaluation
+    if ev:
+        click.echo(f"  latest evaluation {ev.id} ({ev.status}, {ev.source}, {ev.n_examples} examples): "
+                   f"full agreement {_fmt(ev.full_agreement_rate, '.1%')}")
+        for m in ev.format_accuracy:
+            click.echo(f"    {m}: format {ev.format_accuracy[m]:.1%}, gold type {ev.gold_accuracy[m]:.1%}")
+    else:
+        click.echo("  no comparison yet: run `wmg compare --run-id %d`" % r.id)
+
+
+# ---------------------------------------------------------------- db
+@main.group()
+def db():
+    """The results store's schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@db_option
+@handle_errors
+def db_upgrade(db):
+    """Create the schema or upgrade it to the newest revision."""
+    from .store.session import current_revision, get_engine
+
+    get_engine(db)
+    click.echo(f"schema at revision {current_revision(db)}")
+
+
+@db.command("current")
+@db_option
+@handle_errors
+def db_current(db):
+    """Print the schema revision of the store (none if it was never initialised)."""
+    from .store.session import current_revision
+
+    click.echo(current_revision(db) or "none")
+
+
+# ---------------------------------------------------------------- data
+@main.group()
+def data():
+    """Dataset files."""
+
+
+@data.command("check")
+@click.argument("path", required=False, default=str(DEFAULT_DATA), type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
+@click.option("--strict", is_flag=True,
+              help="Also fail when a bound of the bundled dataset is missed (label balance, excerpt and location "
+                   "length, open-form share, near-duplicates).")
+@handle_errors
+def data_check(path, as_json, strict):
+    """Validate a dataset file (JSON per line, the three fields, the output format) and print
+    its statistics: per-label counts, instruction forms, excerpt lengths, near-duplicates.
+
+    Exit status 1 when a line is invalid (file and line are named). Labels outside the six
+    canonical ones are reported, not fatal, so a dataset may bring its own taxonomy.
+    """
+    from .datacheck import check, render
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: data file not found")
+    rep = check(path)
+    click.echo(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False) if as_json else render(rep))
+    if rep.errors:
+        raise click.ClickException(f"{len(rep.errors)} invalid line(s) in {path}, first: {rep.errors[0]}")
+    if rep.valid == 0:
+        raise click.ClickException(f"{path}: no examples")
+    if strict and rep.findings():
+        raise click.ClickException(f"{path}: {len(rep.findings())} bound(s) not met: {rep.findings()[0]}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

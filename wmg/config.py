@@ -1,0 +1,169 @@
+"""Model registry and run configuration.
+
+Everything a run depends on is a frozen dataclass, so a run can be recorded as
+plain JSON and reproduced from it. Adding a model is one `ModelSpec` entry in
+`REGISTRY`: the architecture dict is the published config of the model, used to
+build it from scratch when the hub is out of reach.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+ModelType = Literal["seq2seq", "causal"]
+Init = Literal["pretrained", "scratch", "auto"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hub_id: str
+    type: ModelType
+    description: str
+    architecture: str
+    params: str
+    # Published config (without vocabulary-dependent ids); scratch builds use it
+    # with the vocabulary of a tokenizer trained on the data.
+    config: dict[str, Any] = field(default_factory=dict)
+    published_vocab_size: int = 0
+    # Tokenizer family for scratch init: "unigram" (T5) or "bytelevel-bpe" (GPT-2).
+    scratch_tokenizer: str = "unigram"
+
+
+_T5_SMALL = dict(
+    d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6,
+    relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    dropout_rate=0.1, layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+)
+_T5_BASE = dict(_T5_SMALL, d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12)
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            name="flan-t5-small",
+            hub_id="google/flan-t5-small",
+            type="seq2seq",
+            description="Instruction-tuned T5, small",
+            architecture="Bidirectional encoder + autoregressive decoder",
+            params="77M",
+            config=_T5_SMALL,
+            published_vocab_size=32128,
+            scratch_tokenizer="unigram",
+        ),
+        ModelSpec(
+            name="distilgpt2",
+            hub_id="distilgpt2",
+            type="causal",
+            description="GPT-2 distilled to 6 layers",
+            architecture="Decoder-only, left-to-right attention",
+            params="82M",
+            config=dict(n_layer=6, n_embd=768, n_head=12, n_positions=1024, n_inner=None,
+                        activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1,
+                        attn_pdrop=0.1, layer_norm_epsilon=1e-5, tie_word_embeddings=True),
+            published_vocab_size=50257,
+            scratch_tokenizer="bytelevel-bpe",
+        ),
+        ModelSpec(
+            name="flan-t5-base",
+            hub_id="google/flan-t5-base",
+            type="seq2seq",
+            description="Larger instruction-tuned T5",
+            architecture="Bidirectional encoder + autoregressive decoder",
+            params="248M",
+            config=_T5_BASE,
+            published_vocab_size=32128,
+            scratch_tokenizer="unigram",
+        ),
+    ]
+}
+
+DEFAULT_MODELS = ("flan-t5-small", "distilgpt2")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (reported as one line by the CLI)."""
+
+
+def resolve_models(names: str | list[str] | tuple[str, ...]) -> list[ModelSpec]:
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("no models given")
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ConfigError(f"unknown model {unknown[0]!r}; known models: {', '.join(REGISTRY)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model listed twice: {','.join(names)}")
+    return [REGISTRY[n] for n in names]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one model's training. Recorded per model in the store."""
+
+    learning_rate: float
+    epochs: int
+    micro_batch_size: int
+    grad_accum: int
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    max_input_length: int
+    max_target_length: int
+    max_causal_length: int
+    causal_loss: Literal["answer", "full"] = "answer"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    schedule: Literal["linear", "cosine"] = "linear"
+    log_every: int = 5
+    seed: int = 42
+    num_workers: int = 0
+    group_by_length: bool = True
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> "TrainConfig":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# The tutorial's hyperparameters: sensible for fine-tuning pretrained weights.
+PRETRAINED_DEFAULTS = TrainConfig(
+    learning_rate=5e-5, epochs=3, micro_batch_size=1, grad_accum=4, warmup_ratio=0.0,
+    weight_decay=0.0, max_grad_norm=1.0, max_input_length=512, max_target_length=256,
+    max_causal_length=768, schedule="linear",
+)
+
+# From random weights a model needs a far higher learning rate, warmup and many
+# more steps before it emits the output format; see DESIGN.md's measured probe.
+SCRATCH_DEFAULTS = {
+    "seq2seq": TrainConfig(
+        learning_rate=1e-3, epochs=20, micro_batch_size=8, grad_accum=1, warmup_ratio=0.1,
+        weight_decay=0.01, max_grad_norm=1.0, max_input_length=512, max_target_length=256,
+        max_causal_length=768, schedule="cosine",
+    ),
+    "causal": TrainConfig(
+        learning_rate=6e-4, epochs=20, micro_batch_size=8, grad_accum=1, warmup_ratio=0.1,
+        weight_decay=0.01, max_grad_norm=1.0, max_input_length=512, max_target_length=256,
+        max_causal_length=768, schedule="cosine",
+    ),
+}
+
+# Vocabulary size of the tokenizers trained on the data for scratch init.
+SCRATCH_VOCAB = {"unigram": 2000, "bytelevel-bpe": 4000}
+
+
+def defaults_for(spec: ModelSpec, init: str) -> TrainConfig:
+    return PRETRAINED_DEFAULTS if init == "pretrained" else SCRATCH_DEFAULTS[spec.type]
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    precision: Literal["fp32", "bf16"] = "fp32"

@@ -1,0 +1,114 @@
+"""Load, validate, subsample and split a JSONL dataset of gadget examples."""
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .parse import gold_type
+
+REQUIRED = ("instruction", "input", "output")
+DEFAULT_DATA = Path("data") / "weird_machine_gadgets.jsonl"
+
+
+class DataError(ValueError):
+    """A problem with a data file; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    index: int  # 0-based line index in the source file (blank lines skipped)
+    instruction: str
+    input: str
+    output: str
+
+    @property
+    def gold_type(self) -> str | None:
+        return gold_type(self.output)
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    """Read every line; any line that is not a JSON object with the three string fields is an error."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+    examples: list[Example] = []
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                for key in REQUIRED:
+                    if key not in obj:
+                        raise DataError(f"{path}:{lineno}: missing field {key!r}")
+                    if not isinstance(obj[key], str):
+                        raise DataError(f"{path}:{lineno}: field {key!r} must be a string")
+                    if not obj[key].strip():
+                        raise DataError(f"{path}:{lineno}: field {key!r} is empty")
+                examples.append(Example(len(examples), obj["instruction"], obj["input"], obj["output"]))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    return examples
+
+
+def parse_examples_option(value: str | int | None) -> int | None:
+    """`--examples N` or `all` (None means every line)."""
+    if value is None or (isinstance(value, str) and value.lower() == "all"):
+        return None
+    n = int(value)
+    if n < 2:
+        raise DataError("--examples must be at least 2 (one to train on, one to evaluate)")
+    return n
+
+
+def subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    if n is None or n >= len(examples):
+        return list(examples)
+    rng = random.Random(seed)
+    picked = rng.sample(range(len(examples)), n)
+    return [examples[i] for i in sorted(picked)]
+
+
+def split(examples: list[Example], eval_split: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Shuffle with `seed` and hold out `eval_split` of the examples (at least one each side)."""
+    if not 0 < eval_split < 1:
+        raise DataError("--eval-split must be between 0 and 1")
+    if len(examples) < 2:
+        raise DataError("need at least 2 examples to split into train and validation")
+    order = list(range(len(examples)))
+    random.Random(seed + 1).shuffle(order)
+    n_eval = min(len(examples) - 1, max(1, round(len(examples) * eval_split)))
+    val = [examples[i] for i in sorted(order[:n_eval])]
+    train = [examples[i] for i in order[n_eval:]]
+    return train, val
+
+
+_CATEGORY_FORM = re.compile(r"(?i)^\s*identify\s+weird\s+machine\s+(.+?)\s+gadgets?\s+in\s+the\s+excerpt")
+_OPEN_FORM = re.compile(r"(?i)^\s*identify\s+any\s+weird\s+machine\s+gadgets?\s+in\s+the\s+excerpt")
+
+
+def instruction_form(instruction: str) -> str:
+    """`category` (names the gadget category), `open` (the label must be inferred) or `other`."""
+    if _OPEN_FORM.match(instruction):
+        return "open"
+    if _CATEGORY_FORM.match(instruction):
+        return "category"
+    return "other"
+
+
+def category_of(instruction: str) -> str | None:
+    """The category a category-form instruction names, upper-cased (e.g. "READ/WRITE")."""
+    m = _CATEGORY_FORM.match(instruction)
+    return m.group(1).strip().upper() if m else None

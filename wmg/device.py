@@ -1,0 +1,122 @@
+"""Device and platform set-up (the tutorial's "memory optimization layer").
+
+`force_cpu()` must run before any model is built: it hides CUDA devices and
+makes PyTorch report MPS as unavailable, so nothing lands on an accelerator by
+accident. A user opts in with `--device cuda|mps`.
+"""
+from __future__ import annotations
+
+import os
+import platform as _platform
+from dataclasses import dataclass
+
+RULE = "=" * 80
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_supported() -> bool:
+    """True when the CPU has native bf16 matmuls (AMX or AVX512-BF16)."""
+    flags = _cpu_flags()
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        if device == "cpu":
+            return "bf16" if bf16_supported() else "fp32"
+        return "bf16" if device == "cuda" else "fp32"
+    return precision
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyperthreads share a core's matmul units)."""
+    try:
+        avail = len(os.sched_getaffinity(0))
+    except AttributeError:
+        avail = os.cpu_count() or 1
+    pairs = set()
+    try:
+        for cpu in os.sched_getaffinity(0):
+            path = f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id"
+            pkg = f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id"
+            with open(path) as a, open(pkg) as b:
+                pairs.add((a.read().strip(), b.read().strip()))
+    except (OSError, AttributeError):
+        return avail
+    return max(1, min(avail, len(pairs) or avail))
+
+
+def disable_accelerators(echo=print) -> None:
+    echo(RULE)
+    echo("MEMORY OPTIMIZATION LAYER")
+    echo(RULE)
+    echo("Forcing CPU-only training to prevent out-of-memory errors...")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    torch.cuda.is_available = lambda: False  # type: ignore[assignment]
+    echo("✓ CUDA disabled")
+    try:
+        torch.backends.mps.is_available = lambda: False  # type: ignore[assignment]
+    except AttributeError:
+        pass
+    echo("✓ MPS disabled (Apple Silicon GPU)")
+    echo("✓ All training will use CPU only (opt in to a GPU with --device cuda|mps)")
+    echo(RULE)
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    platform: str
+    cores: int
+    workers: int
+    torch_version: str
+    device: str
+    threads: int
+
+
+def setup(device: str = "cpu", platform: str = "auto", echo=print) -> PlatformInfo:
+    """Disable accelerators unless asked for, pick loader workers, print the banner."""
+    if device == "cpu":
+        disable_accelerators(echo)
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        from .config import ConfigError
+
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        from .config import ConfigError
+
+        raise ConfigError("--device mps was asked for but MPS is not available")
+    if platform == "auto":
+        platform = "windows" if _platform.system() == "Windows" else "unix"
+    cores = os.cpu_count() or 1
+    workers = min(2, cores) if platform == "unix" else 0
+    threads = physical_cores()
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    echo(RULE)
+    echo("PLATFORM SETUP")
+    echo(RULE)
+    if platform == "unix":
+        echo("✓ Platform: Unix (macOS/Linux)")
+        echo("  - Multiprocessing: Enabled")
+    else:
+        echo("✓ Platform: Windows")
+        echo("  - Multiprocessing: Disabled (avoids spawn issues)")
+    echo(f"✓ CPU cores available: {cores} (compute threads: {threads})")
+    echo(f"✓ Data loading processes: {workers}")
+    echo(f"✓ PyTorch version: {torch.__version__}")
+    echo(f"✓ Device: {device.upper()}{' (forced)' if device == 'cpu' else ''}")
+    return PlatformInfo(platform, cores, workers, torch.__version__, device, threads)

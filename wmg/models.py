@@ -1,0 +1,193 @@
+"""Build models: pretrained from the hub (or a local folder), or the published
+architecture with random weights and a tokenizer trained on the data.
+
+`init="auto"` uses pretrained weights when they can be loaded and otherwise
+scratch, and says so; the init actually used is returned so it can be recorded.
+A scratch model is never passed off as pretrained.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlparse
+
+from .config import SCRATCH_VOCAB, ConfigError, ModelSpec
+
+
+@dataclass
+class Built:
+    model: Any
+    tokenizer: Any
+    init: str  # "pretrained" or "scratch"
+    note: str  # why this init (shown to the user and recorded)
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' own per-file progress bars and info chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _auto_classes(spec: ModelSpec):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if spec.type == "seq2seq" else AutoModelForCausalLM
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint, so `auto` does not wait out HTTP retries offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_pretrained(spec: ModelSpec, source: str | None = None, local_only: bool = False) -> tuple[Any, Any]:
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    src = source or spec.hub_id
+    tok = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
+    model = _auto_classes(spec).from_pretrained(src, local_files_only=local_only)
+    if spec.type == "causal" and tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def train_tokenizer(spec: ModelSpec, texts: Iterable[str], vocab_size: int | None = None):
+    """A tokenizer of the model's family trained on `texts` with the `tokenizers` library."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_size = vocab_size or SCRATCH_VOCAB[spec.scratch_tokenizer]
+    texts = list(texts)
+    if spec.scratch_tokenizer == "unigram":
+        # T5 family: SentencePiece-style Unigram over Metaspace, with T5's special ids
+        # (pad 0, </s> 1, unk 2); the decoder starts from pad, as T5 does.
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+            initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation),
+            max_piece_length=16, show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    if spec.scratch_tokenizer == "bytelevel-bpe":
+        # GPT-2 family: byte-level BPE, one special token serving as BOS, EOS and pad.
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer)
+        eos = "<|endoftext|>"
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos)
+    raise ConfigError(f"unknown scratch tokenizer {spec.scratch_tokenizer!r}")
+
+
+def build_config(spec: ModelSpec, vocab_size: int, pad_id: int, eos_id: int, overrides: dict | None = None):
+    """The published architecture with this vocabulary (overrides make tiny test models)."""
+    from transformers import GPT2Config, T5Config
+
+    cfg = dict(spec.config, **(overrides or {}))
+    if spec.type == "seq2seq":
+        return T5Config(vocab_size=vocab_size, pad_token_id=pad_id, eos_token_id=eos_id,
+                        decoder_start_token_id=pad_id, **cfg)
+    return GPT2Config(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id, **cfg)
+
+
+def model_from_config(spec: ModelSpec, config):
+    """Instantiate with random weights, keeping the published (un)tying of the output layer.
+
+    transformers 5 ties T5's output layer to the input embedding whatever the
+    config says; FLAN-T5 is published with a separate output layer, so untie it.
+    """
+    import torch
+    from transformers import GPT2LMHeadModel, T5ForConditionalGeneration
+
+    if spec.type == "seq2seq":
+        model = T5ForConditionalGeneration(config)
+        if spec.config.get("tie_word_embeddings") is False and model.lm_head.weight is model.shared.weight:
+            std = config.initializer_factor * config.d_model ** -0.5
+            model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * std)
+            getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+        return model
+    return GPT2LMHeadModel(config)
+
+
+def build_scratch(spec: ModelSpec, corpus: Iterable[str], vocab_size: int | None = None,
+                  overrides: dict | None = None) -> tuple[Any, Any]:
+    quiet_transformers()
+    tok = train_tokenizer(spec, corpus, vocab_size)
+    config = build_config(spec, len(tok), tok.pad_token_id, tok.eos_token_id, overrides)
+    return model_from_config(spec, config), tok
+
+
+def build(spec: ModelSpec, init: str, corpus: Iterable[str], source: str | None = None,
+          vocab_size: int | None = None, overrides: dict | None = None, echo=print) -> Built:
+    """Build one model for training with the requested init."""
+    if init == "scratch":
+        model, tok = build_scratch(spec, corpus, vocab_size, overrides)
+        return Built(model, tok, "scratch", "scratch init requested")
+    src = source or spec.hub_id
+    local = Path(src).is_dir()
+    if init == "pretrained":
+        try:
+            model, tok = load_pretrained(spec, src)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load pretrained {spec.name} from {src!r}: {str(exc).splitlines()[0]}") from None
+        return Built(model, tok, "pretrained", f"pretrained weights from {src}")
+    # auto: the local cache first, then the hub if it answers, otherwise scratch.
+    try:
+        model, tok = load_pretrained(spec, src, local_only=True)
+        return Built(model, tok, "pretrained", f"pretrained weights from {'folder' if local else 'the local cache of'} {src}")
+    except (OSError, ValueError):
+        pass
+    if not local and hub_reachable():
+        try:
+            model, tok = load_pretrained(spec, src)
+            return Built(model, tok, "pretrained", f"pretrained weights from the hub ({src})")
+        except (OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0]
+    else:
+        reason = "the model hub is not reachable and the weights are not cached"
+    echo("!" * 80)
+    echo(f"! {spec.name}: PRETRAINED WEIGHTS UNAVAILABLE ({reason}).")
+    echo("! Falling back to SCRATCH init: the published architecture with RANDOM weights")
+    echo("! and a tokenizer trained on this run's training split. Recorded as init=scratch.")
+    echo("!" * 80)
+    model, tok = build_scratch(spec, corpus, vocab_size, overrides)
+    return Built(model, tok, "scratch", f"auto: {reason}")
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_trained(spec: ModelSpec, path: str | Path) -> tuple[Any, Any]:
+    """Load a run's saved model and tokenizer (safetensors) from `final_model`."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ConfigError(f"checkpoint for {spec.name} is missing: {path}")
+    try:
+        return load_pretrained(spec, str(path), local_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"checkpoint for {spec.name} at {path} cannot be loaded: {str(exc).splitlines()[0]}") from None

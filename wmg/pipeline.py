@@ -1,0 +1,443 @@
+"""Orchestration: connects data, models, the training loop, generation and the store.
+
+Never holds a database session open during training or generation: the run is
+written as `running`, each stage's rows go in a short transaction of their own.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import platform as _platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .agreement import agreement
+from .config import ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
+from .data import Example, load_jsonl, split, subsample
+from .device import RULE
+from .parse import canonical_label, parse_output
+from .prompts import causal_answer, seq2seq_prompt
+from .store import repo
+
+Echo = Callable[[str], None]
+
+# Tiny versions of the architectures (2 layers, width 64) for tests and smoke runs.
+TINY = {
+    "seq2seq": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4),
+    "causal": dict(n_layer=2, n_embd=64, n_head=4, n_positions=1024),
+}
+
+
+def banner(echo: Echo, title: str) -> None:
+    echo("")
+    echo(RULE)
+    echo(title)
+    echo(RULE)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"wmg": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "python": _platform.python_version()}
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    models: str
+    examples: int | None = 100
+    eval_split: float = 0.1
+    seed: int = 42
+    init: str = "auto"
+    device: str = "cpu"
+    platform: str = "unix"
+    workers: int = 0
+    precision: str = "fp32"
+    checkpoints: str = "checkpoints"
+    tiny: bool = False
+    scratch_vocab: int | None = None
+    overrides: dict = field(default_factory=dict)  # hyperparameters given on the command line
+    progress: bool = True
+
+
+def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Example]]:
+    banner(echo, "LOADING AND PREPARING DATA")
+    examples = load_jsonl(opts.data)
+    echo(f"✓ Found {opts.data}")
+    echo(f"✓ Loaded {len(examples)} examples")
+    chosen = subsample(examples, opts.examples, opts.seed)
+    if len(chosen) < len(examples):
+        echo(f"✓ Subsampled to {len(chosen)} examples (seed {opts.seed})")
+    else:
+        echo(f"✓ Using all {len(chosen)} examples")
+    train, val = split(chosen, opts.eval_split, opts.seed)
+    echo(f"✓ Train: {len(train)} | Validation: {len(val)}")
+    return train, val
+
+
+def hyperparams(spec: ModelSpec, init: str, opts: TrainOptions) -> TrainConfig:
+    cfg = defaults_for(spec, init).with_(**opts.overrides)
+    return cfg.with_(seed=opts.seed, num_workers=opts.workers, precision=opts.precision)
+
+
+def encode_all(spec: ModelSpec, tokenizer, examples, cfg: TrainConfig):
+    from .batching import encode_causal, encode_seq2seq
+
+    if spec.type == "seq2seq":
+        return [encode_seq2seq(tokenizer, seq2seq_prompt(e.instruction, e.input), e.output,
+                               cfg.max_input_length, cfg.max_target_length) for e in examples]
+    return [encode_causal(tokenizer, seq2seq_prompt(e.instruction, e.input), causal_answer(e.output),
+                          cfg.max_causal_length, cfg.max_target_length, cfg.causal_loss) for e in examples]
+
+
+def tokenizer_corpus(examples) -> list[str]:
+    return [seq2seq_prompt(e.instruction, e.input) + causal_answer(e.output) for e in examples]
+
+
+def _checkpoint_root(base: str, run_id: int) -> Path:
+    root = Path(base) / f"run-{run_id}"
+    n = 1
+    while root.exists() and any(root.iterdir()):  # another results store may have used this id
+        n += 1
+        root = Path(base) / f"run-{run_id}-{n}"
+    return root
+
+
+def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: TrainOptions,
+                train: list[Example], val: list[Example], ckpt_root: Path, echo: Echo) -> None:
+    from .models import build, count_parameters
+    from .train import train as train_loop
+
+    banner(echo, f"TRAINING MODEL: {spec.name.upper()}")
+    echo(f"  Model: {spec.hub_id}")
+    echo(f"  Type: {spec.type}{' (causal LM)' if spec.type == 'causal' else ''}")
+    echo(f"  Params: {spec.params}")
+    echo(f"  Architecture: {spec.architecture}")
+    seed_everything(opts.seed)
+    init = "scratch" if opts.tiny else opts.init
+    built = build(spec, init, tokenizer_corpus(train), vocab_size=opts.scratch_vocab,
+                  overrides=TINY[spec.type] if opts.tiny else None, echo=echo)
+    cfg = hyperparams(spec, built.init, opts)
+    model, tok = built.model, built.tokenizer
+    n_params = count_parameters(model)
+    echo(f"✓ Model {'loaded' if built.init == 'pretrained' else 'built'}: {type(model).__name__} "
+         f"[init={built.init}{', tiny' if opts.tiny else ''}] ({built.note})")
+    echo(f"  Parameters: {n_params:,} | vocabulary: {len(tok):,}")
+    repo.model_built(db, run_model_id, init=built.init, note=built.note, parameters=n_params, vocab_size=len(tok),
+                     hyperparams=cfg.to_dict())
+    echo("  Tokenizing datasets...")
+    train_enc = encode_all(spec, tok, train, cfg)
+    val_enc = encode_all(spec, tok, val, cfg)
+    steps_per_epoch = -(-(-(-len(train_enc) // cfg.micro_batch_size)) // cfg.grad_accum)
+    echo(f"  Training: {cfg.epochs} epochs x {steps_per_epoch} steps, micro-batch {cfg.micro_batch_size} x "
+         f"accumulation {cfg.grad_accum} = effective batch {cfg.effective_batch_size}, lr {cfg.learning_rate:g} "
+         f"({cfg.schedule}, warmup {cfg.warmup_ratio:g}), precision {cfg.precision}")
+    pending = []
+
+    def on_step(st):
+        pending.append(st)
+        if st.step % cfg.log_every == 0:
+            pass  # shown on the progress bar; every step is stored at the epoch's end
+
+    def on_epoch(epoch, train_loss, val_loss):
+        repo.record_epoch(db, run_model_id, list(pending), epoch, train_loss, val_loss)
+        pending.clear()
+        vl = f"{val_loss:.4f}" if val_loss is not None else "n/a"
+        echo(f"{{'epoch': {epoch}, 'loss': {train_loss:.4f}, 'eval_loss': {vl}}}")
+
+    result = train_loop(model, train_enc, cfg, spec.type, tok.pad_token_id, val_enc, device=opts.device,
+                        on_step=on_step, on_epoch=on_epoch, progress=opts.progress, desc=spec.name)
+    out = ckpt_root / spec.name / "final_model"
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    repo.model_finished(db, run_model_id, steps=result.steps, final_loss=result.final_loss,
+                        mean_loss=result.mean_loss, final_val_loss=result.epoch_val_losses[-1],
+                        seconds=result.seconds, tokens_seen=result.tokens_seen, checkpoint_path=str(out))
+    echo(f"✓ Training complete! Loss: {result.final_loss:.4f} (last epoch; mean over training "
+         f"{result.mean_loss:.4f}) in {result.seconds:.0f} s, {result.steps} steps")
+    echo(f"✓ Saved to: {out}")
+    echo(f"  Cleaning up memory after {spec.name}...")
+    del model, built
+    free_memory()
+    echo("  ✓ Memory freed")
+
+
+def train_run(db, opts: TrainOptions, echo: Echo = print) -> int:
+    """Train every model of a new run; returns the run id. The run is marked failed or
+    interrupted if anything stops it."""
+    specs = resolve_models(opts.models)
+    train, val = prepare_data(opts, echo)
+    configs = [(spec, hyperparams(spec, "scratch" if opts.tiny else (
+        "pretrained" if opts.init == "pretrained" else "scratch"), opts).to_dict()) for spec in specs]
+    run_config = {k: v for k, v in vars(opts).items() if k not in ("progress",)}
+    run_id, model_ids = repo.create_run(
+        db, data_path=str(opts.data), data_sha256=file_sha256(opts.data), examples_requested=opts.examples,
+        eval_split=opts.eval_split, seed=opts.seed, init_requested=opts.init, device=opts.device,
+        platform=opts.platform, config=run_config, versions=versions(), models=configs, train=train, validation=val)
+    echo(f"✓ Run {run_id} recorded in the results store")
+    ckpt_root = _checkpoint_root(opts.checkpoints, run_id)
+    start = time.perf_counter()
+    try:
+        for spec in specs:
+            train_model(db, run_id, model_ids[spec.name], spec, opts, train, val, ckpt_root, echo)
+    except KeyboardInterrupt:
+        repo.finish_run(db, run_id, "interrupted", "interrupted by the user", time.perf_counter() - start)
+        raise
+    except BaseException as exc:
+        repo.finish_run(db, run_id, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+        raise
+    repo.finish_run(db, run_id, "completed", None, time.perf_counter() - start)
+    return run_id
+
+
+# ---------------------------------------------------------------- comparison
+@dataclass
+class CompareOptions:
+    run_id: int
+    data: str | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    precision: str = "fp32"
+    device: str = "cpu"
+    report: str | None = "ensemble_report.json"
+    progress: bool = True
+    show_examples: bool = True
+
+
+def _usable_models(run: repo.RunInfo) -> list[repo.ModelInfo]:
+    if run.status == "running":
+        raise ConfigError(f"run {run.id} is still running (or was killed); it has no complete models to compare")
+    done = [m for m in run.models if m.status == "completed"]
+    if not done:
+        raise ConfigError(f"run {run.id} has no trained models (status: {run.status})")
+    if len(done) < len(run.models):
+        missing = ", ".join(m.name for m in run.models if m.status != "completed")
+        raise ConfigError(f"run {run.id} is {run.status}: {missing} did not finish training")
+    for m in done:
+        if not m.checkpoint_path or not (Path(m.checkpoint_path) / "config.json").exists():
+            raise ConfigError(f"checkpoint of {m.name} for run {run.id} is gone: {m.checkpoint_path}")
+    return done
+
+
+def _generate_all(run: repo.RunInfo, models: list[repo.ModelInfo], prompts: list[str], opts: CompareOptions,
+                  echo: Echo) -> dict[str, list]:
+    from .config import REGISTRY
+    from .generate import generate
+    from .models import load_trained
+
+    gcfg = GenerateConfig(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, precision=opts.precision)
+    out = {}
+    for m in models:
+        spec = REGISTRY.get(m.name) or ModelSpec(m.name, m.hub_id, m.model_type, "", "", "")
+        model, tok = load_trained(spec, m.checkpoint_path)
+        limit = m.hyperparams.get("max_input_length", 512) if m.model_type == "seq2seq" else (
+            m.hyperparams.get("max_causal_length", 768) - opts.max_new_tokens)
+        echo(f"  [{m.name}] Generating {len(prompts)} predictions (batched greedy, max {opts.max_new_tokens} new tokens)...")
+        out[m.name] = generate(model, tok, prompts, m.model_type, gcfg, max(16, limit), device=opts.device,
+                               progress=opts.progress, desc=m.name)
+        del model
+        free_memory()
+    return out
+
+
+def score(models: list[str], example_gold: str | None, texts: dict[str, str]):
+    """Parse each model's text and compute the agreement for one example."""
+    parsed = {m: parse_output(texts[m]) for m in models}
+    agr = agreement({m: parsed[m].gadget_type for m in models}, example_gold)
+    return parsed, agr
+
+
+def compare_run(db, opts: CompareOptions, echo: Echo = print) -> int:
+    """Generate with every model of a run, parse, score agreement, store and report; returns the evaluation id."""
+    run = repo.get_run(db, opts.run_id)
+    models = _usable_models(run)
+    names = [m.name for m in models]
+    external = load_jsonl(opts.data) if opts.data else None
+    banner(echo, "ENSEMBLE COMPARISON & AGREEMENT ANALYSIS")
+    cfg = {"max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "precision": opts.precision,
+           "device": opts.device, "data": opts.data}
+    eval_id, examples = repo.create_evaluation(db, run.id, opts.data or "validation", cfg, external)
+    echo(f"✓ Evaluation {eval_id} of run {run.id}: {len(examples)} examples "
+         f"({'every line of ' + opts.data if opts.data else 'the validation split'}), models: {', '.join(names)}")
+    start = time.perf_counter()
+    try:
+        prompts = [seq2seq_prompt(x.instruction, x.input) for x in examples]
+        gens = _generate_all(run, models, prompts, opts, echo)
+        preds, agrs, results = [], [], []
+        for i, x in enumerate(examples):
+            texts = {m: gens[m][i].text for m in names}
+            parsed, agr = score(names, x.gold_type, texts)
+            for m in names:
+                p = parsed[m]
+                preds.append(repo.PredictionRow(
+                    x.id, m, texts[m], p.gadget_type, p.location, p.explanation, p.normalized_type,
+                    canonical_label(p.gadget_type), p.format_checks, agr.matches_gold[m], gens[m][i].new_tokens,
+                    gens[m][i].seconds))
+            agrs.append(repo.AgreementRow(
+                x.id, len(names), agr.full_agreement, agr.unique_types, agr.unique_normalized_types,
+                agr.majority_type, agr.majority_normalized, agr.majority_count,
+                bool(agr.majority_normalized) and agr.majority_normalized == agr.gold_normalized))
+            results.append({
+                "example_id": i, "example_row_id": x.id, "source_line": x.source_line,
+                "instruction": x.instruction, "excerpt": x.input, "gold_output": x.gold_output,
+                "gold_type": x.gold_type, "predictions": texts,
+                "format_checks": {m: parsed[m].format_checks for m in names},
+                "agreement": agr.to_dict(),
+            })
+            if opts.show_examples:
+                show_example(echo, i, len(examples), x, texts, parsed, agr, names)
+        summary = summarize(results, names, run, eval_id)
+        report_path = write_report(opts.report, summary, results) if opts.report else None
+        repo.complete_evaluation(db, eval_id, preds, agrs, time.perf_counter() - start, report_path)
+    except BaseException as exc:
+        repo.fail_evaluation(db, eval_id, f"{type(exc).__name__}: {exc}")
+        raise
+    show_summary(echo, summary, report_path)
+    return eval_id
+
+
+def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id: int) -> dict:
+    n = len(results)
+    full = sum(r["agreement"]["full_agreement"] for r in results)
+    fmt = {m: sum(all(r["format_checks"][m].values()) for r in results) / n for m in names}
+    gold = {m: sum(r["agreement"]["matches_gold"][m] for r in results) / n for m in names}
+    return {
+        "total_examples": n,
+        "full_agreements": full,
+        "full_agreement_rate": full / n,
+        "disagreement_rate": (n - full) / n,
+        "model_format_accuracy": fmt,
+        "model_gold_type_accuracy": gold,
+        "run_id": run.id,
+        "evaluation_id": eval_id,
+        "model_init": {m.name: m.init for m in run.models if m.name in names},
+    }
+
+
+def write_report(path: str, summary: dict, results: list[dict]) -> str:
+    """Write the JSON report atomically (a crash never leaves half a report)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".report-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"summary": summary, "results": results}, fh, indent=2, ensure_ascii=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return str(target)
+
+
+def _short(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def show_example(echo: Echo, i: int, total: int, x, texts, parsed, agr, names) -> None:
+    banner(echo, f"VALIDATION EXAMPLE {i + 1}/{total}")
+    echo("")
+    echo(f"INSTRUCTION: {_short(x.instruction, 100)}")
+    echo(f"EXCERPT: {_short(x.input)}")
+    echo(f"GOLD: {_short(x.gold_output)}")
+    for m in names:
+        echo("")
+        echo(f"  [{m}] Output: {_short(texts[m]) or '(empty)'}")
+    echo("")
+    echo("─" * 80)
+    echo("AGREEMENT ANALYSIS:")
+    echo("─" * 80)
+    echo(f"  Full agreement: {'✓ YES' if agr.full_agreement else '✗ NO'}")
+    echo(f"  Unique gadget types: {agr.unique_types}")
+    echo(f"  Majority type: {agr.majority_type} ({agr.majority_count}/{len(names)})")
+    echo("")
+    echo("  Model-specific gadget types:")
+    for m in names:
+        mark = "✓" if agr.matches_gold[m] else "✗"
+        echo(f"    - {m}: {agr.gadget_types[m]}  [normalized: {agr.normalized_types[m] or '-'}; gold {mark}]")
+    echo("")
+    echo("  Format checks:")
+    for m in names:
+        checks = parsed[m].format_checks
+        echo(f"    {'✓' if all(checks.values()) else '✗'} {m}: {checks}")
+
+
+def show_summary(echo: Echo, summary: dict, report_path: str | None) -> None:
+    banner(echo, "SAVING COMPARISON REPORT")
+    if report_path:
+        echo(f"✓ Report saved to: {report_path}")
+    echo(f"✓ Results stored as evaluation {summary['evaluation_id']} of run {summary['run_id']}")
+    echo("")
+    echo("SUMMARY:")
+    n = summary["total_examples"]
+    echo(f"  Total examples: {n}")
+    echo(f"  Full agreement: {summary['full_agreements']} ({summary['full_agreement_rate']:.1%})")
+    echo(f"  Disagreements: {n - summary['full_agreements']} ({summary['disagreement_rate']:.1%})")
+    echo("")
+    echo("  Format accuracy by model:")
+    for m, v in summary["model_format_accuracy"].items():
+        echo(f"    - {m}: {v:.1%}")
+    echo("  Gold-type accuracy by model (normalized type equals the gold's):")
+    for m, v in summary["model_gold_type_accuracy"].items():
+        echo(f"    - {m}: {v:.1%}  [init={summary['model_init'].get(m)}]")
+
+
+# ---------------------------------------------------------------- custom excerpt
+def predict(db, run_id: int, instruction: str, excerpt: str, opts: CompareOptions, echo: Echo = print) -> dict:
+    run = repo.get_run(db, run_id)
+    models = _usable_models(run)
+    names = [m.name for m in models]
+    opts.progress = False
+    gens = _generate_all(run, models, [seq2seq_prompt(instruction, excerpt)], opts, echo)
+    texts = {m: gens[m][0].text for m in names}
+    parsed, agr = score(names, None, texts)
+    banner(echo, "CUSTOM INFERENCE")
+    for m in names:
+        p = parsed[m]
+        echo(f"[{m}] {texts[m] or '(empty)'}")
+        echo(f"    gadget_type: {p.gadget_type} | location: {p.location} | explanation: {p.explanation}")
+        echo(f"    format checks: {p.format_checks}")
+    echo("")
+    echo(f"Full agreement: {'✓ YES' if agr.full_agreement else '✗ NO'}; unique types: {agr.unique_types}; "
+         f"majority: {agr.majority_type} ({agr.majority_count}/{len(names)})")
+    return {"predictions": texts, "parsed": {m: vars(parsed[m]) for m in names},
+            "agreement": {k: v for k, v in agr.to_dict().items() if k not in ("matches_gold", "gold_normalized")}}

@@ -1,0 +1,335 @@
+"""Reading and writing the results store. Each public function is one short
+transaction and hands back plain dataclasses, never live ORM rows."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import func, select, update
+
+from ..data import Example as DataExample
+from ..data import instruction_form
+from ..parse import normalize_type
+from . import schema as t
+from .session import StoreError, session_scope
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# ---------------------------------------------------------------- dataclasses
+@dataclass(frozen=True)
+class ModelInfo:
+    id: int
+    name: str
+    hub_id: str
+    model_type: str
+    position: int
+    status: str
+    init: str | None
+    init_note: str | None
+    parameters: int | None
+    vocab_size: int | None
+    hyperparams: dict
+    steps: int | None
+    final_loss: float | None
+    mean_loss: float | None
+    final_val_loss: float | None
+    train_seconds: float | None
+    checkpoint_path: str | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    created_at: datetime
+    finished_at: datetime | None
+    status: str
+    data_path: str
+    data_sha256: str
+    examples_requested: int | None
+    n_train: int
+    n_validation: int
+    eval_split: float
+    seed: int
+    init_requested: str
+    device: str
+    platform: str
+    config: dict
+    versions: dict
+    train_seconds: float | None
+    error: str | None
+    models: list[ModelInfo] = field(default_factory=list)
+    latest_evaluation: "EvaluationInfo | None" = None
+
+
+@dataclass(frozen=True)
+class EvaluationInfo:
+    id: int
+    run_id: int
+    created_at: datetime
+    status: str
+    source: str
+    n_examples: int
+    full_agreements: int | None
+    full_agreement_rate: float | None
+    report_path: str | None
+    seconds: float | None
+    error: str | None
+    format_accuracy: dict[str, float] = field(default_factory=dict)
+    gold_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredExample:
+    id: int
+    split: str
+    position: int
+    source_line: int
+    instruction: str
+    input: str
+    gold_output: str
+    gold_type: str | None
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """What the comparison writes for one model on one example."""
+
+    example_id: int
+    model: str
+    raw_text: str
+    gadget_type: str | None
+    location: str | None
+    explanation: str | None
+    normalized_type: str
+    canonical_label: str | None
+    format_checks: dict[str, bool]
+    matches_gold: bool
+    new_tokens: int
+    generation_seconds: float
+
+
+@dataclass(frozen=True)
+class AgreementRow:
+    example_id: int
+    n_models: int
+    full_agreement: bool
+    unique_types: list[str]
+    unique_normalized: list[str]
+    majority_type: str | None
+    majority_normalized: str | None
+    majority_count: int
+    majority_matches_gold: bool
+
+
+# ---------------------------------------------------------------- converters
+def _model_info(m: t.RunModel) -> ModelInfo:
+    return ModelInfo(m.id, m.name, m.hub_id, m.model_type, m.position, m.status, m.init, m.init_note,
+                     m.parameters, m.vocab_size, json.loads(m.hyperparams_json), m.steps, m.final_loss,
+                     m.mean_loss, m.final_val_loss, m.train_seconds, m.checkpoint_path)
+
+
+def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
+    rows = s.execute(
+        select(t.Prediction.model, func.avg(t.Prediction.format_ok), func.avg(t.Prediction.matches_gold))
+        .where(t.Prediction.evaluation_id == e.id).group_by(t.Prediction.model)
+    ).all()
+    return EvaluationInfo(e.id, e.run_id, e.created_at, e.status, e.source, e.n_examples, e.full_agreements,
+                          e.full_agreement_rate, e.report_path, e.seconds, e.error,
+                          {m: float(f) for m, f, _ in rows}, {m: float(g) for m, _, g in rows})
+
+
+def _latest_eval(s, run_id: int, completed_only: bool = False) -> t.Evaluation | None:
+    q = select(t.Evaluation).where(t.Evaluation.run_id == run_id)
+    if completed_only:
+        q = q.where(t.Evaluation.status == "completed")
+    return s.scalars(q.order_by(t.Evaluation.id.desc()).limit(1)).first()
+
+
+def _run_info(s, r: t.Run) -> RunInfo:
+    models = s.scalars(select(t.RunModel).where(t.RunModel.run_id == r.id).order_by(t.RunModel.position)).all()
+    ev = _latest_eval(s, r.id)
+    return RunInfo(r.id, r.created_at, r.finished_at, r.status, r.data_path, r.data_sha256, r.examples_requested,
+                   r.n_train, r.n_validation, r.eval_split, r.seed, r.init_requested, r.device, r.platform,
+                   json.loads(r.config_json), json.loads(r.versions_json), r.train_seconds, r.error,
+                   [_model_info(m) for m in models], _eval_info(s, ev) if ev else None)
+
+
+def _example_row(run_id: int, split: str, position: int, ex: DataExample, evaluation_id: int | None = None):
+    gold = ex.gold_type
+    return t.Example(run_id=run_id, evaluation_id=evaluation_id, split=split, position=position,
+                     source_line=ex.index, instruction=ex.instruction, input=ex.input, gold_output=ex.output,
+                     gold_type=gold, gold_normalized=normalize_type(gold or ""),
+                     instruction_form=instruction_form(ex.instruction), excerpt_words=len(ex.input.split()))
+
+
+def _stored_example(x: t.Example) -> StoredExample:
+    return StoredExample(x.id, x.split, x.position, x.source_line, x.instruction, x.input, x.gold_output, x.gold_type)
+
+
+# ---------------------------------------------------------------- runs
+def create_run(db: str | None, *, data_path: str, data_sha256: str, examples_requested: int | None,
+               eval_split: float, seed: int, init_requested: str, device: str, platform: str,
+               config: dict, versions: dict, models: Sequence[tuple[Any, dict]],
+               train: Sequence[DataExample], validation: Sequence[DataExample]) -> tuple[int, dict[str, int]]:
+    """The run, its models (pending) and its split, written as `running` in one transaction."""
+    with session_scope(db) as s:
+        run = t.Run(created_at=now(), status="running", data_path=data_path, data_sha256=data_sha256,
+                    examples_requested=examples_requested, n_train=len(train), n_validation=len(validation),
+                    eval_split=eval_split, seed=seed, models=",".join(spec.name for spec, _ in models),
+                    init_requested=init_requested, device=device, platform=platform,
+                    config_json=json.dumps(config, sort_keys=True), versions_json=json.dumps(versions, sort_keys=True))
+        s.add(run)
+        s.flush()
+        ids = {}
+        for pos, (spec, hp) in enumerate(models):
+            rm = t.RunModel(run_id=run.id, position=pos, name=spec.name, hub_id=spec.hub_id, model_type=spec.type,
+                            status="pending", hyperparams_json=json.dumps(hp, sort_keys=True))
+            s.add(rm)
+            s.flush()
+            ids[spec.name] = rm.id
+        s.add_all(_example_row(run.id, "train", i, ex) for i, ex in enumerate(train))
+        s.add_all(_example_row(run.id, "validation", i, ex) for i, ex in enumerate(validation))
+        return run.id, ids
+
+
+def model_built(db: str | None, run_model_id: int, *, init: str, note: str, parameters: int, vocab_size: int,
+                hyperparams: dict) -> None:
+    with session_scope(db) as s:
+        s.execute(update(t.RunModel).where(t.RunModel.id == run_model_id).values(
+            status="running", init=init, init_note=note, parameters=parameters, vocab_size=vocab_size,
+            hyperparams_json=json.dumps(hyperparams, sort_keys=True)))
+
+
+def record_epoch(db: str | None, run_model_id: int, steps: Iterable[Any], epoch: int, train_loss: float,
+                 val_loss: float | None) -> None:
+    """The steps of one epoch and its losses, in one transaction."""
+    with session_scope(db) as s:
+        s.add_all(t.TrainStep(run_model_id=run_model_id, step=st.step, epoch=st.epoch, loss=st.loss, lr=st.lr,
+                              tokens=st.tokens) for st in steps)
+        s.add(t.EpochLoss(run_model_id=run_model_id, epoch=epoch, train_loss=train_loss, val_loss=val_loss))
+
+
+def model_finished(db: str | None, run_model_id: int, *, steps: int, final_loss: float, mean_loss: float,
+                   final_val_loss: float | None, seconds: float, tokens_seen: int, checkpoint_path: str) -> None:
+    with session_scope(db) as s:
+        s.execute(update(t.RunModel).where(t.RunModel.id == run_model_id).values(
+            status="completed", steps=steps, final_loss=final_loss, mean_loss=mean_loss,
+            final_val_loss=final_val_loss, train_seconds=seconds, tokens_seen=tokens_seen,
+            checkpoint_path=checkpoint_path))
+
+
+def finish_run(db: str | None, run_id: int, status: str, error: str | None = None,
+               train_seconds: float | None = None) -> None:
+    """Mark the run (and any model not completed) with its final status."""
+    with session_scope(db) as s:
+        s.execute(update(t.Run).where(t.Run.id == run_id).values(
+            status=status, error=error, finished_at=now(), train_seconds=train_seconds))
+        if status != "completed":
+            s.execute(update(t.RunModel).where(t.RunModel.run_id == run_id, t.RunModel.status != "completed")
+                      .values(status=status))
+
+
+def get_run(db: str | None, run_id: int) -> RunInfo:
+    with session_scope(db) as s:
+        r = s.get(t.Run, run_id)
+        if r is None:
+            raise StoreError(f"no run with id {run_id}")
+        return _run_info(s, r)
+
+
+def list_runs(db: str | None) -> list[RunInfo]:
+    with session_scope(db) as s:
+        return [_run_info(s, r) for r in s.scalars(select(t.Run).order_by(t.Run.id)).all()]
+
+
+def run_examples(db: str | None, run_id: int, split: str) -> list[StoredExample]:
+    with session_scope(db) as s:
+        rows = s.scalars(select(t.Example).where(t.Example.run_id == run_id, t.Example.split == split,
+                                                 t.Example.evaluation_id.is_(None))
+                         .order_by(t.Example.position)).all()
+        return [_stored_example(x) for x in rows]
+
+
+def train_steps(db: str | None, run_model_id: int) -> list[tuple[int, float, float, float]]:
+    with session_scope(db) as s:
+        return [tuple(r) for r in s.execute(
+            select(t.TrainStep.step, t.TrainStep.epoch, t.TrainStep.loss, t.TrainStep.lr)
+            .where(t.TrainStep.run_model_id == run_model_id).order_by(t.TrainStep.step)).all()]
+
+
+# ---------------------------------------------------------------- evaluations
+def create_evaluation(db: str | None, run_id: int, source: str, config: dict,
+                      external: Sequence[DataExample] | None = None) -> tuple[int, list[StoredExample]]:
+    """A `running` evaluation and the examples it will predict on (another file's are stored with it)."""
+    with session_scope(db) as s:
+        if s.get(t.Run, run_id) is None:
+            raise StoreError(f"no run with id {run_id}")
+        ev = t.Evaluation(run_id=run_id, created_at=now(), status="running", source=source, n_examples=0,
+                          config_json=json.dumps(config, sort_keys=True))
+        s.add(ev)
+        s.flush()
+        if external is not None:
+            rows = [_example_row(run_id, "external", i, ex, evaluation_id=ev.id) for i, ex in enumerate(external)]
+            s.add_all(rows)
+            s.flush()
+        else:
+            rows = s.scalars(select(t.Example).where(t.Example.run_id == run_id, t.Example.split == "validation",
+                                                     t.Example.evaluation_id.is_(None))
+                             .order_by(t.Example.position)).all()
+        ev.n_examples = len(rows)
+        return ev.id, [_stored_example(x) for x in rows]
+
+
+def complete_evaluation(db: str | None, evaluation_id: int, predictions: Sequence[PredictionRow],
+                        agreements: Sequence[AgreementRow], seconds: float, report_path: str | None) -> None:
+    """Every prediction and agreement of the evaluation, and its summary, in one transaction."""
+    with session_scope(db) as s:
+        ev = s.get(t.Evaluation, evaluation_id)
+        model_ids = dict(s.execute(select(t.RunModel.name, t.RunModel.id).where(t.RunModel.run_id == ev.run_id)).all())
+        s.add_all(t.Prediction(
+            evaluation_id=evaluation_id, example_id=p.example_id, run_model_id=model_ids[p.model], model=p.model,
+            raw_text=p.raw_text, gadget_type=p.gadget_type, location=p.location, explanation=p.explanation,
+            normalized_type=p.normalized_type, canonical_label=p.canonical_label,
+            fmt_gadget_type=p.format_checks["gadget_type"], fmt_location=p.format_checks["location"],
+            fmt_explanation=p.format_checks["explanation"], format_ok=all(p.format_checks.values()),
+            matches_gold=p.matches_gold, new_tokens=p.new_tokens, generation_seconds=p.generation_seconds,
+        ) for p in predictions)
+        s.add_all(t.Agreement(
+            evaluation_id=evaluation_id, example_id=a.example_id, n_models=a.n_models,
+            full_agreement=a.full_agreement, unique_types_json=json.dumps(a.unique_types),
+            unique_normalized_json=json.dumps(a.unique_normalized), n_unique_normalized=len(a.unique_normalized),
+            majority_type=a.majority_type, majority_normalized=a.majority_normalized,
+            majority_count=a.majority_count, majority_matches_gold=a.majority_matches_gold,
+        ) for a in agreements)
+        full = sum(a.full_agreement for a in agreements)
+        ev.status = "completed"
+        ev.finished_at = now()
+        ev.full_agreements = full
+        ev.full_agreement_rate = full / len(agreements) if agreements else None
+        ev.seconds = seconds
+        ev.report_path = report_path
+
+
+def fail_evaluation(db: str | None, evaluation_id: int, error: str) -> None:
+    with session_scope(db) as s:
+        s.execute(update(t.Evaluation).where(t.Evaluation.id == evaluation_id).values(
+            status="failed", error=error, finished_at=now()))
+
+
+def get_evaluation(db: str | None, evaluation_id: int) -> EvaluationInfo:
+    with session_scope(db) as s:
+        e = s.get(t.Evaluation, evaluation_id)
+        if e is None:
+            raise StoreError(f"no evaluation with id {evaluation_id}")
+        return _eval_info(s, e)
+
+
+def count_rows(db: str | None, table: str) -> int:
+    with session_scope(db) as s:
+        model = {m.__tablename__: m for m in t.Base.__subclasses__()}[table]
+        return s.scalar(select(func.count()).select_from(model))

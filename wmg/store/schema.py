@@ -1,0 +1,210 @@
+"""ORM tables of the results store (SQLAlchemy 2.0 typed mappings).
+
+The migrations in `migrations/versions` create exactly these tables; a test
+checks with Alembic's `compare_metadata` that the two never drift apart.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RUN_STATUSES = ("running", "completed", "failed", "interrupted")
+MODEL_STATUSES = ("pending",) + RUN_STATUSES
+EVAL_STATUSES = ("running", "completed", "failed")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Run(Base):
+    """One `wmg train` invocation: the data, the split, the models and how it ended."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    data_path: Mapped[str] = mapped_column(Text, nullable=False)
+    data_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    examples_requested: Mapped[int | None] = mapped_column(Integer)  # NULL means all
+    n_train: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_validation: Mapped[int] = mapped_column(Integer, nullable=False)
+    eval_split: Mapped[float] = mapped_column(Float, nullable=False)
+    seed: Mapped[int] = mapped_column(Integer, nullable=False)
+    models: Mapped[str] = mapped_column(Text, nullable=False)  # comma-separated, in run order
+    init_requested: Mapped[str] = mapped_column(String(16), nullable=False)
+    device: Mapped[str] = mapped_column(String(16), nullable=False)
+    platform: Mapped[str] = mapped_column(String(16), nullable=False)
+    config_json: Mapped[str] = mapped_column(Text, nullable=False)  # every option as given
+    versions_json: Mapped[str] = mapped_column(Text, nullable=False)  # wmg, torch, transformers, python
+    train_seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),)
+
+
+class RunModel(Base):
+    """One model of a run: its spec, the init actually used, and how training went."""
+
+    __tablename__ = "run_models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)  # order in --models
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    hub_id: Mapped[str] = mapped_column(Text, nullable=False)
+    model_type: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    init: Mapped[str | None] = mapped_column(String(16))  # pretrained | scratch, once built
+    init_note: Mapped[str | None] = mapped_column(Text)
+    parameters: Mapped[int | None] = mapped_column(Integer)
+    vocab_size: Mapped[int | None] = mapped_column(Integer)
+    hyperparams_json: Mapped[str] = mapped_column(Text, nullable=False)
+    steps: Mapped[int | None] = mapped_column(Integer)
+    final_loss: Mapped[float | None] = mapped_column(Float)  # mean training loss of the last epoch
+    mean_loss: Mapped[float | None] = mapped_column(Float)  # mean over all steps (the tutorial's train_loss)
+    final_val_loss: Mapped[float | None] = mapped_column(Float)
+    train_seconds: Mapped[float | None] = mapped_column(Float)
+    tokens_seen: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (
+        UniqueConstraint("run_id", "name"),
+        CheckConstraint(f"status IN {MODEL_STATUSES}", name="status"),
+        CheckConstraint("init IS NULL OR init IN ('pretrained', 'scratch')", name="init"),
+        CheckConstraint("model_type IN ('seq2seq', 'causal')", name="model_type"),
+    )
+
+
+class TrainStep(Base):
+    """The loss and learning rate after each optimizer step."""
+
+    __tablename__ = "train_steps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_model_id: Mapped[int] = mapped_column(ForeignKey("run_models.id", ondelete="CASCADE"), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    epoch: Mapped[float] = mapped_column(Float, nullable=False)
+    loss: Mapped[float] = mapped_column(Float, nullable=False)
+    lr: Mapped[float] = mapped_column(Float, nullable=False)
+    tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    __table_args__ = (UniqueConstraint("run_model_id", "step"),)
+
+
+class EpochLoss(Base):
+    """Mean training loss and validation loss at the end of each epoch."""
+
+    __tablename__ = "epoch_losses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_model_id: Mapped[int] = mapped_column(ForeignKey("run_models.id", ondelete="CASCADE"), nullable=False)
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False)
+    train_loss: Mapped[float] = mapped_column(Float, nullable=False)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("run_model_id", "epoch"),)
+
+
+class Evaluation(Base):
+    """One comparison: every model generating on one set of examples."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    source: Mapped[str] = mapped_column(Text, nullable=False)  # "validation" or the path of another data file
+    n_examples: Mapped[int] = mapped_column(Integer, nullable=False)
+    config_json: Mapped[str] = mapped_column(Text, nullable=False)
+    full_agreements: Mapped[int | None] = mapped_column(Integer)
+    full_agreement_rate: Mapped[float | None] = mapped_column(Float)
+    report_path: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (CheckConstraint(f"status IN {EVAL_STATUSES}", name="status"),)
+
+
+class Example(Base):
+    """An example a run trained or was evaluated on, with its gold answer.
+
+    The run's own split has evaluation_id NULL; examples of another data file
+    belong to the evaluation that read them.
+    """
+
+    __tablename__ = "examples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"))
+    split: Mapped[str] = mapped_column(String(16), nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)  # order within its split
+    source_line: Mapped[int] = mapped_column(Integer, nullable=False)  # 0-based example index in the data file
+    instruction: Mapped[str] = mapped_column(Text, nullable=False)
+    input: Mapped[str] = mapped_column(Text, nullable=False)
+    gold_output: Mapped[str] = mapped_column(Text, nullable=False)
+    gold_type: Mapped[str | None] = mapped_column(Text)
+    gold_normalized: Mapped[str] = mapped_column(Text, nullable=False)
+    instruction_form: Mapped[str] = mapped_column(String(16), nullable=False)  # category | open | other
+    excerpt_words: Mapped[int] = mapped_column(Integer, nullable=False)
+    __table_args__ = (
+        CheckConstraint("split IN ('train', 'validation', 'external')", name="split"),
+        Index("ix_examples_run_split", "run_id", "split", "position"),
+        Index("ix_examples_evaluation_id", "evaluation_id"),
+    )
+
+
+class Prediction(Base):
+    """One model's output on one example of an evaluation, parsed and checked."""
+
+    __tablename__ = "predictions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False)
+    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"), nullable=False)
+    run_model_id: Mapped[int] = mapped_column(ForeignKey("run_models.id", ondelete="CASCADE"), nullable=False)
+    model: Mapped[str] = mapped_column(String(64), nullable=False)
+    raw_text: Mapped[str] = mapped_column(Text, nullable=False)
+    gadget_type: Mapped[str | None] = mapped_column(Text)
+    location: Mapped[str | None] = mapped_column(Text)
+    explanation: Mapped[str | None] = mapped_column(Text)
+    normalized_type: Mapped[str] = mapped_column(Text, nullable=False)
+    canonical_label: Mapped[str | None] = mapped_column(Text)  # one of the six labels when the type normalizes to one
+    fmt_gadget_type: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    fmt_location: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    fmt_explanation: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    format_ok: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    matches_gold: Mapped[bool] = mapped_column(Boolean, nullable=False)  # normalized type equals the gold's
+    new_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    generation_seconds: Mapped[float] = mapped_column(Float, nullable=False)
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "example_id", "run_model_id"),
+        Index("ix_predictions_example_id", "example_id"),
+    )
+
+
+class Agreement(Base):
+    """The models' agreement on one example of an evaluation."""
+
+    __tablename__ = "agreements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False)
+    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"), nullable=False)
+    n_models: Mapped[int] = mapped_column(Integer, nullable=False)
+    full_agreement: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    unique_types_json: Mapped[str] = mapped_column(Text, nullable=False)
+    unique_normalized_json: Mapped[str] = mapped_column(Text, nullable=False)
+    n_unique_normalized: Mapped[int] = mapped_column(Integer, nullable=False)
+    majority_type: Mapped[str | None] = mapped_column(Text)
+    majority_normalized: Mapped[str | None] = mapped_column(Text)
+    majority_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    majority_matches_gold: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "example_id"),
+        Index("ix_agreements_example_id", "example_id"),
+    )

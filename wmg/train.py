@@ -1,0 +1,197 @@
+"""The training loop: plain PyTorch, shared by seq2seq and causal models.
+
+Gradient accumulation is a nested loop: for each optimizer step, for each
+micro-batch of its group, forward and backward; then clip, step, schedule and
+zero the gradients once. Each token's loss is divided by the number of scored
+tokens in the whole group, so the accumulated gradient equals the gradient of
+the group as one batch (a plain mean over micro-batches would weight short
+micro-batches more). The loop knows nothing of the database or the CLI:
+progress goes to the `on_step` / `on_epoch` callbacks.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .batching import IGNORE, Collator, Encoded, LengthGroupedBatches
+from .config import TrainConfig
+
+
+@dataclass
+class StepLog:
+    step: int
+    epoch: float
+    loss: float
+    lr: float
+    tokens: int
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float  # mean training loss over the last epoch
+    mean_loss: float  # mean training loss over all steps (the tutorial's "train_loss")
+    seconds: float
+    examples_seen: int
+    tokens_seen: int
+    effective_batch_size: int
+    epoch_val_losses: list[float | None] = field(default_factory=list)
+    epoch_train_losses: list[float] = field(default_factory=list)
+
+
+def autocast(precision: str, device: str):
+    if precision == "bf16":
+        return torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor], model_type: str) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over scored tokens, and their count."""
+    labels = batch["labels"]
+    if model_type == "seq2seq":
+        dec_in = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=dec_in, use_cache=False).logits
+        target = labels
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = logits[:, :-1]
+        target = labels[:, 1:]
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss, scored_tokens(batch, model_type)
+
+
+def scored_tokens(batch: dict[str, torch.Tensor], model_type: str) -> int:
+    """How many label positions the loss scores (causal models predict from the second token on)."""
+    labels = batch["labels"][:, 1:] if model_type == "causal" else batch["labels"]
+    return int((labels != IGNORE).sum())
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        rest = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / rest)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return f
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, foreach=True)
+
+
+def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_loss(model, data: Sequence[Encoded], collate: Collator, model_type: str, cfg: TrainConfig,
+                  device: str = "cpu") -> float | None:
+    if not data:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    order = sorted(range(len(data)), key=lambda i: data[i].size)
+    for i in range(0, len(order), cfg.micro_batch_size):
+        batch = _to(collate([data[j] for j in order[i:i + cfg.micro_batch_size]]), device)
+        with autocast(cfg.precision, device):
+            loss, n = token_loss_sum(model, batch, model_type)
+        total += float(loss)
+        count += n
+    model.train()
+    return total / max(1, count)
+
+
+def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: str, pad_id: int,
+          val_data: Sequence[Encoded] = (), device: str = "cpu",
+          on_step: Callable[[StepLog], None] | None = None,
+          on_epoch: Callable[[int, float, float | None], None] | None = None,
+          progress: bool = True, desc: str = "train") -> TrainResult:
+    from tqdm.auto import tqdm
+
+    if not train_data:
+        raise ValueError("no training examples")
+    collate = Collator(model_type, pad_id)
+    sampler = LengthGroupedBatches([e.size for e in train_data], cfg.micro_batch_size, cfg.seed, cfg.group_by_length)
+    loader = torch.utils.data.DataLoader(
+        list(train_data), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
+    micro_per_epoch = len(sampler)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    model.to(device)
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule))
+    step = 0
+    examples_seen = tokens_seen = 0
+    all_losses: list[float] = []
+    epoch_train: list[float] = []
+    epoch_val: list[float | None] = []
+    start = time.perf_counter()
+    bar = tqdm(total=total_steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    for epoch in range(cfg.epochs):
+        sampler.set_epoch(epoch)
+        micro = list(loader)  # collated micro-batches of this epoch, in sampler order
+        epoch_losses: list[float] = []
+        for g in range(0, len(micro), cfg.grad_accum):
+            group = micro[g:g + cfg.grad_accum]  # the last group of an epoch may be partial
+            n_tokens = max(1, sum(scored_tokens(b, model_type) for b in group))
+            loss_total = 0.0
+            for b in group:
+                b = _to(b, device)
+                with autocast(cfg.precision, device):
+                    loss_sum, _ = token_loss_sum(model, b, model_type)
+                (loss_sum / n_tokens).backward()
+                loss_total += float(loss_sum.detach())
+                examples_seen += b["input_ids"].size(0)
+                tokens_seen += int(b["attention_mask"].sum())
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss = loss_total / n_tokens
+            all_losses.append(loss)
+            epoch_losses.append(loss)
+            lr = scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{epoch + (g // cfg.grad_accum + 1) / steps_per_epoch:.2f}")
+            if on_step:
+                on_step(StepLog(step, epoch + (g // cfg.grad_accum + 1) / steps_per_epoch, loss, lr,
+                                sum(int(b["attention_mask"].sum()) for b in group)))
+        val = evaluate_loss(model, val_data, collate, model_type, cfg, device)
+        tr = sum(epoch_losses) / len(epoch_losses)
+        epoch_train.append(tr)
+        epoch_val.append(val)
+        if on_epoch:
+            on_epoch(epoch + 1, tr, val)
+    bar.close()
+    return TrainResult(
+        steps=step, final_loss=epoch_train[-1], mean_loss=sum(all_losses) / len(all_losses),
+        seconds=time.perf_counter() - start, examples_seen=examples_seen, tokens_seen=tokens_seen,
+        effective_batch_size=cfg.effective_batch_size, epoch_val_losses=epoch_val, epoch_train_losses=epoch_train,
+    )
