@@ -87,6 +87,8 @@ def main():
               help="pretrained: from_pretrained (hub id or cache); scratch: published architecture with random "
                    "weights and a tokenizer trained on the training split; auto: pretrained if it loads, else "
                    "scratch (announced and recorded).")
+@click.option("--weights", "weights", multiple=True, metavar="MODEL=PATH",
+              help="Load a model's pretrained weights from a local folder instead of its hub id (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Epochs [pretrained 3; scratch 20].")
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, default=None,
               help="Peak learning rate [pretrained 5e-5; scratch 1e-3 seq2seq, 6e-4 causal].")
@@ -123,7 +125,7 @@ def main():
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 @db_option
 @handle_errors
-def train(data, models, examples, eval_split, seed, init, epochs, learning_rate, batch_size, grad_accum,
+def train(data, models, examples, eval_split, seed, init, weights, epochs, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           max_new_tokens, report, show_examples, progress, db):
@@ -136,7 +138,15 @@ def train(data, models, examples, eval_split, seed, init, epochs, learning_rate,
     from .pipeline import CompareOptions, TrainOptions, compare_run, train_run
 
     n_examples = parse_examples_option(examples)
-    resolve_models(models)  # fail fast on an unknown name, before the banner
+    names = [s.name for s in resolve_models(models)]  # fail fast on an unknown name, before the banner
+    sources = {}
+    for item in weights:
+        name, sep, path = item.partition("=")
+        if not sep or name not in names:
+            raise ConfigError(f"--weights {item!r}: expected MODEL=PATH with MODEL one of {','.join(names)}")
+        if not Path(path).is_dir():
+            raise ConfigError(f"--weights {item!r}: {path} is not a folder")
+        sources[name] = path
     for name, v in (("--epochs", epochs), ("--batch-size", batch_size), ("--grad-accum", grad_accum),
                     ("--max-new-tokens", max_new_tokens)):
         if v is not None and v < 1:
@@ -153,7 +163,7 @@ def train(data, models, examples, eval_split, seed, init, epochs, learning_rate,
                      max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss)
     opts = TrainOptions(data=data, models=models, examples=n_examples, eval_split=eval_split, seed=seed, init=init,
                         device=device, platform=info.platform, workers=info.workers, precision=prec,
-                        checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab,
+                        checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,
                         overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress)
     run_id = train_run(db, opts, echo)
     echo("")

@@ -84,6 +84,7 @@ def train_tokenizer(spec: ModelSpec, texts: Iterable[str], vocab_size: int | Non
             max_piece_length=16, show_progress=False,
         )
         tok.train_from_iterator(texts, trainer)
+        tok = _canonical_unigram(tok)
         tok.post_processor = processors.TemplateProcessing(
             single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
         )
@@ -101,6 +102,33 @@ def train_tokenizer(spec: ModelSpec, texts: Iterable[str], vocab_size: int | Non
         eos = "<|endoftext|>"
         return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos)
     raise ConfigError(f"unknown scratch tokenizer {spec.scratch_tokenizer!r}")
+
+
+def _canonical_unigram(tok):
+    """Make the trained Unigram vocabulary reproducible.
+
+    The trainer appends the characters it must keep (rare and alphabet ones)
+    with a fixed set of low scores handed out in hash order, so the same data
+    gives different ids from run to run. The characters of that band get the
+    band's scores in alphabetical order instead, and all pieces are ordered by
+    score, then text.
+    """
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    special, rest = vocab[:3], [[p, round(s, 6)] for p, s in vocab[3:]]
+    singles = [ps for ps in rest if len(ps[0]) == 1]
+    if singles:
+        low = min(s for _, s in singles)
+        band = [ps for ps in singles if ps[1] <= low + 0.01]
+        scores = sorted((s for _, s in band), reverse=True)
+        for ps, score in zip(sorted(band, key=lambda ps: ps[0]), scores):
+            ps[1] = score
+    spec["model"]["vocab"] = special + sorted(rest, key=lambda ps: (-ps[1], ps[0]))
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def build_config(spec: ModelSpec, vocab_size: int, pad_id: int, eos_id: int, overrides: dict | None = None):

@@ -93,6 +93,7 @@ class TrainOptions:
     tiny: bool = False
     scratch_vocab: int | None = None
     overrides: dict = field(default_factory=dict)  # hyperparameters given on the command line
+    sources: dict = field(default_factory=dict)  # model name -> local folder of pretrained weights
     progress: bool = True
 
 
@@ -151,7 +152,7 @@ def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: Train
     echo(f"  Architecture: {spec.architecture}")
     seed_everything(opts.seed)
     init = "scratch" if opts.tiny else opts.init
-    built = build(spec, init, tokenizer_corpus(train), vocab_size=opts.scratch_vocab,
+    built = build(spec, init, tokenizer_corpus(train), source=opts.sources.get(spec.name), vocab_size=opts.scratch_vocab,
                   overrides=TINY[spec.type] if opts.tiny else None, echo=echo)
     cfg = hyperparams(spec, built.init, opts)
     model, tok = built.model, built.tokenizer

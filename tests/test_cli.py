@@ -1,0 +1,175 @@
+"""The CLI end to end with tiny models, and its one-line errors on bad input."""
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from wmg.cli import main
+
+TINY_TRAIN = ["--tiny", "--epochs", "2", "--batch-size", "4", "--examples", "all", "--eval-split", "0.25",
+              "--max-new-tokens", "24", "--no-progress", "--no-show-examples", "--platform", "windows"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny two-model run trained and compared through a real subprocess."""
+    work = tmp_path_factory.mktemp("e2e")
+    data = os.path.join(os.path.dirname(__file__), "fixtures", "gadgets_small.jsonl")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wmg", "train", "--data", data, "--db", str(work / "results.db"),
+         "--checkpoints", str(work / "ckpt"), "--report", str(work / "report.json"), *TINY_TRAIN],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, proc.stdout
+
+
+def q(db, sql, *args):
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def test_train_then_compare_writes_rows_and_report(trained):
+    work, out = trained
+    db = str(work / "results.db")
+    assert "MEMORY OPTIMIZATION LAYER" in out and "PLATFORM SETUP" in out and "LOADING AND PREPARING DATA" in out
+    assert "TRAINING MODEL: FLAN-T5-SMALL" in out and "TRAINING MODEL: DISTILGPT2" in out
+    assert "Run id: 1" in out
+    assert q(db, "SELECT id, status, n_train, n_validation, models FROM runs") == [
+        (1, "completed", 9, 3, "flan-t5-small,distilgpt2")]
+    models = q(db, "SELECT name, status, init, steps, parameters > 0, final_loss IS NOT NULL, checkpoint_path "
+                   "FROM run_models ORDER BY position")
+    assert [m[:6] for m in models] == [("flan-t5-small", "completed", "scratch", 6, 1, 1),
+                                       ("distilgpt2", "completed", "scratch", 6, 1, 1)]
+    for m in models:  # 9 examples / batch 4 = 3 steps per epoch, 2 epochs
+        assert os.path.exists(os.path.join(m[6], "model.safetensors"))
+    assert q(db, "SELECT COUNT(*) FROM train_steps") == [(12,)]
+    assert q(db, "SELECT COUNT(*), COUNT(val_loss) FROM epoch_losses") == [(4, 4)]
+    assert q(db, "SELECT split, COUNT(*) FROM examples GROUP BY split ORDER BY split") == [("train", 9), ("validation", 3)]
+    assert q(db, "SELECT status, n_examples FROM evaluations") == [("completed", 3)]
+    assert q(db, "SELECT COUNT(*) FROM predictions") == [(6,)]
+    assert q(db, "SELECT COUNT(*), SUM(n_models = 2) FROM agreements") == [(3, 3)]
+    # stored flags agree with the stored fields
+    for fmt, gt, loc, ex in q(db, "SELECT format_ok, gadget_type, location, explanation FROM predictions"):
+        assert bool(fmt) == bool(gt and loc and ex)
+    # the error-analysis view answers
+    rows = q(db, "SELECT gold_type, model, examples FROM error_by_type")
+    assert sum(r[2] for r in rows) == 6
+
+    report = json.loads((work / "report.json").read_text())
+    s = report["summary"]
+    assert {"total_examples", "full_agreements", "full_agreement_rate", "disagreement_rate",
+            "model_format_accuracy"} <= set(s)
+    assert s["total_examples"] == 3 and set(s["model_format_accuracy"]) == {"flan-t5-small", "distilgpt2"}
+    assert s["full_agreement_rate"] + s["disagreement_rate"] == pytest.approx(1.0)
+    r0 = report["results"][0]
+    assert {"example_id", "instruction", "excerpt", "gold_output", "predictions", "format_checks", "agreement"} <= set(r0)
+    assert {"full_agreement", "unique_types", "gadget_types", "normalized_types",
+            "unique_normalized_types", "majority_type"} <= set(r0["agreement"])
+    stored = q(db, "SELECT raw_text FROM predictions p JOIN examples x ON x.id = p.example_id "
+                   "WHERE x.position = 0 AND p.model = 'flan-t5-small'")
+    assert stored == [(r0["predictions"]["flan-t5-small"],)]
+
+
+def test_compare_again_on_other_data_and_runs_json(trained, small_data):
+    work, _ = trained
+    db = str(work / "results.db")
+    r = CliRunner().invoke(main, ["compare", "--run-id", "1", "--db", db, "--data", small_data, "--max-new-tokens",
+                                  "8", "--no-progress", "--no-show-examples", "--report", str(work / "r2.json")])
+    assert r.exit_code == 0, r.output
+    assert q(db, "SELECT id, source, n_examples, status FROM evaluations ORDER BY id")[1] == (2, small_data, 12,
+                                                                                               "completed")
+    assert q(db, "SELECT COUNT(*) FROM examples WHERE split = 'external' AND evaluation_id = 2") == [(12,)]
+    assert q(db, "SELECT COUNT(*) FROM predictions WHERE evaluation_id = 2") == [(24,)]
+    r = CliRunner().invoke(main, ["runs", "--format", "json", "--db", db])
+    assert r.exit_code == 0
+    runs = json.loads(r.output)
+    assert [x["id"] for x in runs] == [1] and runs[0]["evaluation_id"] == 2
+    r = CliRunner().invoke(main, ["show", "--run-id", "1", "--db", db])
+    assert r.exit_code == 0 and "flan-t5-small" in r.output and "scratch" in r.output
+
+
+def test_predict_custom_excerpt(trained):
+    work, _ = trained
+    r = CliRunner().invoke(main, ["predict", "--run-id", "1", "--db", str(work / "results.db"), "--excerpt",
+                                  "The COP instruction copies Length elements from Source to Dest.",
+                                  "--max-new-tokens", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{"):])
+    assert set(out["predictions"]) == {"flan-t5-small", "distilgpt2"}
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [l for l in result.output.strip().splitlines() if l.startswith("Error")]
+    assert len(lines) == 1, result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, db, small_data):
+    run = lambda *a: CliRunner().invoke(main, list(a))
+    one_line_error(run("train", "--data", str(tmp_path / "missing.jsonl"), "--db", db), "data file not found")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(open(small_data).readline() + "{oops\n")
+    one_line_error(run("train", "--data", str(bad), "--db", db, "--tiny", "--no-progress"), f"{bad}:2", "not valid JSON")
+    lacking = tmp_path / "lacking.jsonl"
+    lacking.write_text(json.dumps({"instruction": "x", "input": "y"}) + "\n")
+    one_line_error(run("train", "--data", str(lacking), "--db", db, "--tiny"), f"{lacking}:1", "missing field 'output'")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    one_line_error(run("train", "--data", str(empty), "--db", db, "--tiny"), "empty")
+    one_line_error(run("train", "--models", "flan-t5-small,gpt5", "--data", small_data, "--db", db), "unknown model 'gpt5'")
+    one_line_error(run("compare", "--run-id", "42", "--db", db), "no run with id 42")
+    one_line_error(run("show", "--run-id", "abc", "--db", db), "not a run id")
+    notdb = tmp_path / "notdb.db"
+    notdb.write_text("hello, I am not a database")
+    one_line_error(run("runs", "--db", str(notdb)), "not a SQLite database")
+    # nothing was half-written: the failed attempts left no run behind
+    assert q(db, "SELECT COUNT(*) FROM runs") == [(0,)]
+
+
+def test_compare_with_checkpoints_gone(trained, tmp_path):
+    work, _ = trained
+    db = tmp_path / "copy.db"
+    shutil.copy(work / "results.db", db)
+    ckpt = q(str(db), "SELECT checkpoint_path FROM run_models WHERE name = 'distilgpt2'")[0][0]
+    moved = ckpt + ".moved"
+    os.rename(ckpt, moved)
+    try:
+        r = CliRunner().invoke(main, ["compare", "--run-id", "1", "--db", str(db), "--no-progress"])
+        one_line_error(r, "checkpoint of distilgpt2", "is gone")
+    finally:
+        os.rename(moved, ckpt)
+    assert q(str(db), "SELECT COUNT(*) FROM evaluations WHERE status = 'failed'") == [(0,)]
+
+
+def test_failed_training_marks_run_failed(tmp_path, small_data, monkeypatch):
+    import wmg.pipeline as pipeline
+
+    db = str(tmp_path / "f.db")
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(pipeline, "train_model", boom)
+    r = CliRunner().invoke(main, ["train", "--data", small_data, "--db", db, "--tiny", "--no-progress",
+                                  "--checkpoints", str(tmp_path / "c")])
+    assert r.exit_code != 0
+    assert q(db, "SELECT status, error FROM runs") == [("failed", "RuntimeError: disk on fire")]
+    assert q(db, "SELECT DISTINCT status FROM run_models") == [("failed",)]
+
+
+def test_help_lists_every_option():
+    for cmd in (["train"], ["compare"], ["predict"], ["runs"], ["show"], ["db", "upgrade"], ["data", "check"]):
+        r = CliRunner().invoke(main, cmd + ["--help"])
+        assert r.exit_code == 0
+        for line in r.output.splitlines():
+            if line.strip().startswith("--") and "  " in line.strip():
+                assert line.strip().split("  ", 1)[1].strip(), line  # every option has help text

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from wmg.data import DataError, instruction_form, load_jsonl, parse_examples_option, split, subsample
+
+
+def write(tmp_path, text, name="d.jsonl"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def line(**kw):
+    obj = {"instruction": "Identify any weird machine gadget in the excerpt.", "input": "MOV copies a value.",
+           "output": "gadget_type: ReadWrite gadget; location: MOV copies; explanation: It writes."}
+    obj.update(kw)
+    return json.dumps(obj)
+
+
+def test_loads_valid_lines_and_skips_blank(tmp_path):
+    p = write(tmp_path, line() + "\n\n" + line(input="ADD sums.") + "\n")
+    ex = load_jsonl(p)
+    assert [e.input for e in ex] == ["MOV copies a value.", "ADD sums."]
+    assert ex[0].gold_type == "ReadWrite gadget"
+
+
+@pytest.mark.parametrize("content, message", [
+    (line() + "\n{not json\n", ":2: not valid JSON"),
+    (line() + "\n" + json.dumps({"instruction": "x", "input": "y"}) + "\n", ":2: missing field 'output'"),
+    (json.dumps(["a"]) + "\n", ":1: expected a JSON object"),
+    (line(input=5) + "\n", ":1: field 'input' must be a string"),
+    (line(output="  ") + "\n", ":1: field 'output' is empty"),
+    ("", "no examples (the file is empty)"),
+    ("\n\n", "no examples (the file is empty)"),
+])
+def test_bad_files_name_file_and_line(tmp_path, content, message):
+    p = write(tmp_path, content)
+    with pytest.raises(DataError) as err:
+        load_jsonl(p)
+    assert str(p) in str(err.value) and message in str(err.value)
+
+
+def test_missing_file_and_not_utf8(tmp_path):
+    with pytest.raises(DataError, match="data file not found"):
+        load_jsonl(tmp_path / "nope.jsonl")
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(b"\xff\xfe\x00garbage\n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_jsonl(p)
+
+
+def test_subsample_and_split_are_seeded_and_disjoint(small_data):
+    ex = load_jsonl(small_data)
+    a = subsample(ex, 10, seed=1)
+    assert a == subsample(ex, 10, seed=1) and len(a) == 10
+    assert subsample(ex, None, seed=1) == ex
+    train, val = split(a, 0.2, seed=1)
+    assert (train, val) == split(a, 0.2, seed=1)
+    assert len(val) == 2 and len(train) == 8
+    assert not {e.index for e in train} & {e.index for e in val}
+    assert split(a, 0.2, seed=2) != (train, val)
+
+
+def test_examples_option():
+    assert parse_examples_option("all") is None
+    assert parse_examples_option("100") == 100
+    with pytest.raises(DataError):
+        parse_examples_option("1")
+
+
+def test_instruction_form():
+    assert instruction_form("Identify weird machine READ/WRITE gadgets in the excerpt. Report ...") == "category"
+    assert instruction_form("Identify any weird machine gadget in the excerpt. Report ...") == "open"
+    assert instruction_form("Find the gadget.") == "other"

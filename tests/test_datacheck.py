@@ -1,0 +1,65 @@
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from wmg.cli import main
+from wmg.datacheck import check
+
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "weird_machine_gadgets.jsonl"
+LABELS = ["ReadWrite gadget", "Arithmetic/Computation gadget", "Control-Flow gadget", "IO and Side-Effect gadget",
+          "Timing/Synchronization gadget", "Composition gadget"]
+
+
+def test_bundled_dataset_meets_every_bound():
+    rep = check(BUNDLED)
+    assert rep.errors == []
+    assert rep.valid == rep.lines >= 492
+    assert set(rep.labels) == set(LABELS)
+    for label in LABELS:
+        assert 0.14 <= rep.labels[label] / rep.valid <= 0.20, label
+    assert rep.forms["open"] / rep.valid >= 0.40
+    assert 0.40 <= rep.forms["category"] / rep.valid <= 0.60  # "about half"
+    assert all(40 <= w <= 160 for w in rep.excerpt_words)
+    assert all(2 <= w <= 10 for w in rep.location_words)
+    assert rep.near_duplicates == [] and rep.max_jaccard <= 0.5
+    assert rep.shared_sentences == []
+    assert rep.mismatched_categories == []
+    assert rep.findings() == []
+    # lines are not grouped by label: no run of five equal labels in a row
+    labels = [json.loads(l)["output"].split(";")[0] for l in BUNDLED.read_text().splitlines()]
+    assert max(sum(1 for _ in g) for _, g in __import__("itertools").groupby(labels)) < 5
+
+
+def test_check_reports_errors_with_file_and_line(tmp_path):
+    good = json.loads(BUNDLED.read_text().splitlines()[0])
+    lines = [json.dumps(good),
+             "not json",
+             json.dumps(dict(good, extra="x")),
+             json.dumps(dict(good, output="gadget_type: X; location: a; b; explanation: c")),
+             json.dumps(dict(good, output=good["output"].replace(good["output"].split(";")[0],
+                                                                 "gadget_type: Memory gadget")))]
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    rep = check(p)
+    assert [e.split(": ")[0] for e in rep.errors] == [f"{p}:2", f"{p}:3", f"{p}:4"]
+    assert "unexpected field(s) extra" in rep.errors[1]
+    assert rep.valid == 2 and rep.unknown_labels == {"Memory gadget": 1}  # reported, not fatal
+    r = CliRunner().invoke(main, ["data", "check", str(p)])
+    assert r.exit_code == 1 and f"{p}:2" in r.output
+    r = CliRunner().invoke(main, ["data", "check", "--json", str(BUNDLED)])
+    assert r.exit_code == 0
+    stats = json.loads(r.output)
+    assert stats["valid"] >= 492 and stats["near_duplicates"] == [] and stats["findings"] == []
+
+
+def test_near_duplicates_are_found(tmp_path):
+    good = json.loads(BUNDLED.read_text().splitlines()[0])
+    twin = dict(good, input=good["input"] + " One more short sentence here.")
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps(good) + "\n" + json.dumps(twin) + "\n")
+    rep = check(p)
+    assert [(a, b) for a, b, _ in rep.near_duplicates] == [(1, 2)]
+    assert rep.shared_sentences
+    r = CliRunner().invoke(main, ["data", "check", "--strict", str(p)])
+    assert r.exit_code == 1 and "near-duplicate" in r.output
