@@ -105,6 +105,8 @@ def main():
 @click.option("--max-causal-length", type=int, default=None, help="Causal prompt+answer tokens [768].")
 @click.option("--causal-loss", type=click.Choice(["answer", "full"]), default=None,
               help="Causal models: loss on the answer tokens only (default) or on the whole sequence (the tutorial).")
+@click.option("--log-every", type=click.IntRange(0), default=None,
+              help="Print the loss every N optimizer steps (0: only at epoch ends) [10].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on CPUs with AMX/AVX512-BF16, else fp32.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True,
@@ -127,7 +129,7 @@ def main():
 @handle_errors
 def train(data, models, examples, eval_split, seed, init, weights, epochs, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           max_new_tokens, report, show_examples, progress, db):
     """Fine-tune every model on one split of the data, then compare them (unless --no-compare).
 
@@ -160,7 +162,8 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, learn
     overrides = dict(epochs=epochs, learning_rate=learning_rate, micro_batch_size=batch_size, grad_accum=grad_accum,
                      warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay,
                      max_grad_norm=max_grad_norm, max_input_length=max_input_length,
-                     max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss)
+                     max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
+                     log_every=log_every)
     opts = TrainOptions(data=data, models=models, examples=n_examples, eval_split=eval_split, seed=seed, init=init,
                         device=device, platform=info.platform, workers=info.workers, precision=prec,
                         checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,

@@ -116,7 +116,7 @@ class TrainConfig:
     causal_loss: Literal["answer", "full"] = "answer"
     precision: Literal["fp32", "bf16"] = "fp32"
     schedule: Literal["linear", "cosine"] = "linear"
-    log_every: int = 5
+    log_every: int = 10
     seed: int = 42
     num_workers: int = 0
     group_by_length: bool = True

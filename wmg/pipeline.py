@@ -131,6 +131,15 @@ def tokenizer_corpus(examples) -> list[str]:
     return [seq2seq_prompt(e.instruction, e.input) + causal_answer(e.output) for e in examples]
 
 
+def _above_bar(echo: Echo, progress: bool) -> Echo:
+    """Print above a live tqdm bar instead of through it."""
+    if not progress:
+        return echo
+    from tqdm.auto import tqdm
+
+    return lambda msg: tqdm.write(msg, file=sys.stdout)
+
+
 def _checkpoint_root(base: str, run_id: int) -> Path:
     root = Path(base) / f"run-{run_id}"
     n = 1
@@ -170,17 +179,18 @@ def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: Train
          f"accumulation {cfg.grad_accum} = effective batch {cfg.effective_batch_size}, lr {cfg.learning_rate:g} "
          f"({cfg.schedule}, warmup {cfg.warmup_ratio:g}), precision {cfg.precision}")
     pending = []
+    say = _above_bar(echo, opts.progress)
 
     def on_step(st):
-        pending.append(st)
-        if st.step % cfg.log_every == 0:
-            pass  # shown on the progress bar; every step is stored at the epoch's end
+        pending.append(st)  # every step is stored at the end of its epoch
+        if cfg.log_every and st.step % cfg.log_every == 0:
+            say(f"{{'loss': {st.loss:.4f}, 'learning_rate': {st.lr:.3g}, 'epoch': {st.epoch:.2f}, 'step': {st.step}}}")
 
     def on_epoch(epoch, train_loss, val_loss):
         repo.record_epoch(db, run_model_id, list(pending), epoch, train_loss, val_loss)
         pending.clear()
         vl = f"{val_loss:.4f}" if val_loss is not None else "n/a"
-        echo(f"{{'epoch': {epoch}, 'loss': {train_loss:.4f}, 'eval_loss': {vl}}}")
+        say(f"{{'epoch': {epoch}, 'train_loss': {train_loss:.4f}, 'eval_loss': {vl}}}")
 
     result = train_loop(model, train_enc, cfg, spec.type, tok.pad_token_id, val_enc, device=opts.device,
                         on_step=on_step, on_epoch=on_epoch, progress=opts.progress, desc=spec.name)
