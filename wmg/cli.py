@@ -385,6 +385,102 @@ def db_current(db):
     click.echo(current_revision(db) or "none")
 
 
+# ---------------------------------------------------------------- analyze / plot
+def _selection_options(f):
+    for opt in reversed([
+        click.option("--run-id", "run_ids", type=RUN_ID, multiple=True,
+                     help="A run to analyse (its latest comparison); repeatable."),
+        click.option("--evaluation-id", "evaluation_ids", type=RUN_ID, multiple=True,
+                     help="A specific comparison to analyse instead of a run's latest; repeatable."),
+        click.option("--all-runs", is_flag=True, help="Every run with a completed comparison."),
+        click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+                     show_default=True, help="Terminal table, JSON, or CSV (one block per table)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.group()
+def analyze():
+    """Research analyses over the results store (reads only the database; loads no model).
+
+    Each analysis is also a SQL view in results.db (see the README's "Querying results.db").
+    """
+
+
+def _analysis_command(name: str, doc: str):
+    @analyze.command(name, help=doc)
+    @_selection_options
+    @db_option
+    @handle_errors
+    def command(run_ids, evaluation_ids, all_runs, fmt, db):
+        from .analysis import render, select
+        from .analysis.questions import QUESTIONS
+
+        sel = select(db, run_ids, all_runs, evaluation_ids)
+        click.echo(render(QUESTIONS[name](db, sel), fmt))
+
+    return command
+
+
+for _name, _doc in [
+    ("disagreements", "Examples where the models disagree, side by side with the gold type; whether disagreement "
+                      "correlates with excerpt length (point-biserial and Spearman, with p) and with the "
+                      "instruction form (category vs open, Fisher's exact test)."),
+    ("models", "Architecture comparison: per model format accuracy, gold-type accuracy, ROUGE-1/ROUGE-L F1, final "
+               "loss, training seconds, parameters and init."),
+    ("confidence", "Agreement as confidence: accuracy where all models agree vs where they do not; the "
+                   "risk-coverage curve ordered by agreement and its area (AURC)."),
+    ("by-type", "Error analysis by gadget type: per gold label, each model's accuracy and the disagreement rate; "
+                "the confusion matrix of gold against predicted canonical label."),
+    ("vote", "Majority voting: the vote's accuracy against each model's own, with the tie rule stated."),
+    ("agreement", "Cohen's kappa for every pair of models and Fleiss' kappa for all of them, on normalized "
+                  "types, next to the raw agreement rate."),
+]:
+    _analysis_command(_name, _doc)
+
+
+@analyze.command("runs")
+@click.option("--run-id", "run_ids", type=RUN_ID, multiple=True, help="Only these runs (default: every run).")
+@click.option("--all-runs", is_flag=True, help="Every run (the default).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="Terminal table, JSON, or CSV.")
+@db_option
+@handle_errors
+def analyze_runs(run_ids, all_runs, fmt, db):
+    """One row per run: the configuration that differs between runs (examples, epochs, learning rate, models,
+    init, seed) and its agreement rate, format and gold-type accuracy per model."""
+    from .analysis import AnalysisError, query, render
+    from .analysis.questions import runs as runs_table
+
+    known = {r["id"] for r in query(db, "SELECT id FROM runs")}
+    for rid in run_ids:
+        if rid not in known:
+            raise AnalysisError(f"no run with id {rid}")
+    if not known:
+        raise AnalysisError("no runs yet: start one with `wmg train`")
+    click.echo(render(runs_table(db, list(run_ids) or None), fmt))
+
+
+@main.command()
+@click.option("--run-id", "run_ids", type=RUN_ID, multiple=True, help="A run to plot (its latest comparison); repeatable.")
+@click.option("--evaluation-id", "evaluation_ids", type=RUN_ID, multiple=True, help="A specific comparison to plot.")
+@click.option("--all-runs", is_flag=True, help="Every run with a completed comparison.")
+@click.option("--out", default="plots", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the PNG files.")
+@db_option
+@handle_errors
+def plot(run_ids, evaluation_ids, all_runs, out, db):
+    """PNG figures: training loss curves of every model, per-label accuracy bars, the confusion matrix of
+    each model, and across runs the agreement and accuracy trend."""
+    from .analysis import select
+    from .analysis.plots import plot_all
+
+    sel = select(db, run_ids, all_runs, evaluation_ids)
+    for path in plot_all(db, sel, out):
+        click.echo(f"wrote {path}")
+
+
 # ---------------------------------------------------------------- data
 @main.group()
 def data():

@@ -25,6 +25,7 @@ from .data import Example, load_jsonl, split, subsample
 from .device import RULE
 from .parse import canonical_label, parse_output
 from .prompts import causal_answer, seq2seq_prompt
+from .rouge import rouge_f1
 from .store import repo
 
 Echo = Callable[[str], None]
@@ -320,7 +321,7 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> int:
                 preds.append(repo.PredictionRow(
                     x.id, m, texts[m], p.gadget_type, p.location, p.explanation, p.normalized_type,
                     canonical_label(p.gadget_type), p.format_checks, agr.matches_gold[m], gens[m][i].new_tokens,
-                    gens[m][i].seconds))
+                    gens[m][i].seconds, *rouge_f1(texts[m], x.gold_output)))
             agrs.append(repo.AgreementRow(
                 x.id, len(names), agr.full_agreement, agr.unique_types, agr.unique_normalized_types,
                 agr.majority_type, agr.majority_normalized, agr.majority_count,

@@ -25,10 +25,10 @@ SELECT e.run_id AS run_id,
        p.model AS model,
        COUNT(*) AS examples,
        SUM(p.matches_gold) AS correct,
-       ROUND(AVG(p.matches_gold), 4) AS accuracy,
-       ROUND(AVG(p.format_ok), 4) AS format_accuracy,
+       AVG(p.matches_gold) AS accuracy,
+       AVG(p.format_ok) AS format_accuracy,
        SUM(1 - a.full_agreement) AS disagreements,
-       ROUND(1.0 - AVG(a.full_agreement), 4) AS disagreement_rate
+       1.0 - AVG(a.full_agreement) AS disagreement_rate
 FROM predictions p
 JOIN examples x ON x.id = p.example_id
 JOIN evaluations e ON e.id = p.evaluation_id

@@ -111,6 +111,8 @@ class PredictionRow:
     matches_gold: bool
     new_tokens: int
     generation_seconds: float
+    rouge1_f1: float | None = None
+    rouge_l_f1: float | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,7 @@ def complete_evaluation(db: str | None, evaluation_id: int, predictions: Sequenc
             fmt_gadget_type=p.format_checks["gadget_type"], fmt_location=p.format_checks["location"],
             fmt_explanation=p.format_checks["explanation"], format_ok=all(p.format_checks.values()),
             matches_gold=p.matches_gold, new_tokens=p.new_tokens, generation_seconds=p.generation_seconds,
+            rouge1_f1=p.rouge1_f1, rouge_l_f1=p.rouge_l_f1,
         ) for p in predictions)
         s.add_all(t.Agreement(
             evaluation_id=evaluation_id, example_id=a.example_id, n_models=a.n_models,
@@ -333,3 +336,17 @@ def count_rows(db: str | None, table: str) -> int:
     with session_scope(db) as s:
         model = {m.__tablename__: m for m in t.Base.__subclasses__()}[table]
         return s.scalar(select(func.count()).select_from(model))
+
+
+def fill_missing_rouge(db: str | None, evaluation_ids: Sequence[int]) -> int:
+    """Score predictions stored before ROUGE was recorded (older runs); returns how many were filled."""
+    from ..rouge import rouge_f1
+
+    with session_scope(db) as s:
+        rows = s.execute(
+            select(t.Prediction, t.Example.gold_output).join(t.Example, t.Example.id == t.Prediction.example_id)
+            .where(t.Prediction.evaluation_id.in_(list(evaluation_ids)), t.Prediction.rouge1_f1.is_(None))
+        ).all()
+        for pred, gold in rows:
+            pred.rouge1_f1, pred.rouge_l_f1 = rouge_f1(pred.raw_text, gold)
+        return len(rows)

@@ -182,6 +182,8 @@ class Prediction(Base):
     matches_gold: Mapped[bool] = mapped_column(Boolean, nullable=False)  # normalized type equals the gold's
     new_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     generation_seconds: Mapped[float] = mapped_column(Float, nullable=False)
+    rouge1_f1: Mapped[float | None] = mapped_column(Float)  # against the gold output (rouge-score, stemmed)
+    rouge_l_f1: Mapped[float | None] = mapped_column(Float)
     __table_args__ = (
         UniqueConstraint("evaluation_id", "example_id", "run_model_id"),
         Index("ix_predictions_example_id", "example_id"),

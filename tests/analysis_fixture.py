@@ -1,0 +1,72 @@
+"""A results store with known predictions, built through the store's own write path.
+
+Run 1: two models (m1, m2) on 4 examples; run 2: three models (a, b, c) on 5.
+Every figure the analysis tests expect is worked out by hand in test_analysis.py.
+"""
+from dataclasses import dataclass
+
+from wmg.data import Example
+from wmg.parse import canonical_label, parse_output
+from wmg.pipeline import score
+from wmg.store import repo
+
+RW, AR, CF = "ReadWrite gadget", "Arithmetic/Computation gadget", "Control-Flow gadget"
+IO, TS, CO = "IO and Side-Effect gadget", "Timing/Synchronization gadget", "Composition gadget"
+CAT = "Identify weird machine {} gadgets in the excerpt. Report gadget_type, location and explanation."
+OPEN = "Identify any weird machine gadget in the excerpt. Report gadget_type, location and explanation."
+
+
+@dataclass(frozen=True)
+class Spec:  # what repo.create_run reads of a model spec
+    name: str
+    hub_id: str = "local"
+    type: str = "seq2seq"
+
+
+def out(label, loc="the MOV rung", expl="It could be misused."):
+    return f"gadget_type: {label}; location: {loc}; explanation: {expl}" if label else "garbled output with no fields"
+
+
+def make_run(db, models, golds, preds, words, forms, epochs=3, seed=1):
+    examples = [Example(i, CAT.format("X") if f == "category" else OPEN, " ".join(["word"] * w), out(g))
+                for i, (g, w, f) in enumerate(zip(golds, words, forms))]
+    train = [Example(100 + i, OPEN, "train " * 12, out(RW)) for i in range(3)]
+    run_id, ids = repo.create_run(
+        db, data_path="fixture.jsonl", data_sha256="0" * 64, examples_requested=None, eval_split=0.5, seed=seed,
+        init_requested="scratch", device="cpu", platform="unix", config={"epochs": epochs}, versions={"wmg": "test"},
+        models=[(Spec(m), {"epochs": epochs}) for m in models], train=train, validation=examples)
+    for k, m in enumerate(models):
+        hp = {"epochs": epochs, "learning_rate": 1e-3, "micro_batch_size": 8, "grad_accum": 1}
+        repo.model_built(db, ids[m], init="scratch", note="fixture", parameters=1000 * (k + 1), vocab_size=100,
+                         hyperparams=hp)
+        steps = [type("S", (), dict(step=s, epoch=s / 2, loss=3.0 / s, lr=1e-3, tokens=50))() for s in (1, 2)]
+        repo.record_epoch(db, ids[m], steps, 1, 2.0, 2.5)
+        repo.model_finished(db, ids[m], steps=2, final_loss=1.5 - 0.1 * k, mean_loss=2.0, final_val_loss=2.5,
+                            seconds=10.0 * (k + 1), tokens_seen=100, checkpoint_path="/nonexistent")
+    repo.finish_run(db, run_id, "completed", None, 30.0)
+    eval_id, stored = repo.create_evaluation(db, run_id, "validation", {})
+    pred_rows, agr_rows = [], []
+    for x, row in zip(stored, preds):
+        texts = {m: out(t) for m, t in zip(models, row)}
+        parsed, agr = score(models, x.gold_type, texts)
+        for m in models:
+            p = parsed[m]
+            pred_rows.append(repo.PredictionRow(x.id, m, texts[m], p.gadget_type, p.location, p.explanation,
+                                                p.normalized_type, canonical_label(p.gadget_type), p.format_checks,
+                                                agr.matches_gold[m], 10, 0.1))
+        agr_rows.append(repo.AgreementRow(x.id, len(models), agr.full_agreement, agr.unique_types,
+                                          agr.unique_normalized_types, agr.majority_type, agr.majority_normalized,
+                                          agr.majority_count,
+                                          bool(agr.majority_normalized) and agr.majority_normalized == agr.gold_normalized))
+    repo.complete_evaluation(db, eval_id, pred_rows, agr_rows, 1.0, None)
+    return run_id, eval_id
+
+
+def build(db):
+    r1 = make_run(db, ["m1", "m2"], [RW, AR, CF, IO],
+                  [(RW, RW), (AR, CF), (TS, CF), (IO, CO)],
+                  words=[10, 20, 30, 40], forms=["category", "open", "category", "open"], epochs=3)
+    r2 = make_run(db, ["a", "b", "c"], [RW, RW, TS, CO, CF],
+                  [(RW, RW, RW), (TS, RW, RW), (TS, CF, TS), (CO, CO, AR), (None, AR, CF)],
+                  words=[50, 60, 70, 80, 90], forms=["open"] * 5, epochs=5)
+    return r1, r2

@@ -1,0 +1,188 @@
+"""Every figure of `wmg analyze` against values worked out by hand (see analysis_fixture.py)."""
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.analysis_fixture import AR, CF, CO, IO, RW, TS, build
+from wmg.cli import main
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("analysis") / "results.db")
+    (r1, e1), (r2, e2) = build(db)
+    assert (r1, e1, r2, e2) == (1, 1, 2, 2)
+    return db
+
+
+def run_json(db, *args):
+    r = CliRunner().invoke(main, ["analyze", *args, "--db", db, "--format", "json"])
+    assert r.exit_code == 0, r.output
+    return {t["title"].split(" (")[0].split(":")[0]: t for t in json.loads(r.output)}
+
+
+def rows(table, **match):
+    return [r for r in table["rows"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_agreement_kappas(store):
+    t = run_json(store, "agreement", "--run-id", "1", "--run-id", "2")
+    pairs = t["Pairwise agreement"]
+    # run 1: po = 1/4; pe = (1/4)(1/4) for readwrite only -> kappa = (0.25 - 0.0625) / 0.9375 = 0.2
+    (p,) = rows(pairs, run=1)
+    assert (p["model_a"], p["model_b"]) == ("m1", "m2")
+    assert p["raw_agreement"] == pytest.approx(0.25)
+    assert p["expected_agreement"] == pytest.approx(0.0625)
+    assert p["cohen_kappa"] == pytest.approx(0.2)
+    # run 2: a-b 0.28/0.88, a-c 0.24/0.84, b-c 0.16/0.76
+    got = {(r["model_a"], r["model_b"]): r["cohen_kappa"] for r in rows(pairs, run=2)}
+    assert got == pytest.approx({("a", "b"): 0.28 / 0.88, ("a", "c"): 0.24 / 0.84, ("b", "c"): 0.16 / 0.76})
+    fleiss = t["Agreement of all models"]
+    (f1,) = rows(fleiss, run=1)
+    assert f1["fleiss_kappa"] == pytest.approx((0.25 - 0.1875) / 0.8125)
+    assert f1["raw_agreement"] == pytest.approx(0.25)
+    (f2,) = rows(fleiss, run=2)
+    assert f2["observed_agreement"] == pytest.approx(0.4)
+    assert f2["expected_agreement"] == pytest.approx(47 / 225)
+    assert f2["fleiss_kappa"] == pytest.approx(43 / 178)
+    assert f2["raw_agreement"] == pytest.approx(0.2) and f2["models"] == 3
+
+
+def test_vote_and_tie_rule(store):
+    r = CliRunner().invoke(main, ["analyze", "vote", "--all-runs", "--db", store])
+    assert r.exit_code == 0
+    assert "a tie goes to the type of the model listed first" in r.output
+    t = run_json(store, "vote", "--all-runs")["Majority voting against each model"]
+    acc = {(x["run"], x["model"]): x["accuracy"] for x in t["rows"]}
+    assert acc == pytest.approx({(1, "m1"): 0.75, (1, "m2"): 0.5, (1, "(majority vote)"): 0.75,
+                                 (2, "a"): 0.6, (2, "b"): 0.6, (2, "c"): 0.8, (2, "(majority vote)"): 0.8})
+    # run 1: three 1-1 ties, each settled for m1; run 2: one three-way split (settled for b, wrong)
+    assert rows(t, run=1, model="(majority vote)")[0]["ties_or_no_majority"] == 3
+    assert rows(t, run=2, model="(majority vote)")[0]["ties_or_no_majority"] == 1
+    assert rows(t, run=2, model="(majority vote)")[0]["vote_gain"] == pytest.approx(0.0)
+    assert rows(t, run=2, model="a")[0]["vote_gain"] == pytest.approx(0.2)
+
+
+def test_confidence_and_aurc(store):
+    t = run_json(store, "confidence", "--run-id", "1", "--run-id", "2")
+    conf = t["Agreement as confidence"]
+    r = rows(conf, run=1, model="m2")[0]
+    assert (r["agree_examples"], r["accuracy_when_all_agree"]) == (1, 1.0)
+    assert (r["disagree_examples"], r["accuracy_when_not"]) == (3, pytest.approx(1 / 3))
+    assert rows(conf, run=1, model="(majority vote)")[0]["accuracy_when_not"] == pytest.approx(2 / 3)
+    curve = t["Risk-coverage of the majority vote, ordered by agreement"]
+    assert [(p["coverage"], p["risk"]) for p in rows(curve, run=1)] == [(0.25, 0.0), (1.0, 0.25)]
+    flat = [v for p in rows(curve, run=2) for v in (p["agreement_level"], p["coverage"], p["risk"])]
+    assert flat == pytest.approx([1.0, 0.2, 0.0, 2 / 3, 0.8, 0.0, 1 / 3, 1.0, 0.2], abs=1e-6)
+    area = {x["run"]: x["aurc"] for x in t["AURC"]["rows"]}
+    assert area == pytest.approx({1: 0.25 * 0.75, 2: 0.2 * 0.2})
+
+
+def test_by_type_and_confusion(store):
+    t = run_json(store, "by-type", "--run-id", "1")
+    by = t["Error analysis by gadget type"]
+    got = {r["gold_type"]: (r["examples"], r["m1 accuracy"], r["m2 accuracy"], r["disagreement_rate"])
+           for r in by["rows"]}
+    assert got == {RW: (1, 1.0, 1.0, 0.0), AR: (1, 1.0, 0.0, 1.0), CF: (1, 0.0, 1.0, 1.0), IO: (1, 1.0, 0.0, 1.0)}
+    cm = t["Confusion matrix of m1"]
+    cf_row = next(r for r in cm["rows"] if r["gold \\ predicted"] == CF)
+    assert cf_row[TS] == 1 and cf_row[CF] == 0
+    cm3 = run_json(store, "by-type", "--run-id", "2")["Confusion matrix of a"]
+    cf_row = next(r for r in cm3["rows"] if r["gold \\ predicted"] == CF)
+    assert cf_row["(other)"] == 1  # model a produced no type
+
+
+def test_models(store):
+    t = run_json(store, "models", "--run-id", "2")["Architecture comparison"]
+    got = {r["model"]: (r["format_accuracy"], r["gold_accuracy"], r["parameters"], r["train_seconds"])
+           for r in t["rows"]}
+    assert got == {"a": (0.8, 0.6, 1000, 10.0), "b": (1.0, 0.6, 2000, 20.0), "c": (1.0, 0.8, 3000, 30.0)}
+    # ROUGE was not stored by the fixture: computed on demand and now stored
+    assert all(0 <= r["rouge1_f1"] <= 1 and 0 <= r["rougeL_f1"] <= 1 for r in t["rows"])
+    with sqlite3.connect(store) as c:
+        assert c.execute("SELECT COUNT(*) FROM predictions WHERE evaluation_id = 2 AND rouge1_f1 IS NULL").fetchone()[0] == 0
+        # an exact copy of the gold output scores 1.0
+        perfect = c.execute("SELECT p.rouge1_f1, p.rouge_l_f1 FROM predictions p JOIN examples x ON x.id = p.example_id "
+                            "WHERE p.raw_text = x.gold_output AND p.evaluation_id = 2 LIMIT 1").fetchone()
+    assert perfect == (pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_disagreements_and_correlations(store):
+    t = run_json(store, "disagreements", "--run-id", "1")
+    main_t = t["Disagreements"]
+    assert [r["example"] for r in main_t["rows"]] == [1, 2, 3]
+    assert main_t["rows"][1]["m1"] == TS and main_t["rows"][1]["m2 (normalized)"] == "controlflow"
+    corr = t["Disagreement against excerpt length"]["rows"][0]
+    # d = [0,1,1,1], words = [10,20,30,40]: r = 15 / sqrt(0.75 * 500)
+    assert corr["point_biserial_r"] == pytest.approx(15 / (0.75 * 500) ** 0.5)
+    forms = {r["form"]: r for r in t["Disagreement by instruction form"]["rows"]}
+    assert forms["category"]["disagreement_rate"] == 0.5 and forms["open"]["disagreement_rate"] == 1.0
+    assert forms["open"]["fisher_p_category_vs_open"] == pytest.approx(1.0)  # 1/2 vs 2/2: not significant
+
+
+def test_runs_shows_what_differs(store):
+    r = CliRunner().invoke(main, ["analyze", "runs", "--db", store, "--format", "json"])
+    assert r.exit_code == 0
+    (t,) = json.loads(r.output)
+    assert {"examples", "epochs", "models"} <= set(t["columns"]) and "seed" not in t["columns"]
+    r1, r2 = t["rows"]
+    assert (r1["examples"], r1["epochs"], r1["agreement_rate"], r1["m1 gold"]) == (7, 3, 0.25, 0.75)
+    assert (r2["examples"], r2["epochs"], r2["agreement_rate"], r2["c gold"]) == (8, 5, 0.2, 0.8)
+    r = CliRunner().invoke(main, ["analyze", "runs", "--db", store, "--format", "csv"])
+    assert r.exit_code == 0 and r.output.splitlines()[1].startswith("run,status,")
+
+
+def test_plots_are_png(store, tmp_path):
+    r = CliRunner().invoke(main, ["plot", "--run-id", "1", "--run-id", "2", "--db", store, "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["run1_loss_curves.png", "run1_eval1_label_accuracy.png", "run1_eval1_confusion_m1.png",
+                            "run1_eval1_confusion_m2.png", "run2_loss_curves.png", "run2_eval2_label_accuracy.png",
+                            "run2_eval2_confusion_a.png", "run2_eval2_confusion_b.png", "run2_eval2_confusion_c.png",
+                            "runs_trend.png"])
+    for p in tmp_path.iterdir():
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_bad_selections(store, tmp_path):
+    from wmg.store import repo
+
+    def err(*args, db=store):
+        r = CliRunner().invoke(main, ["analyze", *args, "--db", db])
+        assert r.exit_code != 0 and r.exception is None or isinstance(r.exception, SystemExit)
+        lines = [l for l in r.output.splitlines() if l.startswith("Error")]
+        assert len(lines) == 1, r.output
+        return lines[0]
+
+    assert "no run with id 9" in err("vote", "--run-id", "9")
+    assert "nothing selected" in err("vote")
+    empty = str(tmp_path / "empty.db")
+    assert "no run has a completed comparison" in err("agreement", "--all-runs", db=empty)
+    # a run with no comparison, and one whose latest comparison failed
+    from tests.analysis_fixture import Spec
+    from wmg.data import Example
+
+    db = str(tmp_path / "x.db")
+    rid, _ = repo.create_run(db, data_path="d", data_sha256="0" * 64, examples_requested=None, eval_split=0.5,
+                             seed=1, init_requested="scratch", device="cpu", platform="unix", config={},
+                             versions={}, models=[(Spec("m"), {})], train=[], validation=[Example(0, "i", "x", "o")])
+    assert "has no comparison yet" in err("models", "--run-id", str(rid), db=db)
+    eid, _ = repo.create_evaluation(db, rid, "validation", {})
+    repo.fail_evaluation(db, eid, "RuntimeError: out of memory")
+    assert "failed: RuntimeError: out of memory" in err("models", "--run-id", str(rid), db=db)
+    assert "not a run id" in err("models", "--run-id", "x")
+
+
+def test_readme_queries_run(store):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Querying results.db", 1)[1].split("\n## ", 1)[0]
+    queries = re.findall(r'sqlite3[^"]*"(.*?)"', section, re.S)
+    assert len(queries) >= 7
+    with sqlite3.connect(store) as conn:
+        for sql in queries:
+            assert conn.execute(sql).fetchall(), sql  # every query answers on the test store

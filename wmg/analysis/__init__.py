@@ -1,0 +1,144 @@
+"""Research analyses over the results store. SQL first: every question is a view
+created by a migration (`migrations/versions/0002_analysis_views.py`); this
+package selects evaluations, reads the views, adds the statistics SQL cannot
+give (correlations, significance), and shapes the answer as tables.
+
+Nothing here loads a model.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import text
+
+from ..store.session import StoreError, get_engine
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, r)) for r in self.rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": self.columns, "rows": self.records(), "notes": self.notes}
+
+
+@dataclass(frozen=True)
+class Selected:
+    run_id: int
+    evaluation_id: int
+    models: list[str]
+
+
+class AnalysisError(StoreError):
+    """A selection that cannot be analysed (reported as one line)."""
+
+
+def query(db: str | None, sql: str, **params) -> list[dict[str, Any]]:
+    with get_engine(db).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+
+
+def _ids(sel: Sequence[Selected]) -> str:
+    """An IN list of evaluation ids (integers from the database, safe to inline)."""
+    return ",".join(str(int(s.evaluation_id)) for s in sel) or "NULL"
+
+
+def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
+           evaluation_ids: Iterable[int] = ()) -> list[Selected]:
+    """The evaluations to analyse: each run's latest comparison, or the ones named.
+
+    Unknown runs, runs without a comparison and runs whose latest comparison failed
+    are errors, not silently skipped.
+    """
+    run_ids, evaluation_ids = list(run_ids), list(evaluation_ids)
+    if not (run_ids or all_runs or evaluation_ids):
+        raise AnalysisError("nothing selected: give --run-id N (repeatable), --evaluation-id N or --all-runs")
+    chosen: list[tuple[int, int]] = []
+    for eid in evaluation_ids:
+        row = query(db, "SELECT id, run_id, status, error FROM evaluations WHERE id = :i", i=eid)
+        if not row:
+            raise AnalysisError(f"no evaluation with id {eid}")
+        if row[0]["status"] != "completed":
+            raise AnalysisError(f"evaluation {eid} is {row[0]['status']}"
+                                + (f": {row[0]['error']}" if row[0]["error"] else ""))
+        chosen.append((row[0]["run_id"], eid))
+    if all_runs:
+        rows = query(db, "SELECT run_id, id FROM latest_evaluations ORDER BY run_id")
+        if not rows:
+            raise AnalysisError("no run has a completed comparison yet: run `wmg compare --run-id N` first")
+        chosen += [(r["run_id"], r["id"]) for r in rows]
+    for rid in run_ids:
+        if not query(db, "SELECT id FROM runs WHERE id = :r", r=rid):
+            raise AnalysisError(f"no run with id {rid}")
+        last = query(db, "SELECT id, status, error FROM evaluations WHERE run_id = :r ORDER BY id DESC LIMIT 1", r=rid)
+        if not last:
+            raise AnalysisError(f"run {rid} has no comparison yet: run `wmg compare --run-id {rid}` first")
+        if last[0]["status"] == "failed":
+            raise AnalysisError(f"the latest comparison of run {rid} (evaluation {last[0]['id']}) failed: "
+                                f"{last[0]['error'] or 'no error recorded'}; re-run `wmg compare --run-id {rid}` "
+                                "or pick an earlier one with --evaluation-id")
+        if last[0]["status"] == "running":
+            raise AnalysisError(f"the latest comparison of run {rid} (evaluation {last[0]['id']}) has not finished")
+        chosen.append((rid, last[0]["id"]))
+    out, seen = [], set()
+    for rid, eid in chosen:
+        if eid in seen:
+            continue
+        seen.add(eid)
+        models = [r["model"] for r in query(
+            db, "SELECT DISTINCT p.model, m.position FROM predictions p JOIN run_models m ON m.id = p.run_model_id "
+                "WHERE p.evaluation_id = :e ORDER BY m.position", e=eid)]
+        if not models:
+            raise AnalysisError(f"evaluation {eid} of run {rid} has no predictions")
+        out.append(Selected(rid, eid, models))
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1e6 else f"{v:.3g}"
+    return str(v)
+
+
+def render_table(t: Table) -> str:
+    cells = [[_cell(c) for c in r] for r in t.rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(t.columns)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    out = [t.title, "=" * len(t.title)]
+    if t.rows:
+        out += [line(t.columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    else:
+        out.append("(no rows)")
+    out += [f"note: {n}" for n in t.notes]
+    return "\n".join(out)
+
+
+def render(tables: Sequence[Table], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([t.to_dict() for t in tables], indent=2, default=str)
+    if fmt == "csv":
+        parts = []
+        for t in tables:
+            buf = io.StringIO()
+            buf.write(f"# {t.title}\n")
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(t.columns)
+            w.writerows([["" if c is None else c for c in r] for r in t.rows])
+            for n in t.notes:
+                buf.write(f"# note: {n}\n")
+            parts.append(buf.getvalue())
+        return "\n".join(parts)
+    return "\n\n".join(render_table(t) for t in tables)

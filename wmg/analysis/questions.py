@@ -1,0 +1,286 @@
+"""One function per research question; each reads its SQL view and returns tables."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Sequence
+
+from . import Selected, Table, _ids, query
+
+TIE_RULE = ("majority vote: the most common normalized type among the models; a tie goes to the type of "
+            "the model listed first in the run's --models order; an example where no model produced a type "
+            "counts as wrong")
+
+
+def _by_eval(sel: Sequence[Selected]) -> dict[int, Selected]:
+    return {s.evaluation_id: s for s in sel}
+
+
+def _finite(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+# ---------------------------------------------------------------- Q1
+def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
+    """Where the models disagree, side by side; and whether disagreement tracks length or instruction form."""
+    from scipy import stats
+
+    models = list(dict.fromkeys(m for s in sel for m in s.models))
+    rows = query(db, f"SELECT * FROM disagreements WHERE evaluation_id IN ({_ids(sel)}) "
+                     "ORDER BY run_id, evaluation_id, position, model")
+    grouped: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["run_id"], r["evaluation_id"], r["position"])
+        g = grouped.setdefault(key, {"gold": r["gold_type"], "form": r["instruction_form"],
+                                     "words": r["excerpt_words"], "pred": {}})
+        g["pred"][r["model"]] = (r["gadget_type"], r["normalized_type"], r["matches_gold"])
+    cols = ["run", "evaluation", "example", "gold_type", "form", "words"]
+    for m in models:
+        cols += [f"{m}", f"{m} (normalized)"]
+    out = []
+    for (run, ev, pos), g in grouped.items():
+        row = [run, ev, pos, g["gold"], g["form"], g["words"]]
+        for m in models:
+            t = g["pred"].get(m)
+            row += [t[0] if t else None, (t[1] or "(none)") if t else None]
+        out.append(row)
+    main = Table("Disagreements: examples where the models' normalized types differ", cols, out)
+
+    # correlation with excerpt length, and disagreement by instruction form, per evaluation
+    corr_rows, form_rows = [], []
+    for s in sel:
+        ex = query(db, "SELECT x.excerpt_words AS w, 1 - a.full_agreement AS d, x.instruction_form AS f "
+                       "FROM agreements a JOIN examples x ON x.id = a.example_id WHERE a.evaluation_id = :e",
+                   e=s.evaluation_id)
+        w = [r["w"] for r in ex]
+        d = [r["d"] for r in ex]
+        if len(set(d)) > 1 and len(set(w)) > 1:
+            pb = stats.pointbiserialr(d, w)
+            sp = stats.spearmanr(d, w)
+            corr_rows.append([s.run_id, s.evaluation_id, len(ex), sum(d), _finite(float(pb.statistic)),
+                              _finite(float(pb.pvalue)), _finite(float(sp.statistic)), _finite(float(sp.pvalue))])
+        else:
+            corr_rows.append([s.run_id, s.evaluation_id, len(ex), sum(d), None, None, None, None])
+        forms = query(db, "SELECT instruction_form, examples, disagreements, disagreement_rate, mean_excerpt_words "
+                          "FROM disagreement_by_form WHERE evaluation_id = :e ORDER BY instruction_form",
+                      e=s.evaluation_id)
+        by = {f["instruction_form"]: f for f in forms}
+        p = None
+        if "category" in by and "open" in by:
+            c, o = by["category"], by["open"]
+            table = [[c["disagreements"], c["examples"] - c["disagreements"]],
+                     [o["disagreements"], o["examples"] - o["disagreements"]]]
+            p = float(stats.fisher_exact(table).pvalue)
+        for f in forms:
+            form_rows.append([s.run_id, s.evaluation_id, f["instruction_form"], f["examples"], f["disagreements"],
+                              f["disagreement_rate"], f["mean_excerpt_words"],
+                              p if f["instruction_form"] in ("category", "open") else None])
+    corr = Table("Disagreement against excerpt length",
+                 ["run", "evaluation", "examples", "disagreements", "point_biserial_r", "p_value", "spearman_rho",
+                  "spearman_p"], corr_rows,
+                 ["r > 0: longer excerpts are disagreed on more often; undefined (-) when every example is "
+                  "agreed on or every one disagreed on"])
+    form = Table("Disagreement by instruction form",
+                 ["run", "evaluation", "form", "examples", "disagreements", "disagreement_rate", "mean_words",
+                  "fisher_p_category_vs_open"], form_rows,
+                 ["category: the instruction names the gadget category; open: the model must infer it; "
+                  "p from Fisher's exact test on the 2x2 table of form against disagreement"])
+    return [main, corr, form]
+
+
+# ---------------------------------------------------------------- Q2
+def models(db, sel: Sequence[Selected]) -> list[Table]:
+    from ..store.repo import fill_missing_rouge
+
+    filled = fill_missing_rouge(db, [s.evaluation_id for s in sel])
+    rows = query(db, f"SELECT * FROM model_comparison WHERE evaluation_id IN ({_ids(sel)}) "
+                     "ORDER BY run_id, evaluation_id, model")
+    order = {(s.evaluation_id, m): i for s in sel for i, m in enumerate(s.models)}
+    rows.sort(key=lambda r: (r["run_id"], r["evaluation_id"], order.get((r["evaluation_id"], r["model"]), 99)))
+    cols = ["run", "evaluation", "model", "type", "init", "parameters", "examples", "format_accuracy",
+            "gold_accuracy", "rouge1_f1", "rougeL_f1", "final_loss", "val_loss", "train_seconds"]
+    out = [[r["run_id"], r["evaluation_id"], r["model"], r["model_type"], r["init"], r["parameters"], r["examples"],
+            r["format_accuracy"], r["gold_accuracy"], r["rouge1_f1"], r["rouge_l_f1"], r["final_loss"],
+            r["final_val_loss"], r["train_seconds"]] for r in rows]
+    notes = ["gold_accuracy: the normalized gadget type equals the gold's; ROUGE F1 of the whole output against "
+             "the gold output (rouge-score, stemmed); final_loss: mean training loss of the last epoch"]
+    if filled:
+        notes.append(f"ROUGE was computed now for {filled} predictions stored before it was recorded")
+    return [Table("Architecture comparison", cols, out, notes)]
+
+
+# ---------------------------------------------------------------- Q3
+def confidence(db, sel: Sequence[Selected]) -> list[Table]:
+    rows = query(db, f"SELECT * FROM confidence WHERE evaluation_id IN ({_ids(sel)})")
+    by = defaultdict(dict)
+    for r in rows:
+        by[(r["run_id"], r["evaluation_id"], r["model"])][r["full_agreement"]] = (r["accuracy"], r["examples"])
+    cols = ["run", "evaluation", "model", "agree_examples", "accuracy_when_all_agree", "disagree_examples",
+            "accuracy_when_not", "difference"]
+    out = []
+    for s in sel:
+        for m in s.models + ["(majority vote)"]:
+            g = by.get((s.run_id, s.evaluation_id, m), {})
+            a, d = g.get(1, (None, 0)), g.get(0, (None, 0))
+            diff = a[0] - d[0] if a[0] is not None and d[0] is not None else None
+            out.append([s.run_id, s.evaluation_id, m, a[1], a[0], d[1], d[0], diff])
+    t1 = Table("Agreement as confidence: accuracy where all models agree vs where they do not", cols, out,
+               ["accuracy: the normalized type equals the gold's; " + TIE_RULE])
+    curve_rows, area_rows = [], []
+    for s in sel:
+        if len(s.models) < 2:
+            continue
+        pts = query(db, "SELECT agreement_level, covered, total, coverage, risk FROM risk_coverage "
+                        "WHERE evaluation_id = :e ORDER BY coverage", e=s.evaluation_id)
+        curve_rows += [[s.run_id, s.evaluation_id, p["agreement_level"], p["covered"], p["total"], p["coverage"],
+                        p["risk"]] for p in pts]
+        a = query(db, "SELECT aurc, points FROM aurc WHERE evaluation_id = :e", e=s.evaluation_id)
+        base = query(db, "SELECT 1.0 - AVG(majority_matches_gold) AS r FROM agreements WHERE evaluation_id = :e",
+                     e=s.evaluation_id)[0]["r"]
+        area_rows.append([s.run_id, s.evaluation_id, len(s.models), a[0]["aurc"] if a else None,
+                          a[0]["points"] if a else 0, base])
+    t2 = Table("Risk-coverage of the majority vote, ordered by agreement",
+               ["run", "evaluation", "agreement_level", "covered", "total", "coverage", "risk"], curve_rows,
+               ["agreement level = (models giving the majority type) / models; each point covers every example "
+                "at or above its level; risk = 1 - majority-vote accuracy on the covered examples"])
+    t3 = Table("AURC (area under the risk-coverage curve; lower is better)",
+               ["run", "evaluation", "models", "aurc", "points", "risk_at_full_coverage"], area_rows,
+               ["step integration: sum of risk x coverage gained at each level; equal to the full-coverage risk "
+                "when agreement carries no information, lower when agreeing examples are more often right"])
+    return [t1, t2, t3] if len(sel) and any(len(s.models) > 1 for s in sel) else [t1]
+
+
+# ---------------------------------------------------------------- Q4
+def by_type(db, sel: Sequence[Selected]) -> list[Table]:
+    rows = query(db, f"SELECT * FROM error_by_type WHERE evaluation_id IN ({_ids(sel)})")
+    tables = []
+    for s in sel:
+        mine = [r for r in rows if r["evaluation_id"] == s.evaluation_id]
+        labels = sorted({r["gold_type"] for r in mine})
+        cell = {(r["gold_type"], r["model"]): r for r in mine}
+        out = []
+        for label in labels:
+            any_r = next(cell[(label, m)] for m in s.models if (label, m) in cell)
+            out.append([label, any_r["examples"]] + [cell[(label, m)]["accuracy"] if (label, m) in cell else None
+                                                     for m in s.models] + [any_r["disagreement_rate"]])
+        out.sort(key=lambda r: (sum(v or 0 for v in r[2:2 + len(s.models)]), r[0]))
+        tables.append(Table(f"Error analysis by gadget type (run {s.run_id}, evaluation {s.evaluation_id}; "
+                            "hardest first)",
+                            ["gold_type", "examples"] + [f"{m} accuracy" for m in s.models] + ["disagreement_rate"],
+                            out))
+        conf = query(db, "SELECT model, gold_label, predicted_label, n FROM confusion WHERE evaluation_id = :e",
+                     e=s.evaluation_id)
+        from ..parse import CANONICAL_LABELS
+
+        predicted = [l for l in CANONICAL_LABELS if any(c["predicted_label"] == l for c in conf)]
+        predicted += sorted({c["predicted_label"] for c in conf} - set(predicted) - {"(other)"})
+        if any(c["predicted_label"] == "(other)" for c in conf):
+            predicted.append("(other)")
+        for m in s.models:
+            counts = {(c["gold_label"], c["predicted_label"]): c["n"] for c in conf if c["model"] == m}
+            tables.append(Table(f"Confusion matrix of {m} (rows: gold label; columns: predicted canonical label)",
+                                ["gold \\ predicted"] + predicted,
+                                [[g] + [counts.get((g, p), 0) for p in predicted] for g in labels],
+                                ["(other): a gadget type that normalizes to none of the six canonical labels, "
+                                 "or no type at all"]))
+    return tables
+
+
+# ---------------------------------------------------------------- Q5
+def vote(db, sel: Sequence[Selected]) -> list[Table]:
+    rows = query(db, f"SELECT * FROM vote WHERE evaluation_id IN ({_ids(sel)})")
+    out = []
+    for s in sel:
+        mine = {r["model"]: r for r in rows if r["evaluation_id"] == s.evaluation_id}
+        mv = mine["(majority vote)"]
+        best = max((mine[m]["accuracy"] for m in s.models if m in mine), default=None)
+        for m in s.models + ["(majority vote)"]:
+            r = mine.get(m)
+            if r is None:
+                continue
+            gain = (mv["accuracy"] - r["accuracy"]) if m != "(majority vote)" else (
+                mv["accuracy"] - best if best is not None else None)
+            out.append([s.run_id, s.evaluation_id, len(s.models), m, r["examples"], r["accuracy"],
+                        r["ties_or_no_majority"], gain])
+    notes = [TIE_RULE,
+             "vote_gain: majority-vote accuracy minus this model's (for the vote row: minus the best single model)"]
+    if any(len(s.models) < 3 for s in sel):
+        notes.append("with two models a vote cannot break a disagreement: the tie rule returns the first model's "
+                     "answer, so the vote equals that model wherever they disagree; it is meaningful with three or more")
+    return [Table("Majority voting against each model", ["run", "evaluation", "models", "model", "examples",
+                                                          "accuracy", "ties_or_no_majority", "vote_gain"], out, notes)]
+
+
+# ---------------------------------------------------------------- Q6
+def agreement(db, sel: Sequence[Selected]) -> list[Table]:
+    pairs = query(db, f"SELECT * FROM pairwise_agreement WHERE evaluation_id IN ({_ids(sel)}) "
+                      "ORDER BY run_id, evaluation_id, model_a, model_b")
+    order = {(s.evaluation_id, m): i for s in sel for i, m in enumerate(s.models)}
+    pairs.sort(key=lambda r: (r["run_id"], r["evaluation_id"], order.get((r["evaluation_id"], r["model_a"])),
+                              order.get((r["evaluation_id"], r["model_b"]))))
+    t1 = Table("Pairwise agreement (Cohen's kappa on normalized types)",
+               ["run", "evaluation", "model_a", "model_b", "examples", "raw_agreement", "expected_agreement",
+                "cohen_kappa"],
+               [[r["run_id"], r["evaluation_id"], r["model_a"], r["model_b"], r["examples"], r["raw_agreement"],
+                 r["expected_agreement"], r["cohen_kappa"]] for r in pairs],
+               ["kappa = (observed - expected) / (1 - expected), expected from each model's own type frequencies; "
+                "an empty type counts as its own category; undefined (-) when expected agreement is 1"])
+    fl = query(db, f"SELECT * FROM fleiss_kappa WHERE evaluation_id IN ({_ids(sel)}) ORDER BY run_id, evaluation_id")
+    t2 = Table("Agreement of all models (Fleiss' kappa)",
+               ["run", "evaluation", "models", "examples", "raw_agreement", "observed_agreement",
+                "expected_agreement", "fleiss_kappa"],
+               [[r["run_id"], r["evaluation_id"], r["models"], r["examples"], r["raw_agreement"],
+                 r["observed_agreement"], r["expected_agreement"], r["fleiss_kappa"]] for r in fl],
+               ["raw_agreement: share of examples where all models agree; observed_agreement: Fleiss' mean "
+                "pairwise agreement per example"])
+    return [t1, t2]
+
+
+# ---------------------------------------------------------------- Q7
+CONFIG_COLUMNS = ("examples", "epochs", "learning_rate", "effective_batch", "models", "init", "seed")
+
+
+def runs(db, run_ids: Sequence[int] | None = None) -> list[Table]:
+    """One row per run: the configuration that differs between the runs, and their results."""
+    rows = query(db, "SELECT * FROM run_summary ORDER BY run_id, model")
+    if run_ids:
+        rows = [r for r in rows if r["run_id"] in set(run_ids)]
+    by_run: dict[int, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_run[r["run_id"]].append(r)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+
+    def config(rs):
+        vals = {"examples": rs[0]["examples"], "models": rs[0]["models"], "seed": rs[0]["seed"],
+                "init": ",".join(sorted({r["init"] or "-" for r in rs}))}
+        for k in ("epochs", "learning_rate", "effective_batch"):
+            v = sorted({r[k] for r in rs if r[k] is not None})
+            vals[k] = v[0] if len(v) == 1 else "/".join(map(str, v))
+        return vals
+
+    configs = {rid: config(rs) for rid, rs in by_run.items()}
+    varying = [c for c in CONFIG_COLUMNS if len({str(cfg[c]) for cfg in configs.values()}) > 1] or list(CONFIG_COLUMNS)
+    cols = ["run", "status"] + varying + ["agreement_rate"]
+    for m in models:
+        cols += [f"{m} format", f"{m} gold"]
+    out = []
+    for rid, rs in by_run.items():
+        per = {r["model"]: r for r in rs}
+        row = [rid, rs[0]["status"]] + [configs[rid][c] for c in varying] + [rs[0]["agreement_rate"]]
+        for m in models:
+            row += [per[m]["format_accuracy"] if m in per else None, per[m]["gold_accuracy"] if m in per else None]
+        out.append(row)
+    notes = [f"configuration columns shown: those that differ between the runs ({', '.join(varying)})"
+             if len(varying) < len(CONFIG_COLUMNS) else "no configuration differs, so all of it is shown",
+             "results are from each run's latest completed comparison"]
+    return [Table("Runs: how results move with the configuration", cols, out, notes)]
+
+
+QUESTIONS = {
+    "disagreements": disagreements,
+    "models": models,
+    "confidence": confidence,
+    "by-type": by_type,
+    "vote": vote,
+    "agreement": agreement,
+}
