@@ -183,6 +183,9 @@ def test_readme_queries_run(store):
     section = readme.split("## Querying results.db", 1)[1].split("\n## ", 1)[0]
     queries = re.findall(r'sqlite3[^"]*"(.*?)"', section, re.S)
     assert len(queries) >= 7
+    r = CliRunner().invoke(main, ["judge", "--run-id", "2", "--judge", "rules",
+                                  "--db", store, "--no-progress"])
+    assert r.exit_code == 0, r.output
     with sqlite3.connect(store) as conn:
         for sql in queries:
             assert conn.execute(sql).fetchall(), sql  # every query answers on the test store

@@ -94,6 +94,25 @@ def test_compare_again_on_other_data_and_runs_json(trained, small_data):
     assert r.exit_code == 0 and "flan-t5-small" in r.output and "scratch" in r.output
 
 
+def test_compare_with_judge_puts_verdicts_in_report(trained):
+    work, _ = trained
+    db = str(work / "results.db")
+    report = work / "judged.json"
+    r = CliRunner().invoke(main, ["compare", "--run-id", "1", "--db", db, "--max-new-tokens", "8", "--no-progress",
+                                  "--no-show-examples", "--report", str(report), "--judge", "rules"])
+    assert r.exit_code == 0, r.output
+    assert "SEMANTIC AGREEMENT" in r.output and "rules judge: full" in r.output
+    data = json.loads(report.read_text())
+    sem = data["summary"]["semantic_agreement"]["rules"]
+    assert sem["examples"] == 3 and 0 <= sem["full_or_partial_rate"] <= 1
+    j = data["results"][0]["judgments"]["rules"]
+    assert j["overall"]["verdict"] in ("full", "partial", "disagreement", "invalid")
+    assert set(j["gold"]) == {"flan-t5-small", "distilgpt2"} and len(j["pairs"]) == 1
+    r = CliRunner().invoke(main, ["analyze", "agreement", "--run-id", "1", "--db", db, "--format", "json"])
+    sem_table = json.loads(r.output)[2]
+    assert sem_table["rows"][0]["judge"] == "rules"
+
+
 def test_predict_custom_excerpt(trained):
     work, _ = trained
     r = CliRunner().invoke(main, ["predict", "--run-id", "1", "--db", str(work / "results.db"), "--excerpt",

@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .config import DEFAULT_MODELS, REGISTRY, ConfigError
 from .data import DEFAULT_DATA, DataError, parse_examples_option
+from .judges.base import JudgeError
 from .store.session import StoreError
 
 DB_HELP = "Results store: a SQLite file path or any SQLAlchemy URL [env WMG_DB; default results.db]."
@@ -31,7 +32,7 @@ def handle_errors(f):
 
         try:
             return f(*args, **kwargs)
-        except (ConfigError, DataError, StoreError) as exc:
+        except (ConfigError, DataError, StoreError, JudgeError) as exc:
             raise click.ClickException(str(exc)) from None
         except SQLAlchemyError as exc:
             msg = str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -202,10 +203,13 @@ def _compare_options(f):
               help="Where to write the JSON report.")
 @click.option("--show-examples/--no-show-examples", default=True, show_default=True,
               help="Print the agreement block of every example.")
+@click.option("--judge", "judges", multiple=True, type=click.Choice(["rules", "embedding", "llm"]),
+              help="Also judge semantic agreement and put the verdicts in the report (repeatable; see `wmg judge`).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 @db_option
 @handle_errors
-def compare(run_id, max_new_tokens, batch_size, precision, device, data, report, show_examples, progress, db):
+def compare(run_id, max_new_tokens, batch_size, precision, device, data, report, show_examples, judges, progress,
+            db):
     """Let every model of a run predict on its validation split (or --data), and store
     predictions, format checks and agreement as a new evaluation."""
     from . import device as dev
@@ -216,9 +220,33 @@ def compare(run_id, max_new_tokens, batch_size, precision, device, data, report,
     if data and not Path(data).is_file():
         raise DataError(f"{data}: data file not found")
     dev.setup(device, "auto", echo)
-    compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   precision=dev.resolve_precision(precision, device), device=device, report=report,
-                                   progress=progress, show_examples=show_examples), echo)
+    eid = compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, precision=dev.resolve_precision(precision, device),
+                                         device=device, report=report, progress=progress,
+                                         show_examples=show_examples), echo)
+    if judges:
+        _judge_into_report(db, eid, judges, report, progress)
+
+
+def _judge_into_report(db, eid, judges, report, progress):
+    from .judges.base import JudgeError
+    from .judging import add_to_report, judge_evaluation, summary
+
+    set_ids = {}
+    click.echo("")
+    click.echo("SEMANTIC AGREEMENT:")
+    string = query_string_rate(db, eid)
+    click.echo(f"  string agreement (normalized types equal): {string:.1%}")
+    for name in judges:
+        try:
+            set_ids[name], rows = judge_evaluation(db, eid, name, progress=progress)
+        except JudgeError as exc:
+            raise ConfigError(f"{name} judge: {exc}") from None
+        s = summary(rows)
+        click.echo(f"  {name} judge: full {s['full_rate']:.1%}, full or partial {s['full_or_partial_rate']:.1%} "
+                   f"(judgment set {set_ids[name]})")
+    if report:
+        add_to_report(report, db, set_ids)
 
 
 @main.command()
@@ -479,6 +507,127 @@ def plot(run_ids, evaluation_ids, all_runs, out, db):
     sel = select(db, run_ids, all_runs, evaluation_ids)
     for path in plot_all(db, sel, out):
         click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- judge / annotate
+def _evaluation_of(db, run_id, evaluation_id) -> int:
+    from .analysis import select
+
+    if evaluation_id is None and run_id is None:
+        raise ConfigError("give --run-id N (its latest comparison) or --evaluation-id N")
+    return select(db, [run_id] if run_id and not evaluation_id else [],
+                  evaluation_ids=[evaluation_id] if evaluation_id else [])[0].evaluation_id
+
+
+def _llm_options(f):
+    for opt in reversed([
+        click.option("--judge-model", envvar="WMG_JUDGE_MODEL", default=None,
+                     help="llm judge: the model name [env WMG_JUDGE_MODEL]."),
+        click.option("--api", type=click.Choice(["openai", "anthropic"]), default="openai", show_default=True,
+                     help="llm judge: OpenAI-compatible chat completions (OpenAI, vLLM, Ollama, llama.cpp) or "
+                          "the Anthropic messages API."),
+        click.option("--base-url", default=None,
+                     help="llm judge: server URL [env OPENAI_BASE_URL or ANTHROPIC_BASE_URL]."),
+        click.option("--api-key", default=None,
+                     help="llm judge: API key [env OPENAI_API_KEY or ANTHROPIC_API_KEY]; never stored or printed."),
+        click.option("--timeout", type=float, default=60.0, show_default=True, help="llm judge: seconds per request."),
+        click.option("--retries", type=click.IntRange(1), default=3, show_default=True,
+                     help="llm judge: attempts per request (timeouts, 429 and 5xx are retried with backoff)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.option("--run-id", type=RUN_ID, default=None, help="Judge this run's latest comparison.")
+@click.option("--evaluation-id", type=RUN_ID, default=None, help="Judge this comparison instead.")
+@click.option("--judge", "judges", multiple=True, type=click.Choice(["rules", "embedding", "llm"]),
+              help="Which judge (repeatable): rules (offline lexicon), embedding (offline all-MiniLM-L6-v2), "
+                   "llm (a reasoning model over HTTP).")
+@click.option("--replace", is_flag=True,
+              help="Delete this judge's earlier verdicts on the comparison first (otherwise a new set is added).")
+@click.option("--compare-to", type=click.Choice(["manual"]), default=None,
+              help="Instead of judging: how well each judge matches the manual labels (accuracy, kappa, confusion).")
+@_llm_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bar.")
+@db_option
+@handle_errors
+def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, base_url, api_key, timeout,
+          retries, fmt, progress, db):
+    """Semantic agreement: a judge gives every example of a comparison a verdict (full, partial,
+    disagreement, invalid) with an explanation and a confidence, between the models (every pair and
+    overall) and for each model against the gold output. Verdicts of several judges live side by side."""
+    from .analysis import Table, render
+    from .judges.base import JudgeError
+    from .judging import compare_to_manual, judge_evaluation, summary
+
+    eid = _evaluation_of(db, run_id, evaluation_id)
+    if compare_to:
+        click.echo(render(compare_to_manual(db, eid, judges), fmt))
+        return
+    if not judges:
+        raise ConfigError("give --judge rules|embedding|llm (or --compare-to manual)")
+    rows = []
+    for name in judges:
+        try:
+            set_id, verdicts = judge_evaluation(db, eid, name, replace=replace, progress=progress,
+                                                api=api, base_url=base_url, model=judge_model, api_key=api_key,
+                                                timeout=timeout, retries=retries)
+        except JudgeError as exc:
+            raise ConfigError(f"{name} judge: {exc}") from None
+        s = summary(verdicts)
+        rows.append([name, set_id, eid, s["examples"], s["full_rate"], s["full_or_partial_rate"]]
+                    + [s["counts"][k] for k in ("full", "partial", "disagreement", "invalid", "error")])
+    string = query_string_rate(db, eid)
+    click.echo(render([Table("Semantic agreement", ["judge", "judgment_set", "evaluation", "examples", "full_rate",
+                                                    "full_or_partial_rate", "full", "partial", "disagreement",
+                                                    "invalid", "error"], rows,
+                             [f"string agreement rate of the same comparison: {string:.1%}"])], fmt))
+
+
+def query_string_rate(db, eid) -> float:
+    from .store import repo
+
+    return repo.get_evaluation(db, eid).full_agreement_rate or 0.0
+
+
+@main.command()
+@click.option("--run-id", type=RUN_ID, default=None, help="Annotate this run's latest comparison.")
+@click.option("--evaluation-id", type=RUN_ID, default=None, help="Annotate this comparison instead.")
+@click.option("--annotator", default=lambda: __import__("getpass").getuser(), show_default="your user name",
+              help="Who is labelling (stored with each label).")
+@click.option("--all-examples", is_flag=True, help="Also show examples where the models agree.")
+@click.option("--import", "import_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Import labels from a CSV (label and example_id or position; annotator and note optional).")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
+              help="Export every label of the comparison to a CSV.")
+@db_option
+@handle_errors
+def annotate(run_id, evaluation_id, annotator, all_examples, import_path, export_path, db):
+    """Label the models' outputs by hand: each disagreement is shown (instruction, excerpt, gold,
+    each model's output) and gets full / partial / disagreement / invalid and an optional note.
+    Labels are stored as they are given, so a session resumes where it stopped."""
+    from .judges.base import JudgeError
+    from .judging import annotate_session, export_csv, import_csv
+
+    eid = _evaluation_of(db, run_id, evaluation_id)
+    try:
+        if import_path:
+            click.echo(f"imported {import_csv(db, eid, import_path, annotator)} labels into evaluation {eid}")
+        if export_path:
+            click.echo(f"exported {export_csv(db, eid, export_path)} labels to {export_path}")
+        if import_path or export_path:
+            return
+        done, left = annotate_session(db, eid, annotator, lambda q: click.prompt(q, default="", show_default=False),
+                                      click.echo, include_agreements=all_examples)
+    except JudgeError as exc:
+        raise ConfigError(str(exc)) from None
+    except click.Abort:
+        click.echo("")
+        done, left = 0, None
+    click.echo(f"labelled {done} example(s) as {annotator}"
+               + (f"; {left} left (run the same command to resume)" if left else ""))
 
 
 # ---------------------------------------------------------------- data

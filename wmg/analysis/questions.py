@@ -233,7 +233,17 @@ def agreement(db, sel: Sequence[Selected]) -> list[Table]:
                  r["observed_agreement"], r["expected_agreement"], r["fleiss_kappa"]] for r in fl],
                ["raw_agreement: share of examples where all models agree; observed_agreement: Fleiss' mean "
                 "pairwise agreement per example"])
-    return [t1, t2]
+    sem = query(db, f"SELECT * FROM semantic_agreement WHERE evaluation_id IN ({_ids(sel)}) "
+                    "ORDER BY run_id, evaluation_id, judgment_set_id")
+    t3 = Table("Semantic agreement per judge, beside string agreement",
+               ["run", "evaluation", "judge", "judgment_set", "examples", "string_agreement", "full_rate",
+                "full_or_partial_rate", "invalid_rate"],
+               [[r["run_id"], r["evaluation_id"], r["judge"], r["judgment_set_id"], r["examples"],
+                 r["string_agreement_rate"], r["full_rate"], r["full_or_partial_rate"], r["invalid_rate"]]
+                for r in sem],
+               ["no judge has judged these comparisons yet: `wmg judge --run-id N --judge rules`"] if not sem else
+               ["full_rate: the judge found the models' outputs the same; full_or_partial_rate: at least related"])
+    return [t1, t2, t3]
 
 
 # ---------------------------------------------------------------- Q7

@@ -350,3 +350,116 @@ def fill_missing_rouge(db: str | None, evaluation_ids: Sequence[int]) -> int:
         for pred, gold in rows:
             pred.rouge1_f1, pred.rouge_l_f1 = rouge_f1(pred.raw_text, gold)
         return len(rows)
+
+
+# ---------------------------------------------------------------- judgments and annotations
+@dataclass(frozen=True)
+class JudgmentRow:
+    example_id: int
+    kind: str  # pair | overall | gold
+    model_a: str | None
+    model_b: str | None
+    verdict: str
+    explanation: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class EvaluationItem:
+    """One example of an evaluation with every model's raw output, for judging and annotation."""
+
+    example_id: int
+    position: int
+    instruction: str
+    input: str
+    gold_output: str
+    full_agreement: bool
+    outputs: dict[str, str]
+
+
+def evaluation_items(db: str | None, evaluation_id: int) -> list[EvaluationItem]:
+    with session_scope(db) as s:
+        ev = s.get(t.Evaluation, evaluation_id)
+        if ev is None:
+            raise StoreError(f"no evaluation with id {evaluation_id}")
+        rows = s.execute(
+            select(t.Example, t.Agreement.full_agreement, t.Prediction.model, t.Prediction.raw_text)
+            .join(t.Agreement, (t.Agreement.example_id == t.Example.id) & (t.Agreement.evaluation_id == evaluation_id))
+            .join(t.Prediction, (t.Prediction.example_id == t.Example.id)
+                  & (t.Prediction.evaluation_id == evaluation_id))
+            .join(t.RunModel, t.RunModel.id == t.Prediction.run_model_id)
+            .order_by(t.Example.position, t.RunModel.position)).all()
+        items: dict[int, EvaluationItem] = {}
+        for x, full, model, text in rows:
+            it = items.get(x.id)
+            if it is None:
+                it = items[x.id] = EvaluationItem(x.id, x.position, x.instruction, x.input, x.gold_output, bool(full), {})
+            it.outputs[model] = text
+        return list(items.values())
+
+
+def save_judgments(db: str | None, evaluation_id: int, judge: dict, config: dict, rows: Sequence[JudgmentRow],
+                   seconds: float, replace: bool = False) -> int:
+    """A new judgment set with all its verdicts, in one transaction. With `replace`, the
+    judge's earlier sets on this evaluation are deleted in the same transaction."""
+    with session_scope(db) as s:
+        if replace:
+            for old in s.scalars(select(t.JudgmentSet).where(t.JudgmentSet.evaluation_id == evaluation_id,
+                                                             t.JudgmentSet.judge == judge["name"])).all():
+                s.delete(old)
+            s.flush()
+        js = t.JudgmentSet(evaluation_id=evaluation_id, judge=judge["name"], judge_version=judge["version"],
+                           model=judge.get("model"), prompt_hash=judge.get("prompt_hash"),
+                           config_json=json.dumps(config, sort_keys=True), created_at=now(), seconds=seconds)
+        s.add(js)
+        s.flush()
+        s.add_all(t.Judgment(set_id=js.id, example_id=r.example_id, kind=r.kind, model_a=r.model_a,
+                             model_b=r.model_b, verdict=r.verdict, explanation=r.explanation,
+                             confidence=r.confidence) for r in rows)
+        return js.id
+
+
+def judgment_sets(db: str | None, evaluation_id: int, judge: str | None = None) -> list[dict]:
+    with session_scope(db) as s:
+        q = select(t.JudgmentSet).where(t.JudgmentSet.evaluation_id == evaluation_id)
+        if judge:
+            q = q.where(t.JudgmentSet.judge == judge)
+        return [{"id": j.id, "judge": j.judge, "version": j.judge_version, "model": j.model,
+                 "created_at": j.created_at} for j in s.scalars(q.order_by(t.JudgmentSet.id)).all()]
+
+
+def overall_verdicts(db: str | None, set_id: int) -> dict[int, str]:
+    with session_scope(db) as s:
+        return dict(s.execute(select(t.Judgment.example_id, t.Judgment.verdict)
+                              .where(t.Judgment.set_id == set_id, t.Judgment.kind == "overall")).all())
+
+
+def set_judgments(db: str | None, set_id: int) -> list[JudgmentRow]:
+    with session_scope(db) as s:
+        return [JudgmentRow(j.example_id, j.kind, j.model_a, j.model_b, j.verdict, j.explanation, j.confidence)
+                for j in s.scalars(select(t.Judgment).where(t.Judgment.set_id == set_id).order_by(t.Judgment.id))]
+
+
+def save_annotation(db: str | None, evaluation_id: int, example_id: int, annotator: str, label: str,
+                    note: str | None) -> None:
+    """Insert or update one person's label for one example (its own transaction, so a session can stop anywhere)."""
+    with session_scope(db) as s:
+        a = s.scalars(select(t.Annotation).where(t.Annotation.evaluation_id == evaluation_id,
+                                                 t.Annotation.example_id == example_id,
+                                                 t.Annotation.annotator == annotator)).first()
+        if a is None:
+            s.add(t.Annotation(evaluation_id=evaluation_id, example_id=example_id, annotator=annotator, label=label,
+                               note=note or None, created_at=now()))
+        else:
+            a.label, a.note, a.created_at = label, note or None, now()
+
+
+def annotations(db: str | None, evaluation_id: int, annotator: str | None = None) -> list[dict]:
+    with session_scope(db) as s:
+        q = (select(t.Annotation, t.Example.position).join(t.Example, t.Example.id == t.Annotation.example_id)
+             .where(t.Annotation.evaluation_id == evaluation_id))
+        if annotator:
+            q = q.where(t.Annotation.annotator == annotator)
+        return [{"evaluation_id": a.evaluation_id, "example_id": a.example_id, "position": pos,
+                 "annotator": a.annotator, "label": a.label, "note": a.note or ""}
+                for a, pos in s.execute(q.order_by(t.Example.position, t.Annotation.annotator)).all()]

@@ -210,3 +210,64 @@ class Agreement(Base):
         UniqueConstraint("evaluation_id", "example_id"),
         Index("ix_agreements_example_id", "example_id"),
     )
+
+
+JUDGE_OUTCOMES = ("full", "partial", "disagreement", "invalid", "error")
+
+
+class JudgmentSet(Base):
+    """One run of one judge over one evaluation. Judging again makes a new set (or,
+    with --replace, deletes the judge's earlier sets first)."""
+
+    __tablename__ = "judgment_sets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False,
+                                               index=True)
+    judge: Mapped[str] = mapped_column(String(32), nullable=False)
+    judge_version: Mapped[str] = mapped_column(String(32), nullable=False)
+    model: Mapped[str | None] = mapped_column(Text)  # the judge's own model, where it has one
+    prompt_hash: Mapped[str | None] = mapped_column(String(64))
+    config_json: Mapped[str] = mapped_column(Text, nullable=False)  # thresholds, API kind, base URL; never a key
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = {"sqlite_autoincrement": True}  # a replaced set's id is never reused
+
+
+class Judgment(Base):
+    """A verdict: on a pair of models (`pair`), on all models of an example (`overall`),
+    or on one model against the gold output (`gold`, model in model_a)."""
+
+    __tablename__ = "judgments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("judgment_sets.id", ondelete="CASCADE"), nullable=False)
+    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    model_a: Mapped[str | None] = mapped_column(String(64))
+    model_b: Mapped[str | None] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16), nullable=False)
+    explanation: Mapped[str] = mapped_column(Text, nullable=False)
+    confidence: Mapped[float] = mapped_column(Float, nullable=False)
+    __table_args__ = (
+        CheckConstraint(f"verdict IN {JUDGE_OUTCOMES}", name="verdict"),
+        CheckConstraint("kind IN ('pair', 'overall', 'gold')", name="kind"),
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence"),
+        Index("ix_judgments_set_kind", "set_id", "kind"),
+        Index("ix_judgments_example_id", "example_id"),
+    )
+
+
+class Annotation(Base):
+    """A person's label for the models' outputs on one example."""
+
+    __tablename__ = "annotations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False)
+    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"), nullable=False)
+    annotator: Mapped[str] = mapped_column(String(64), nullable=False)
+    label: Mapped[str] = mapped_column(String(16), nullable=False)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "example_id", "annotator"),
+        CheckConstraint("label IN ('full', 'partial', 'disagreement', 'invalid')", name="label"),
+    )
