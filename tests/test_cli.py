@@ -192,3 +192,16 @@ def test_help_lists_every_option():
         for line in r.output.splitlines():
             if line.strip().startswith("--") and "  " in line.strip():
                 assert line.strip().split("  ", 1)[1].strip(), line  # every option has help text
+
+
+def test_default_examples_follow_the_init(tmp_path, small_data):
+    """--examples auto: scratch init (here: --tiny) uses every line, not the tutorial's 100."""
+    db = str(tmp_path / "d.db")
+    r = CliRunner().invoke(main, ["train", "--data", small_data, "--db", db, "--tiny", "--epochs", "1",
+                                  "--no-compare", "--no-progress", "--platform", "windows",
+                                  "--checkpoints", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "Examples: all" in r.output
+    assert q(db, "SELECT n_train + n_validation, examples_requested FROM runs") == [(12, None)]
+    hp = json.loads(q(db, "SELECT hyperparams_json FROM run_models WHERE name = 'flan-t5-small'")[0][0])
+    assert hp["dropout"] == 0.0 and hp["epochs"] == 1

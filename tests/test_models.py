@@ -38,7 +38,8 @@ def test_scratch_t5_keeps_published_untied_head_and_special_ids(tmp_path):
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
     x, y = torch.tensor([ids]), torch.tensor([[0, 5, 6]])
     model.eval(), again.eval()
-    assert torch.allclose(model(input_ids=x, decoder_input_ids=y).logits, again(input_ids=x, decoder_input_ids=y).logits)
+    assert torch.allclose(model(input_ids=x, decoder_input_ids=y).logits, again(input_ids=x, decoder_input_ids=y).logits,
+                          atol=1e-5)  # the loaded model runs the fused GELU: equal up to rounding
     assert tok2("MOV copies Source")["input_ids"] == ids
 
 

@@ -63,11 +63,16 @@ def load_jsonl(path: str | Path) -> list[Example]:
     return examples
 
 
-def parse_examples_option(value: str | int | None) -> int | None:
-    """`--examples N` or `all` (None means every line)."""
+def parse_examples_option(value: str | int | None) -> int | None | str:
+    """`--examples N`, `all` (None: every line) or `auto` (decided by the init)."""
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
     if value is None or (isinstance(value, str) and value.lower() == "all"):
         return None
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        raise DataError(f"--examples must be a number, 'all' or 'auto', not {value!r}") from None
     if n < 2:
         raise DataError("--examples must be at least 2 (one to train on, one to evaluate)")
     return n

@@ -206,6 +206,50 @@ def build(spec: ModelSpec, init: str, corpus: Iterable[str], source: str | None 
     return Built(model, tok, "scratch", f"auto: {reason}")
 
 
+def fuse_gelu(model) -> int:
+    """Swap transformers' Python-level tanh GELU (`gelu_new`, five element-wise kernels) for
+    the same formula in one fused kernel (`F.gelu(approximate="tanh")`); T5 and GPT-2 both
+    use it. The function is the same up to rounding; the saved config is untouched.
+    Returns how many activations were swapped."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for module in model.modules():
+        for name, child in list(module.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
+
+
+def set_dropout(model, p: float) -> None:
+    """Set every dropout of a built model (nn.Dropout modules and T5's attention-probability rate)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = p
+    for key in ("dropout_rate", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, p)
+
+
+def pretrained_available(spec: ModelSpec, source: str | None = None) -> bool:
+    """Whether `auto` init will find pretrained weights: a local folder, the local cache, or a reachable hub."""
+    if source and Path(source).is_dir():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(spec.hub_id, "config.json"), str):
+            return True
+    except ImportError:  # pragma: no cover - comes with transformers
+        pass
+    return hub_reachable()
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -216,6 +260,8 @@ def load_trained(spec: ModelSpec, path: str | Path) -> tuple[Any, Any]:
     if not (path / "config.json").exists():
         raise ConfigError(f"checkpoint for {spec.name} is missing: {path}")
     try:
-        return load_pretrained(spec, str(path), local_only=True)
+        model, tok = load_pretrained(spec, str(path), local_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"checkpoint for {spec.name} at {path} cannot be loaded: {str(exc).splitlines()[0]}") from None
+    fuse_gelu(model)
+    return model, tok

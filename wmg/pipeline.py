@@ -20,7 +20,7 @@ from typing import Callable
 
 from . import __version__
 from .agreement import agreement
-from .config import ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
+from .config import DEFAULT_EXAMPLES, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
 from .data import Example, load_jsonl, split, subsample
 from .device import RULE
 from .parse import canonical_label, parse_output
@@ -54,11 +54,23 @@ def seed_everything(seed: int) -> None:
 
 
 def free_memory() -> None:
+    """Release a model's memory before the next one: garbage, the CUDA cache, and the
+    pages glibc keeps after large frees (without malloc_trim the next model's peak
+    stacks on the previous model's leftovers in the resident set)."""
+    import ctypes
+    import ctypes.util
+
     import torch
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    libc = ctypes.util.find_library("c")
+    if libc and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def file_sha256(path: str | Path) -> str:
@@ -82,7 +94,7 @@ def versions() -> dict:
 class TrainOptions:
     data: str
     models: str
-    examples: int | None = 100
+    examples: int | None | str = "auto"  # a number, None for every line, or auto (see DEFAULT_EXAMPLES)
     eval_split: float = 0.1
     seed: int = 42
     init: str = "auto"
@@ -152,7 +164,7 @@ def _checkpoint_root(base: str, run_id: int) -> Path:
 
 def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: TrainOptions,
                 train: list[Example], val: list[Example], ckpt_root: Path, echo: Echo) -> None:
-    from .models import build, count_parameters
+    from .models import build, count_parameters, fuse_gelu, set_dropout
     from .train import train as train_loop
 
     banner(echo, f"TRAINING MODEL: {spec.name.upper()}")
@@ -166,6 +178,9 @@ def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: Train
                   overrides=TINY[spec.type] if opts.tiny else None, echo=echo)
     cfg = hyperparams(spec, built.init, opts)
     model, tok = built.model, built.tokenizer
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
+    fuse_gelu(model)
     n_params = count_parameters(model)
     echo(f"✓ Model {'loaded' if built.init == 'pretrained' else 'built'}: {type(model).__name__} "
          f"[init={built.init}{', tiny' if opts.tiny else ''}] ({built.note})")
@@ -211,13 +226,29 @@ def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: Train
     echo("  ✓ Memory freed")
 
 
+def expected_inits(specs: list[ModelSpec], opts: TrainOptions) -> dict[str, str]:
+    """The init each model will get, known before the data is split (auto asks whether weights are reachable)."""
+    from .models import pretrained_available
+
+    if opts.tiny or opts.init == "scratch":
+        return {s.name: "scratch" for s in specs}
+    if opts.init == "pretrained":
+        return {s.name: "pretrained" for s in specs}
+    return {s.name: "pretrained" if pretrained_available(s, opts.sources.get(s.name)) else "scratch" for s in specs}
+
+
 def train_run(db, opts: TrainOptions, echo: Echo = print) -> int:
     """Train every model of a new run; returns the run id. The run is marked failed or
     interrupted if anything stops it."""
     specs = resolve_models(opts.models)
+    inits = expected_inits(specs, opts)
+    if opts.examples == "auto":
+        pretrained = all(v == "pretrained" for v in inits.values())
+        opts.examples = DEFAULT_EXAMPLES["pretrained" if pretrained else "scratch"]
+        echo(f"✓ Examples: {'100 (the tutorial default for fine-tuning)' if pretrained else 'all (scratch init needs every example)'}; "
+             "set --examples to change")
     train, val = prepare_data(opts, echo)
-    configs = [(spec, hyperparams(spec, "scratch" if opts.tiny else (
-        "pretrained" if opts.init == "pretrained" else "scratch"), opts).to_dict()) for spec in specs]
+    configs = [(spec, hyperparams(spec, inits[spec.name], opts).to_dict()) for spec in specs]
     run_config = {k: v for k, v in vars(opts).items() if k not in ("progress",)}
     run_id, model_ids = repo.create_run(
         db, data_path=str(opts.data), data_sha256=file_sha256(opts.data), examples_requested=opts.examples,
@@ -245,7 +276,7 @@ class CompareOptions:
     run_id: int
     data: str | None = None
     max_new_tokens: int = 256
-    batch_size: int = 8
+    batch_size: int = 16
     precision: str = "fp32"
     device: str = "cpu"
     report: str | None = "ensemble_report.json"
