@@ -62,16 +62,27 @@ def encode_causal(tokenizer, prompt: str, answer: str, max_len: int, max_answer:
     return Encoded(ids, labels)
 
 
-class Collator:
-    """Pads a list of `Encoded` to the longest in the batch (dynamic padding)."""
+PAD_MULTIPLE = int(__import__("os").environ.get("WMG_PAD_MULTIPLE", "32"))
 
-    def __init__(self, model_type: str, pad_id: int):
+
+class Collator:
+    """Pads a list of `Encoded` to the longest in the batch (dynamic padding), rounded up
+    to a multiple of `multiple` tokens.
+
+    Rounding keeps the number of distinct tensor shapes small: every new shape costs
+    oneDNN kernels and allocator blocks that stay resident, and with exact lengths the
+    resident set of a training run grew by gigabytes (measured: 2.0 -> 4.4 GB over one
+    epoch of T5-small); a few padded tokens per row are cheap by comparison.
+    """
+
+    def __init__(self, model_type: str, pad_id: int, multiple: int = PAD_MULTIPLE):
         self.model_type = model_type
         self.pad_id = pad_id
+        self.multiple = max(1, multiple)
 
-    @staticmethod
-    def _pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
+    def _pad(self, rows: Sequence[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)
+        width = -(-width // self.multiple) * self.multiple
         return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
     def __call__(self, items: Sequence[Encoded]) -> dict[str, torch.Tensor]:

@@ -56,6 +56,28 @@ def physical_cores() -> int:
     return max(1, min(avail, len(pairs) or avail))
 
 
+def limit_heap_growth() -> bool:
+    """Serve large allocations with mmap so freed tensors go back to the system.
+
+    glibc raises its mmap threshold after each large free, so later tensors of new
+    shapes come from the heap and fragment it; a CPU training run with dynamic
+    padding then keeps gigabytes it no longer uses. A fixed threshold
+    (WMG_MMAP_THRESHOLD bytes, default 4 MiB; 0 leaves glibc alone) stops that.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    threshold = int(os.environ.get("WMG_MMAP_THRESHOLD", str(4 << 20)))
+    if not threshold or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def disable_accelerators(echo=print) -> None:
     echo(RULE)
     echo("MEMORY OPTIMIZATION LAYER")
@@ -87,6 +109,7 @@ class PlatformInfo:
 
 def setup(device: str = "cpu", platform: str = "auto", echo=print) -> PlatformInfo:
     """Disable accelerators unless asked for, pick loader workers, print the banner."""
+    limit_heap_growth()
     if device == "cpu":
         disable_accelerators(echo)
     import torch
