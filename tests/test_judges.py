@@ -162,3 +162,37 @@ def test_judge_errors_are_one_line(store):
     assert q(store, "SELECT COUNT(*) FROM judgment_sets") == [(0,)]  # nothing stored on failure
     r = CliRunner().invoke(main, ["judge", "--db", store, "--judge", "rules"])
     assert r.exit_code != 0 and "--run-id" in r.output
+
+
+def test_llm_judge_through_the_cli_stores_verdicts_but_never_the_key(store, tmp_path):
+    """A full `wmg judge --judge llm` against a local scripted server; the key is nowhere at rest."""
+    import threading
+
+    from tests.test_judge_llm import Scripted, openai_reply, verdict_json
+
+    srv = Scripted()
+    # run 1 has 4 examples: 2 orders per pair + 1 gold question per model = 4 requests each
+    srv.script.extend([openai_reply(verdict_json("DISAGREEMENT"))] * 16)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        key = "sk-live-TOPSECRET-42"
+        report = tmp_path / "r.json"
+        r = CliRunner().invoke(main, ["judge", "--run-id", "1", "--judge", "llm", "--db", store, "--no-progress",
+                                      "--base-url", srv.url + "/v1",
+                                      "--judge-model", "local-judge", "--api-key", key])
+        assert r.exit_code == 0, r.output
+        assert all(req["headers"].get("authorization") == f"Bearer {key}" for req in srv.requests)
+    finally:
+        srv.shutdown()
+    assert q(store, "SELECT judge, model, prompt_hash IS NOT NULL FROM judgment_sets") == [("llm", "local-judge", 1)]
+    assert q(store, "SELECT COUNT(*), SUM(verdict = 'disagreement') FROM judgments WHERE kind = 'overall'") == [(4, 4)]
+    from wmg.judging import _safe_url
+
+    assert _safe_url("http://user:pw@host:8000/v1") == "http://host:8000/v1"  # URL credentials are not stored
+    for path in [store] + [store + s for s in ("-wal", "-shm")]:
+        try:
+            data = open(path, "rb").read()
+        except FileNotFoundError:
+            continue
+        assert key.encode() not in data
+    assert key not in r.output
