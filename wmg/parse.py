@@ -72,7 +72,9 @@ def normalize_type(gadget_type: str) -> str:
     Word level, not substring: "Command enable logic" keeps its "and" letters.
     """
     words = _WORD.findall(gadget_type.lower())
-    return "".join(w for w in words if w not in _DROP)
+    joined = "".join(w for w in words if w not in _DROP)
+    # "a-n-d" joins to "and": drop it too, so that normalizing twice changes nothing
+    return "" if joined in _DROP else joined
 
 
 CANONICAL_NORMALIZED = {normalize_type(label): label for label in CANONICAL_LABELS}
