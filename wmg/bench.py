@@ -25,7 +25,6 @@ import contextlib
 import copy
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -272,20 +271,42 @@ def bench_generation(spec: ModelSpec, model, tok, examples, batch_size: int, max
     return toolkit, baseline, ours, theirs
 
 
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak resident set (VmHWM) of a live process, in MB; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def peak_memory_of_run(args: list[str], echo: Echo) -> tuple[float, float]:
-    """(peak RSS in MB, seconds) of `wmg train ARGS` in a child process."""
+    """(peak RSS in MB, seconds) of `wmg train ARGS` in a child process.
+
+    Read from the child's own high-water mark (VmHWM) while it runs: getrusage's
+    RUSAGE_CHILDREN would report this large benchmark process's size, which a forked
+    child carries until it execs.
+    """
     with tempfile.TemporaryDirectory() as work:
         cmd = [sys.executable, "-m", "wmg", "train", "--db", os.path.join(work, "r.db"), "--checkpoints",
                os.path.join(work, "ckpt"), "--report", os.path.join(work, "report.json"), "--no-progress",
                "--no-show-examples", *args]
         echo(f"  running: wmg train {' '.join(args)}")
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        with open(os.path.join(work, "log.txt"), "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            peak = 0.0
+            while proc.poll() is None:
+                peak = max(peak, _vm_hwm_mb(proc.pid))
+                time.sleep(0.2)
         secs = time.perf_counter() - t
         if proc.returncode != 0:
-            raise ConfigError(f"the memory run failed: {proc.stderr.strip().splitlines()[-1:]}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return peak_kb / 1024, secs
+            tail = open(os.path.join(work, "log.txt")).read().strip().splitlines()[-1:]
+            raise ConfigError(f"the memory run failed: {tail}")
+    return peak, secs
 
 
 def run(models: list[str], quick: bool, data: str | Path = DEFAULT_DATA, seed: int = 42, precision: str = "auto",
