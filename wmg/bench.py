@@ -405,9 +405,9 @@ def render(res: dict) -> str:
             ("", "identical greedy outputs", f"{m['identical_outputs']}/{m['compared_outputs']}", "", ""),
             ("", f"training MFU ({m['precision']})", f"{m['mfu']:.1%}", "", f"{m['achieved_tflops']:.3f} TFLOP/s"),
         ]
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
-    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-    out += ["", fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    from .analysis import format_rows
+
+    out += [""] + format_rows(head, rows)
     for m in res["models"]:
         for d in m["differences"]:
             out.append(f"{m['model']} example {d['example']} differs:\n  toolkit:  {d['toolkit']!r}\n"

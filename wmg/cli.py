@@ -293,10 +293,9 @@ def _fmt(v, spec=".4f"):
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+    from .analysis import format_rows
+
+    return "\n".join(format_rows(headers, [[str(c) for c in r] for r in rows]))
 
 
 def _run_dict(r) -> dict:

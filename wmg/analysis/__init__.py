@@ -113,15 +113,17 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def render_table(t: Table) -> str:
-    cells = [[_cell(c) for c in r] for r in t.rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(t.columns)]
+def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Aligned text lines: a header, a rule, and one line per row."""
+    cells = [[_cell(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(columns)]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    return [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+
+
+def render_table(t: Table) -> str:
     out = [t.title, "=" * len(t.title)]
-    if t.rows:
-        out += [line(t.columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
-    else:
-        out.append("(no rows)")
+    out += format_rows(t.columns, t.rows) if t.rows else ["(no rows)"]
     out += [f"note: {n}" for n in t.notes]
     return "\n".join(out)
 
