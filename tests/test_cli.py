@@ -61,6 +61,7 @@ def test_train_then_compare_writes_rows_and_report(trained):
     rows = q(db, "SELECT gold_type, model, examples FROM error_by_type")
     assert sum(r[2] for r in rows) == 6
 
+    assert oct((work / "report.json").stat().st_mode & 0o777) != "0o600"  # an ordinary file, not mkstemp's private one
     report = json.loads((work / "report.json").read_text())
     s = report["summary"]
     assert {"total_examples", "full_agreements", "full_agreement_rate", "disagreement_rate",

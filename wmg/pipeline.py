@@ -399,6 +399,9 @@ def write_report(path: str, summary: dict, results: list[dict]) -> str:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".report-", suffix=".json")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a report is an ordinary file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump({"summary": summary, "results": results}, fh, indent=2, ensure_ascii=False)
