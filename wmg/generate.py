@@ -24,14 +24,9 @@ class Generation:
     seconds: float  # this example's share of its batch's wall time
 
 
-def _new_token_count(ids: list[int], eos_id: int, pad_id: int) -> int:
-    n = 0
-    for t in ids:
-        n += 1
-        if t == eos_id:
-            break
-    # trailing pads after EOS are not generated tokens; a pad before EOS (T5 pad 0) can't occur
-    return n
+def _new_token_count(ids: list[int], eos_id: int) -> int:
+    """Tokens generated up to and including the first EOS (what follows is batch padding)."""
+    return ids.index(eos_id) + 1 if eos_id in ids else len(ids)
 
 
 @torch.inference_mode()
@@ -71,7 +66,7 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
         else:
             out = out[:, 1:]  # drop the decoder start token
         for row, i in zip(out.tolist(), idx):
-            n = _new_token_count(row, eos_id, pad_id)
+            n = _new_token_count(row, eos_id)
             text = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
             results[i] = Generation(text, n, dt)
         bar.update(len(idx))
