@@ -6,8 +6,7 @@ Every figure the analysis tests expect is worked out by hand in test_analysis.py
 from dataclasses import dataclass
 
 from wmg.data import Example
-from wmg.parse import canonical_label, parse_output
-from wmg.pipeline import score
+from wmg.pipeline import example_rows
 from wmg.store import repo
 
 RW, AR, CF = "ReadWrite gadget", "Arithmetic/Computation gadget", "Control-Flow gadget"
@@ -48,16 +47,10 @@ def make_run(db, models, golds, preds, words, forms, epochs=3, seed=1):
     pred_rows, agr_rows = [], []
     for x, row in zip(stored, preds):
         texts = {m: out(t) for m, t in zip(models, row)}
-        parsed, agr = score(models, x.gold_type, texts)
-        for m in models:
-            p = parsed[m]
-            pred_rows.append(repo.PredictionRow(x.id, m, texts[m], p.gadget_type, p.location, p.explanation,
-                                                p.normalized_type, canonical_label(p.gadget_type), p.format_checks,
-                                                agr.matches_gold[m], 10, 0.1))
-        agr_rows.append(repo.AgreementRow(x.id, len(models), agr.full_agreement, agr.unique_types,
-                                          agr.unique_normalized_types, agr.majority_type, agr.majority_normalized,
-                                          agr.majority_count,
-                                          bool(agr.majority_normalized) and agr.majority_normalized == agr.gold_normalized))
+        # no gold output: ROUGE is left for `wmg analyze models` to fill in on demand
+        _, _, rows, agr_row = example_rows(x.id, x.gold_type, texts, {m: (10, 0.1) for m in models})
+        pred_rows += rows
+        agr_rows.append(agr_row)
     repo.complete_evaluation(db, eval_id, pred_rows, agr_rows, 1.0, None)
     return run_id, eval_id
 

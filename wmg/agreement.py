@@ -21,6 +21,10 @@ class Agreement:
     matches_gold: dict[str, bool]
     gold_normalized: str
 
+    @property
+    def majority_matches_gold(self) -> bool:
+        return bool(self.majority_normalized) and self.majority_normalized == self.gold_normalized
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -56,6 +56,21 @@ def physical_cores() -> int:
     return max(1, min(avail, len(pairs) or avail))
 
 
+def glibc():
+    """The C library for malloc tuning on Linux, or None where it is not glibc."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def limit_heap_growth() -> bool:
     """Serve large allocations with mmap so freed tensors go back to the system.
 
@@ -64,18 +79,11 @@ def limit_heap_growth() -> bool:
     padding then keeps gigabytes it no longer uses. A fixed threshold
     (WMG_MMAP_THRESHOLD bytes, default 4 MiB; 0 leaves glibc alone) stops that.
     """
-    import ctypes
-    import ctypes.util
-    import sys
-
     threshold = int(os.environ.get("WMG_MMAP_THRESHOLD", str(4 << 20)))
-    if not threshold or not sys.platform.startswith("linux"):
+    libc = glibc()
+    if not threshold or libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
+    return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
 
 
 def disable_accelerators(echo=print) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import platform as _platform
 import random
@@ -57,20 +58,16 @@ def free_memory() -> None:
     """Release a model's memory before the next one: garbage, the CUDA cache, and the
     pages glibc keeps after large frees (without malloc_trim the next model's peak
     stacks on the previous model's leftovers in the resident set)."""
-    import ctypes
-    import ctypes.util
-
     import torch
+
+    from .device import glibc
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    libc = ctypes.util.find_library("c")
-    if libc and sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(libc).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -190,7 +187,7 @@ def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: Train
     echo("  Tokenizing datasets...")
     train_enc = encode_all(spec, tok, train, cfg)
     val_enc = encode_all(spec, tok, val, cfg)
-    steps_per_epoch = -(-(-(-len(train_enc) // cfg.micro_batch_size)) // cfg.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(len(train_enc) / cfg.micro_batch_size) / cfg.grad_accum)
     echo(f"  Training: {cfg.epochs} epochs x {steps_per_epoch} steps, micro-batch {cfg.micro_batch_size} x "
          f"accumulation {cfg.grad_accum} = effective batch {cfg.effective_batch_size}, lr {cfg.learning_rate:g} "
          f"({cfg.schedule}, warmup {cfg.warmup_ratio:g}), precision {cfg.precision}")
@@ -327,6 +324,29 @@ def score(models: list[str], example_gold: str | None, texts: dict[str, str]):
     return parsed, agr
 
 
+def example_rows(example_id: int, gold_type: str | None, texts: dict[str, str],
+                 stats: dict[str, tuple[int, float]], gold_output: str | None = None):
+    """Parse and score one example's outputs and build its store rows.
+
+    `stats` gives each model's (new tokens, generation seconds); ROUGE against
+    `gold_output` is computed when it is given. Returns (parsed, agreement,
+    prediction rows, agreement row).
+    """
+    names = list(texts)
+    parsed, agr = score(names, gold_type, texts)
+    preds = []
+    for m in names:
+        p = parsed[m]
+        rouge = rouge_f1(texts[m], gold_output) if gold_output is not None else ()
+        preds.append(repo.PredictionRow(
+            example_id, m, texts[m], p.gadget_type, p.location, p.explanation, p.normalized_type,
+            canonical_label(p.gadget_type), p.format_checks, agr.matches_gold[m], *stats[m], *rouge))
+    agr_row = repo.AgreementRow(
+        example_id, len(names), agr.full_agreement, agr.unique_types, agr.unique_normalized_types,
+        agr.majority_type, agr.majority_normalized, agr.majority_count, agr.majority_matches_gold)
+    return parsed, agr, preds, agr_row
+
+
 def compare_run(db, opts: CompareOptions, echo: Echo = print) -> int:
     """Generate with every model of a run, parse, score agreement, store and report; returns the evaluation id."""
     run = repo.get_run(db, opts.run_id)
@@ -346,17 +366,10 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> int:
         preds, agrs, results = [], [], []
         for i, x in enumerate(examples):
             texts = {m: gens[m][i].text for m in names}
-            parsed, agr = score(names, x.gold_type, texts)
-            for m in names:
-                p = parsed[m]
-                preds.append(repo.PredictionRow(
-                    x.id, m, texts[m], p.gadget_type, p.location, p.explanation, p.normalized_type,
-                    canonical_label(p.gadget_type), p.format_checks, agr.matches_gold[m], gens[m][i].new_tokens,
-                    gens[m][i].seconds, *rouge_f1(texts[m], x.gold_output)))
-            agrs.append(repo.AgreementRow(
-                x.id, len(names), agr.full_agreement, agr.unique_types, agr.unique_normalized_types,
-                agr.majority_type, agr.majority_normalized, agr.majority_count,
-                bool(agr.majority_normalized) and agr.majority_normalized == agr.gold_normalized))
+            stats = {m: (gens[m][i].new_tokens, gens[m][i].seconds) for m in names}
+            parsed, agr, rows, agr_row = example_rows(x.id, x.gold_type, texts, stats, x.gold_output)
+            preds += rows
+            agrs.append(agr_row)
             results.append({
                 "example_id": i, "example_row_id": x.id, "source_line": x.source_line,
                 "instruction": x.instruction, "excerpt": x.input, "gold_output": x.gold_output,
