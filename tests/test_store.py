@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from wmg.store.schema import Base
-from wmg.store.session import current_revision, get_engine, _ready
+from wmg.store.session import current_revision, get_engine, head_revision, _ready
 
 TABLES = {"runs", "run_models", "train_steps", "epoch_losses", "evaluations", "examples", "predictions", "agreements"}
 
@@ -16,7 +16,7 @@ def schema_dump(path):
 
 def test_migrations_create_schema_matching_models(db):
     engine = get_engine(db)
-    assert current_revision(db) == "0003_judgments"
+    assert current_revision(db) == head_revision() == "0004_run_process"
     with sqlite3.connect(db) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         views = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='view'")}

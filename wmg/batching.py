@@ -115,7 +115,10 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed * 1000 + self.epoch)
+        return self.batches_for(self.epoch)
+
+    def batches_for(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1000 + epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         if not self.group:

@@ -11,8 +11,10 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import DEFAULT_MODELS, REGISTRY, ConfigError
+from .config import DEFAULT_MODELS, DEFAULT_NO_REPEAT, REGISTRY, ConfigError
+from .checkpoint import CheckpointError
 from .data import DEFAULT_DATA, DataError, parse_examples_option
+from .interrupt import RunInterrupted
 from .judges.base import JudgeError
 from .store.session import StoreError
 
@@ -32,11 +34,16 @@ def handle_errors(f):
 
         try:
             return f(*args, **kwargs)
-        except (ConfigError, DataError, StoreError, JudgeError) as exc:
+        except (ConfigError, DataError, StoreError, JudgeError, CheckpointError) as exc:
             raise click.ClickException(str(exc)) from None
+        except RunInterrupted as exc:
+            click.echo(f"Interrupted: {exc}", err=True)
+            sys.exit(143 if exc.signal_name == "SIGTERM" else 130)
         except SQLAlchemyError as exc:
+            from .store.session import explain
+
             msg = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise click.ClickException(f"results store error: {msg}") from None
+            raise click.ClickException(f"results store error: {explain(msg)}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -66,11 +73,37 @@ class RunId(click.ParamType):
 RUN_ID = RunId()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """Usage errors (a run id that is not a number, an unknown option) as one line on stderr,
+    not click's usage block; the exit status stays click's (2 for usage, 1 otherwise)."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            return super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `wmg` / `wmg analyze`: the help
+                click.echo(exc.format_message())
+                sys.exit(0)
+            msg = exc.format_message()
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, click.UsageError) and ctx is not None:
+                msg += f" (see `{ctx.command_path} -h`)"
+            click.echo(f"Error: {msg}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="wmg")
 def main():
     """wmg: fine-tune small language models to spot weird-machine gadgets in PLC manual
     excerpts, compare their predictions, and keep every result in a SQLite store."""
+
+
+NO_REPEAT = click.option("--no-repeat-ngram-size", "no_repeat", type=click.IntRange(0), default=DEFAULT_NO_REPEAT,
+                         show_default=True, help="Greedy decoding never repeats an n-gram of this length (0: plain greedy, as the tutorial). Breaks the loops an undertrained model falls into; recorded with the evaluation.")
 
 
 # ---------------------------------------------------------------- train
@@ -121,28 +154,55 @@ def main():
 @click.option("--checkpoints", default="checkpoints", show_default=True, type=click.Path(file_okay=False),
               help="Where checkpoints/<run>/<model>/final_model are saved.")
 @click.option("--scratch-vocab", type=int, default=None,
-              help="Vocabulary size of tokenizers trained for scratch init [2000 unigram, 4000 BPE].")
+              help="Vocabulary size of tokenizers trained for scratch init [4000 for both the Unigram (T5) and the BPE (GPT-2) tokenizer].")
 @click.option("--tiny", is_flag=True, help="Tiny 2-layer, width-64 architectures (scratch): for tests and smoke runs.")
 @click.option("--compare/--no-compare", default=True, show_default=True, help="Run the comparison after training.")
 @click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Generation limit in the comparison.")
+@NO_REPEAT
 @click.option("--report", default="ensemble_report.json", show_default=True, type=click.Path(dir_okay=False),
               help="Where the comparison writes its JSON report.")
 @click.option("--show-examples/--no-show-examples", default=True, show_default=True,
               help="Print the agreement block of every validation example.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+@click.option("--resume", "resume", type=RUN_ID, default=None,
+              help="Continue an interrupted run from its last checkpoint, with its own data split and options "
+                   "(only the comparison and display options may be given with it).")
 @db_option
 @handle_errors
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
-          max_new_tokens, report, show_examples, progress, db):
+          max_new_tokens, no_repeat, report, show_examples, progress, resume, db):
     """Fine-tune every model on one split of the data, then compare them (unless --no-compare).
 
     Prints the new run's id; every step, loss and prediction goes to the results store.
+    A checkpoint is written every epoch and on Ctrl-C / SIGTERM; `--resume RUN_ID` continues from it.
     """
     from . import device as dev
     from .config import resolve_models
-    from .pipeline import CompareOptions, TrainOptions, compare_run, train_run
+    from .pipeline import CompareOptions, TrainOptions, compare_run, resume_run, train_run
+
+    if resume is not None:
+        ctx = click.get_current_context()
+        allowed = {"resume", "db", "compare", "max_new_tokens", "no_repeat", "report", "show_examples", "progress"}
+        given = [name for name in ctx.params if name not in allowed
+                 and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise ConfigError(f"--resume continues a run with its own options; do not give --{given[0].replace('_', '-')}")
+        from .store import repo
+
+        before = repo.get_run(db, resume)
+        dev.setup(before.device, before.platform, echo)
+        run = resume_run(db, resume, echo, progress)
+        echo("")
+        echo(f"Run id: {resume}")
+        if compare:
+            compare_run(db, CompareOptions(run_id=resume, max_new_tokens=max_new_tokens, precision=run.config["precision"],
+                                           no_repeat_ngram_size=no_repeat,
+                                           device=run.device, report=report, progress=progress,
+                                           show_examples=show_examples), echo)
+            echo(f"Run id: {resume}")
+        return
 
     n_examples = parse_examples_option(examples)
     names = [s.name for s in resolve_models(models)]  # fail fast on an unknown name, before the banner
@@ -178,6 +238,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
     echo(f"Run id: {run_id}")
     if compare:
         compare_run(db, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec, device=device,
+                                       no_repeat_ngram_size=no_repeat,
                                        report=report, progress=progress, show_examples=show_examples), echo)
         echo(f"Run id: {run_id}")
 
@@ -194,6 +255,7 @@ def _compare_options(f):
                      help="Generation precision (fp32 gives the exact greedy outputs)."),
         click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True,
                      help="CPU by default: CUDA and MPS are disabled unless asked for here."),
+        NO_REPEAT,
     ]):
         f = opt(f)
     return f
@@ -212,7 +274,7 @@ def _compare_options(f):
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 @db_option
 @handle_errors
-def compare(run_id, max_new_tokens, batch_size, precision, device, data, report, show_examples, judges, progress,
+def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, data, report, show_examples, judges, progress,
             db):
     """Let every model of a run predict on its validation split (or --data), and store
     predictions, format checks and agreement as a new evaluation."""
@@ -225,6 +287,7 @@ def compare(run_id, max_new_tokens, batch_size, precision, device, data, report,
         raise DataError(f"{data}: data file not found")
     dev.setup(device, "auto", echo)
     eid = compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens,
+                                         no_repeat_ngram_size=no_repeat,
                                          batch_size=batch_size, precision=dev.resolve_precision(precision, device),
                                          device=device, report=report, progress=progress,
                                          show_examples=show_examples), echo)
@@ -233,7 +296,6 @@ def compare(run_id, max_new_tokens, batch_size, precision, device, data, report,
 
 
 def _judge_into_report(db, eid, judges, report, progress):
-    from .judges.base import JudgeError
     from .judging import add_to_report, judge_evaluation, summary
 
     set_ids = {}
@@ -261,7 +323,7 @@ def _judge_into_report(db, eid, judges, report, progress):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @db_option
 @handle_errors
-def predict(run_id, max_new_tokens, batch_size, precision, device, instruction, excerpt, as_json, db):
+def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, instruction, excerpt, as_json, db):
     """Run every model of a trained run on one custom excerpt (nothing is stored)."""
     import contextlib
     import io
@@ -279,6 +341,7 @@ def predict(run_id, max_new_tokens, batch_size, precision, device, instruction, 
         dev.setup(device, "auto", say)
     result = do_predict(db, run_id, instruction, excerpt,
                         CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                       no_repeat_ngram_size=no_repeat,
                                        precision=dev.resolve_precision(precision, device), device=device,
                                        report=None), say)
     if as_json:
@@ -314,6 +377,8 @@ def _run_dict(r) -> dict:
         "format_accuracy": ev.format_accuracy if ev else {},
         "gold_type_accuracy": ev.gold_accuracy if ev else {},
         "error": r.error,
+        "resumes": r.resumes,
+        "checkpoint_dir": r.checkpoint_dir,
     }
 
 
@@ -324,8 +389,12 @@ def _run_dict(r) -> dict:
 @handle_errors
 def runs(fmt, db):
     """List every run: status, models, losses and the latest comparison's agreement."""
+    from .interrupt import process_alive
     from .store import repo
 
+    for run_id in repo.reap_dead_runs(db, process_alive):
+        click.echo(f"run {run_id}: its process is gone (killed or crashed); marked interrupted, "
+                   f"resume with `wmg train --resume {run_id}`", err=True)
     items = [_run_dict(r) for r in repo.list_runs(db)]
     if fmt == "json":
         click.echo(json.dumps(items, indent=2))
@@ -370,6 +439,10 @@ def show(run_id, fmt, db):
     click.echo(f"  data: {r.data_path} (sha256 {r.data_sha256[:12]}), {r.n_train} train / {r.n_validation} "
                f"validation, seed {r.seed}, init requested {r.init_requested}, device {r.device}")
     click.echo(f"  versions: " + ", ".join(f"{k} {v}" for k, v in r.versions.items()))
+    if r.checkpoint_dir:
+        click.echo(f"  checkpoints: {r.checkpoint_dir}" + (f"; resumed {r.resumes} time(s)" if r.resumes else ""))
+    if r.status == "running" and r.pid:
+        click.echo(f"  trained by pid {r.pid} on {r.host}")
     rows = [[m.name, m.status, m.init or "-", _fmt(m.parameters, ","), m.vocab_size or "-", m.steps or "-",
              _fmt(m.final_loss), _fmt(m.final_val_loss), _fmt(m.train_seconds, ".0f")] for m in r.models]
     click.echo(table(["model", "status", "init", "parameters", "vocab", "steps", "final loss", "val loss",
@@ -562,7 +635,6 @@ def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, 
     disagreement, invalid) with an explanation and a confidence, between the models (every pair and
     overall) and for each model against the gold output. Verdicts of several judges live side by side."""
     from .analysis import Table, render
-    from .judges.base import JudgeError
     from .judging import compare_to_manual, judge_evaluation, summary
 
     eid = _evaluation_of(db, run_id, evaluation_id)
@@ -611,7 +683,6 @@ def annotate(run_id, evaluation_id, annotator, all_examples, import_path, export
     """Label the models' outputs by hand: each disagreement is shown (instruction, excerpt, gold,
     each model's output) and gets full / partial / disagreement / invalid and an optional note.
     Labels are stored as they are given, so a session resumes where it stopped."""
-    from .judges.base import JudgeError
     from .judging import annotate_session, export_csv, import_csv
 
     eid = _evaluation_of(db, run_id, evaluation_id)

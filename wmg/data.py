@@ -10,6 +10,9 @@ from pathlib import Path
 from .parse import gold_type
 
 REQUIRED = ("instruction", "input", "output")
+# A line longer than this is refused before it is parsed. An excerpt of 100,000
+# words (about 0.7 MB) is accepted and truncated to the model's input length later.
+MAX_LINE_BYTES = 4 * 1024 * 1024
 DEFAULT_DATA = Path("data") / "weird_machine_gadgets.jsonl"
 
 
@@ -30,37 +33,60 @@ class Example:
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
-    """Read every line; any line that is not a JSON object with the three string fields is an error."""
+    """Read every line; any line that is not a JSON object with the three string fields is an error.
+
+    Other fields are ignored. Errors name the file and line."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: data file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
     examples: list[Example] = []
-    try:
-        with path.open("r", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                for key in REQUIRED:
-                    if key not in obj:
-                        raise DataError(f"{path}:{lineno}: missing field {key!r}")
-                    if not isinstance(obj[key], str):
-                        raise DataError(f"{path}:{lineno}: field {key!r} must be a string")
-                    if not obj[key].strip():
-                        raise DataError(f"{path}:{lineno}: field {key!r} is empty")
-                examples.append(Example(len(examples), obj["instruction"], obj["input"], obj["output"]))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(_lines(fh, path), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line)") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            for key in REQUIRED:
+                if key not in obj:
+                    raise DataError(f"{path}:{lineno}: missing field {key!r}")
+                if obj[key] is None:
+                    raise DataError(f"{path}:{lineno}: field {key!r} is null")
+                if not isinstance(obj[key], str):
+                    raise DataError(f"{path}:{lineno}: field {key!r} must be a string, got {type(obj[key]).__name__}")
+                if not obj[key].strip():
+                    raise DataError(f"{path}:{lineno}: field {key!r} is empty")
+                if "\x00" in obj[key]:
+                    raise DataError(f"{path}:{lineno}: field {key!r} contains a NUL character")
+            examples.append(Example(len(examples), obj["instruction"], obj["input"], obj["output"]))
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty)")
     return examples
+
+
+def _lines(fh, path: Path):
+    """Lines of a binary file, refusing (before reading it whole) any longer than MAX_LINE_BYTES."""
+    lineno = 0
+    while True:
+        raw = fh.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise DataError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB "
+                            "(one example per line; is this a JSONL file?)")
+        yield raw
 
 
 def parse_examples_option(value: str | int | None) -> int | None | str:

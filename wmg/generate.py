@@ -3,6 +3,10 @@
 Prompts are sorted by length so a batch carries little padding; causal prompts
 are padded on the left so every sequence continues right after its own
 "Answer:". Each sequence stops at its EOS.
+
+`no_repeat_ngram_size=n` forbids generating any n-gram twice, counting only the
+generated tokens: transformers' own option also counts a causal model's prompt,
+which would forbid quoting the excerpt (the location field is a verbatim span).
 """
 from __future__ import annotations
 
@@ -22,11 +26,37 @@ class Generation:
     text: str
     new_tokens: int
     seconds: float  # this example's share of its batch's wall time
+    ids: tuple[int, ...] = ()  # the generated token ids, up to and including EOS
 
 
 def _new_token_count(ids: list[int], eos_id: int) -> int:
     """Tokens generated up to and including the first EOS (what follows is batch padding)."""
     return ids.index(eos_id) + 1 if eos_id in ids else len(ids)
+
+
+class NoRepeatNGram:
+    """A logits processor: no n-gram among the tokens generated after position `start` twice.
+
+    Keeps, per row, the tokens that followed each (n-1)-gram so far, updated with one new
+    n-gram per step (transformers' version rescans the whole sequence every step)."""
+
+    def __init__(self, n: int, start: int):
+        self.n, self.start = n, start
+        self.seen: list[dict[tuple[int, ...], set[int]]] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        n = self.n
+        rows = input_ids[:, self.start:].tolist()
+        if not self.seen:
+            self.seen = [{} for _ in rows]
+        for r, toks in enumerate(rows):
+            if len(toks) >= n:
+                self.seen[r].setdefault(tuple(toks[-n:-1]), set()).add(toks[-1])
+            if len(toks) >= n - 1:
+                banned = self.seen[r].get(tuple(toks[len(toks) - n + 1:]) if n > 1 else ())
+                if banned:
+                    scores[r, list(banned)] = -float("inf")
+        return scores
 
 
 @torch.inference_mode()
@@ -55,10 +85,16 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
         input_ids = torch.tensor(ids, device=device)
         attention_mask = torch.tensor(mask, device=device)
         t0 = time.perf_counter()
+        extra = {}
+        if cfg.no_repeat_ngram_size:
+            from transformers import LogitsProcessorList
+
+            start = input_ids.size(1) if model_type == "causal" else 1  # after the prompt / the start token
+            extra["logits_processor"] = LogitsProcessorList([NoRepeatNGram(cfg.no_repeat_ngram_size, start)])
         with autocast(cfg.precision, device):
             out = model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=cfg.max_new_tokens,
-                do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id, use_cache=True,
+                do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id, use_cache=True, **extra,
             )
         dt = (time.perf_counter() - t0) / len(idx)
         if model_type == "causal":
@@ -68,7 +104,7 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
         for row, i in zip(out.tolist(), idx):
             n = _new_token_count(row, eos_id)
             text = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-            results[i] = Generation(text, n, dt)
+            results[i] = Generation(text, n, dt, tuple(row[:n]))
         bar.update(len(idx))
     bar.close()
     return [r for r in results if r is not None]

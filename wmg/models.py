@@ -255,13 +255,18 @@ def count_parameters(model) -> int:
 
 
 def load_trained(spec: ModelSpec, path: str | Path) -> tuple[Any, Any]:
-    """Load a run's saved model and tokenizer (safetensors) from `final_model`."""
+    """Load a run's saved model (safetensors only) and tokenizer from `final_model`."""
+    from .checkpoint import CheckpointError, load_model_folder
+
     path = Path(path)
     if not (path / "config.json").exists():
         raise ConfigError(f"checkpoint for {spec.name} is missing: {path}")
+    quiet_transformers()
     try:
-        model, tok = load_pretrained(spec, str(path), local_only=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"checkpoint for {spec.name} at {path} cannot be loaded: {str(exc).splitlines()[0]}") from None
+        model, tok = load_model_folder(path, spec.type)
+    except CheckpointError as exc:
+        raise ConfigError(f"checkpoint for {spec.name}: {exc}") from None
+    if spec.type == "causal" and tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     fuse_gelu(model)
     return model, tok

@@ -21,8 +21,9 @@ from typing import Callable
 
 from . import __version__
 from .agreement import agreement
-from .config import DEFAULT_EXAMPLES, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
+from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
 from .data import Example, load_jsonl, split, subsample
+from .interrupt import RunInterrupted
 from .device import RULE
 from .parse import canonical_label, parse_output
 from .prompts import causal_answer, seq2seq_prompt
@@ -159,8 +160,12 @@ def _checkpoint_root(base: str, run_id: int) -> Path:
     return root
 
 
-def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: TrainOptions,
-                train: list[Example], val: list[Example], ckpt_root: Path, echo: Echo) -> None:
+def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id: int, spec: ModelSpec,
+                opts: TrainOptions, train: list[Example], val: list[Example], ckpt_root: Path, echo: Echo,
+                stop: Callable[[], bool] | None = None) -> None:
+    """Train one model, checkpointing every epoch and on `stop()`. With `model_info` (a
+    resumed run) it continues from the model's last checkpoint, if it has one."""
+    from .checkpoint import ResumeDir, load_model_folder, save_model_folder
     from .models import build, count_parameters, fuse_gelu, set_dropout
     from .train import train as train_loop
 
@@ -169,20 +174,35 @@ def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: Train
     echo(f"  Type: {spec.type}{' (causal LM)' if spec.type == 'causal' else ''}")
     echo(f"  Params: {spec.params}")
     echo(f"  Architecture: {spec.architecture}")
-    seed_everything(opts.seed)
-    init = "scratch" if opts.tiny else opts.init
-    built = build(spec, init, tokenizer_corpus(train), source=opts.sources.get(spec.name), vocab_size=opts.scratch_vocab,
-                  overrides=TINY[spec.type] if opts.tiny else None, echo=echo)
-    cfg = hyperparams(spec, built.init, opts)
-    model, tok = built.model, built.tokenizer
+    resume_dir = ResumeDir(ckpt_root / spec.name / "resume")
+    folder = resume_dir.latest() if model_info is not None else None
+    state = None
+    if folder is not None:  # verified by resume_run
+        state = resume_dir.load_state(folder)
+        model, tok = load_model_folder(folder, spec.type)
+        cfg = TrainConfig(**model_info.hyperparams)
+        init, note = model_info.init, model_info.init_note
+        repo.truncate_training(db, run_model_id, state["step"], len(state["epoch_train"]))
+        echo(f"✓ Resuming from {folder}: step {state['step']} of {state['total_steps']} "
+             f"(epoch {state['epoch'] + 1}, {state['next_group']} steps into it) [init={init}]")
+    else:
+        if model_info is not None:  # resumed run, but this model never reached a checkpoint
+            repo.truncate_training(db, run_model_id, 0, 0)
+        seed_everything(opts.seed)
+        built = build(spec, "scratch" if opts.tiny else opts.init, tokenizer_corpus(train),
+                      source=opts.sources.get(spec.name), vocab_size=opts.scratch_vocab,
+                      overrides=TINY[spec.type] if opts.tiny else None, echo=echo)
+        cfg = hyperparams(spec, built.init, opts)
+        model, tok, init, note = built.model, built.tokenizer, built.init, built.note
+        del built
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     fuse_gelu(model)
     n_params = count_parameters(model)
-    echo(f"✓ Model {'loaded' if built.init == 'pretrained' else 'built'}: {type(model).__name__} "
-         f"[init={built.init}{', tiny' if opts.tiny else ''}] ({built.note})")
+    echo(f"✓ Model {'loaded' if init == 'pretrained' else 'built'}: {type(model).__name__} "
+         f"[init={init}{', tiny' if opts.tiny else ''}] ({note})")
     echo(f"  Parameters: {n_params:,} | vocabulary: {len(tok):,}")
-    repo.model_built(db, run_model_id, init=built.init, note=built.note, parameters=n_params, vocab_size=len(tok),
+    repo.model_built(db, run_model_id, init=init, note=note, parameters=n_params, vocab_size=len(tok),
                      hyperparams=cfg.to_dict())
     echo("  Tokenizing datasets...")
     train_enc = encode_all(spec, tok, train, cfg)
@@ -195,7 +215,7 @@ def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: Train
     say = _above_bar(echo, opts.progress)
 
     def on_step(st):
-        pending.append(st)  # every step is stored at the end of its epoch
+        pending.append(st)  # every step is stored at the end of its epoch (or at an interrupt)
         if cfg.log_every and st.step % cfg.log_every == 0:
             say(f"{{'loss': {st.loss:.4f}, 'learning_rate': {st.lr:.3g}, 'epoch': {st.epoch:.2f}, 'step': {st.step}}}")
 
@@ -205,20 +225,29 @@ def train_model(db, run_id: int, run_model_id: int, spec: ModelSpec, opts: Train
         vl = f"{val_loss:.4f}" if val_loss is not None else "n/a"
         say(f"{{'epoch': {epoch}, 'train_loss': {train_loss:.4f}, 'eval_loss': {vl}}}")
 
+    def on_checkpoint(st, reason):
+        # The store first, then the checkpoint: a crash in between leaves rows past the
+        # checkpoint, which a resume removes; the other order would lose rows.
+        if pending:
+            repo.record_steps(db, run_model_id, list(pending))
+            pending.clear()
+        t0 = time.perf_counter()
+        path = resume_dir.save(model, tok, st)
+        say(f"  ✓ Checkpoint ({reason}, step {st['step']}): {path} ({time.perf_counter() - t0:.1f} s)")
+
     result = train_loop(model, train_enc, cfg, spec.type, tok.pad_token_id, val_enc, device=opts.device,
-                        on_step=on_step, on_epoch=on_epoch, progress=opts.progress, desc=spec.name)
-    out = ckpt_root / spec.name / "final_model"
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+                        on_step=on_step, on_epoch=on_epoch, progress=opts.progress, desc=spec.name,
+                        checkpoint=on_checkpoint, should_stop=stop, resume=state)
+    out = save_model_folder(ckpt_root / spec.name / "final_model", model, tok)
     repo.model_finished(db, run_model_id, steps=result.steps, final_loss=result.final_loss,
                         mean_loss=result.mean_loss, final_val_loss=result.epoch_val_losses[-1],
                         seconds=result.seconds, tokens_seen=result.tokens_seen, checkpoint_path=str(out))
+    resume_dir.clear()  # the final model is saved and recorded; the resume state is no longer needed
     echo(f"✓ Training complete! Loss: {result.final_loss:.4f} (last epoch; mean over training "
          f"{result.mean_loss:.4f}) in {result.seconds:.0f} s, {result.steps} steps")
     echo(f"✓ Saved to: {out}")
     echo(f"  Cleaning up memory after {spec.name}...")
-    del model, built
+    del model
     free_memory()
     echo("  ✓ Memory freed")
 
@@ -237,6 +266,8 @@ def expected_inits(specs: list[ModelSpec], opts: TrainOptions) -> dict[str, str]
 def train_run(db, opts: TrainOptions, echo: Echo = print) -> int:
     """Train every model of a new run; returns the run id. The run is marked failed or
     interrupted if anything stops it."""
+    from .interrupt import process_identity
+
     specs = resolve_models(opts.models)
     inits = expected_inits(specs, opts)
     if opts.examples == "auto":
@@ -250,21 +281,88 @@ def train_run(db, opts: TrainOptions, echo: Echo = print) -> int:
     run_id, model_ids = repo.create_run(
         db, data_path=str(opts.data), data_sha256=file_sha256(opts.data), examples_requested=opts.examples,
         eval_split=opts.eval_split, seed=opts.seed, init_requested=opts.init, device=opts.device,
-        platform=opts.platform, config=run_config, versions=versions(), models=configs, train=train, validation=val)
+        platform=opts.platform, config=run_config, versions=versions(), models=configs, train=train, validation=val,
+        owner=process_identity())
     echo(f"✓ Run {run_id} recorded in the results store")
-    ckpt_root = _checkpoint_root(opts.checkpoints, run_id)
-    start = time.perf_counter()
-    try:
-        for spec in specs:
-            train_model(db, run_id, model_ids[spec.name], spec, opts, train, val, ckpt_root, echo)
-    except KeyboardInterrupt:
-        repo.finish_run(db, run_id, "interrupted", "interrupted by the user", time.perf_counter() - start)
-        raise
-    except BaseException as exc:
-        repo.finish_run(db, run_id, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
-        raise
-    repo.finish_run(db, run_id, "completed", None, time.perf_counter() - start)
+    ckpt_root = _checkpoint_root(opts.checkpoints, run_id).resolve()  # a resume may start elsewhere
+    repo.set_checkpoint_dir(db, run_id, str(ckpt_root))
+    _train_models(db, run_id, specs, {s.name: None for s in specs}, model_ids, opts, train, val, ckpt_root, 0.0, echo)
     return run_id
+
+
+def _train_models(db, run_id: int, specs: list[ModelSpec], infos: dict, model_ids: dict[str, int],
+                  opts: TrainOptions, train: list[Example], val: list[Example], ckpt_root: Path,
+                  prior_seconds: float, echo: Echo) -> None:
+    """Train the models of a run in order under a graceful stop; mark the run with how it ended."""
+    from .interrupt import GracefulStop
+    from .train import TrainingInterrupted
+
+    start = time.perf_counter()
+    stop = GracefulStop(_above_bar(echo, opts.progress))
+    elapsed = lambda: prior_seconds + time.perf_counter() - start  # noqa: E731
+    try:
+        with stop:
+            for spec in specs:
+                info = infos.get(spec.name)
+                if info is not None and info.status == "completed":
+                    echo(f"✓ {spec.name}: already trained in this run ({info.checkpoint_path})")
+                    continue
+                train_model(db, run_id, info, model_ids[spec.name], spec, opts, train, val, ckpt_root, echo, stop)
+    except TrainingInterrupted as exc:
+        msg = f"stopped by {stop.requested} after step {exc.step}; resume with `wmg train --resume {run_id}`"
+        repo.finish_run(db, run_id, "interrupted", msg, elapsed())
+        raise RunInterrupted(f"run {run_id} {msg}", stop.requested) from None
+    except KeyboardInterrupt:
+        msg = f"stopped at once by a second signal; resume from the last epoch with `wmg train --resume {run_id}`"
+        repo.finish_run(db, run_id, "interrupted", msg, elapsed())
+        raise RunInterrupted(f"run {run_id} {msg}", stop.requested or "SIGINT") from None
+    except BaseException as exc:
+        repo.finish_run(db, run_id, "failed", f"{type(exc).__name__}: {exc}", elapsed())
+        raise
+    repo.finish_run(db, run_id, "completed", None, elapsed())
+
+
+def resume_run(db, run_id: int, echo: Echo = print, progress: bool = True) -> repo.RunInfo:
+    """Continue an interrupted (or failed) run from its last checkpoints, with the options,
+    split and hyperparameters it was started with."""
+    from dataclasses import fields
+
+    from .checkpoint import ResumeDir
+    from .interrupt import process_alive, process_identity
+
+    repo.reap_dead_runs(db, process_alive)
+    run = repo.get_run(db, run_id)
+    if run.status == "completed":
+        raise ConfigError(f"run {run_id} is completed; there is nothing to resume")
+    if run.status == "running":
+        raise ConfigError(f"run {run_id} is still running (pid {run.pid} on {run.host}); stop it before resuming")
+    if not run.checkpoint_dir:
+        raise ConfigError(f"run {run_id} was made by a wmg without resumable checkpoints; start a new run")
+    names = {f.name for f in fields(TrainOptions)}
+    opts = TrainOptions(**{k: v for k, v in run.config.items() if k in names})
+    opts.progress = progress
+    specs = resolve_models(opts.models)
+    banner(echo, f"RESUMING RUN {run_id}")
+    echo(f"✓ Run {run_id} was {run.status}: {run.error or 'no reason recorded'}")
+
+    def examples(split_name: str) -> list[Example]:
+        return [Example(x.source_line, x.instruction, x.input, x.gold_output)
+                for x in repo.run_examples(db, run_id, split_name)]
+
+    train, val = examples("train"), examples("validation")
+    echo(f"✓ Train: {len(train)} | Validation: {len(val)} (the run's own split, from the results store)")
+    for m in run.models:  # every checkpoint checked before the run is touched
+        if m.status != "completed":
+            rd = ResumeDir(Path(run.checkpoint_dir) / m.name / "resume")
+            folder = rd.latest()
+            if folder is not None:
+                rd.verify(folder)
+                rd.load_state(folder)
+    repo.restart_run(db, run_id, process_identity())
+    infos = {m.name: m for m in run.models}
+    _train_models(db, run_id, specs, infos, {m.name: m.id for m in run.models}, opts, train, val,
+                  Path(run.checkpoint_dir), run.train_seconds or 0.0, echo)
+    return repo.get_run(db, run_id)
 
 
 # ---------------------------------------------------------------- comparison
@@ -276,6 +374,7 @@ class CompareOptions:
     batch_size: int = 16
     precision: str = "fp32"
     device: str = "cpu"
+    no_repeat_ngram_size: int = DEFAULT_NO_REPEAT
     report: str | None = "ensemble_report.json"
     progress: bool = True
     show_examples: bool = True
@@ -302,14 +401,17 @@ def _generate_all(run: repo.RunInfo, models: list[repo.ModelInfo], prompts: list
     from .generate import generate
     from .models import load_trained
 
-    gcfg = GenerateConfig(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, precision=opts.precision)
+    gcfg = GenerateConfig(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, precision=opts.precision,
+                          no_repeat_ngram_size=opts.no_repeat_ngram_size)
     out = {}
     for m in models:
         spec = REGISTRY.get(m.name) or ModelSpec(m.name, m.hub_id, m.model_type, "", "", "")
         model, tok = load_trained(spec, m.checkpoint_path)
         limit = m.hyperparams.get("max_input_length", 512) if m.model_type == "seq2seq" else (
             m.hyperparams.get("max_causal_length", 768) - opts.max_new_tokens)
-        echo(f"  [{m.name}] Generating {len(prompts)} predictions (batched greedy, max {opts.max_new_tokens} new tokens)...")
+        rule = f", no repeated {opts.no_repeat_ngram_size}-gram" if opts.no_repeat_ngram_size else ""
+        echo(f"  [{m.name}] Generating {len(prompts)} predictions (batched greedy{rule}, max {opts.max_new_tokens} "
+             "new tokens)...")
         out[m.name] = generate(model, tok, prompts, m.model_type, gcfg, max(16, limit), device=opts.device,
                                progress=opts.progress, desc=m.name)
         del model
@@ -355,7 +457,7 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> int:
     external = load_jsonl(opts.data) if opts.data else None
     banner(echo, "ENSEMBLE COMPARISON & AGREEMENT ANALYSIS")
     cfg = {"max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "precision": opts.precision,
-           "device": opts.device, "data": opts.data}
+           "device": opts.device, "data": opts.data, "no_repeat_ngram_size": opts.no_repeat_ngram_size}
     eval_id, examples = repo.create_evaluation(db, run.id, opts.data or "validation", cfg, external)
     echo(f"✓ Evaluation {eval_id} of run {run.id}: {len(examples)} examples "
          f"({'every line of ' + opts.data if opts.data else 'the validation split'}), models: {', '.join(names)}")

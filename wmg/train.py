@@ -2,7 +2,14 @@
 
 Gradient accumulation is a nested loop: for each optimizer step, for each
 micro-batch of its group, forward and backward; then clip, step, schedule and
-zero the gradients once. Each token's loss is divided by the number of scored
+zero the gradients once.
+
+Resumable: `checkpoint(state, reason)` is called with everything needed to go on
+(optimizer, scheduler, RNG states, step, epoch, position in the epoch and the
+epoch's batch order) at the end of every epoch, and after the current step when
+`should_stop()` turns true, after which `TrainingInterrupted` is raised. Given that
+state back as `resume`, the loop continues with the very next optimizer step and
+produces the same losses as a run that never stopped. Each token's loss is divided by the number of scored
 tokens in the whole group, so the accumulated gradient equals the gradient of
 the group as one batch (a plain mean over micro-batches would weight short
 micro-batches more). The loop knows nothing of the database or the CLI:
@@ -43,6 +50,14 @@ class TrainResult:
     effective_batch_size: int
     epoch_val_losses: list[float | None] = field(default_factory=list)
     epoch_train_losses: list[float] = field(default_factory=list)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request after a checkpoint of its state was written."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training stopped after step {step}")
+        self.step = step
 
 
 def autocast(precision: str, device: str):
@@ -126,8 +141,13 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
           val_data: Sequence[Encoded] = (), device: str = "cpu",
           on_step: Callable[[StepLog], None] | None = None,
           on_epoch: Callable[[int, float, float | None], None] | None = None,
-          progress: bool = True, desc: str = "train") -> TrainResult:
+          progress: bool = True, desc: str = "train",
+          checkpoint: Callable[[dict, str], None] | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          resume: dict | None = None) -> TrainResult:
     from tqdm.auto import tqdm
+
+    from .checkpoint import rng_state, set_rng_state
 
     if not train_data:
         raise ValueError("no training examples")
@@ -150,13 +170,45 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
     all_losses: list[float] = []
     epoch_train: list[float] = []
     epoch_val: list[float | None] = []
-    start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
-    for epoch in range(cfg.epochs):
+    start_epoch, start_group, carried, elapsed = 0, 0, [], 0.0
+    if resume is not None:
+        if resume["total_steps"] != total_steps:
+            raise ValueError(f"checkpoint was made for {resume['total_steps']} steps, this training has {total_steps}")
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        step, examples_seen, tokens_seen = resume["step"], resume["examples_seen"], resume["tokens_seen"]
+        all_losses, epoch_train = list(resume["all_losses"]), list(resume["epoch_train"])
+        epoch_val = list(resume["epoch_val"])
+        start_epoch, start_group = resume["epoch"], resume["next_group"]
+        carried, elapsed = list(resume["epoch_losses"]), resume["seconds"]
+    start = time.perf_counter() - elapsed
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+
+    def state(epoch: int, next_group: int, batches: list, epoch_losses: list[float]) -> dict:
+        return {
+            "step": step, "epoch": epoch, "next_group": next_group, "total_steps": total_steps,
+            "batches": batches, "epoch_losses": list(epoch_losses), "all_losses": list(all_losses),
+            "epoch_train": list(epoch_train), "epoch_val": list(epoch_val), "examples_seen": examples_seen,
+            "tokens_seen": tokens_seen, "seconds": time.perf_counter() - start,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+        }
+
+    for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
+        batches = sampler.batches()
+        first = start_group if epoch == start_epoch else 0
+        epoch_losses: list[float] = carried if epoch == start_epoch else []
+        resuming = resume is not None and epoch == start_epoch
+        if resuming and resume["batches"] != batches:
+            raise ValueError("the data order differs from the checkpoint's (were the examples changed?)")
+        # The RNG state goes back where it was taken: before this epoch's loader (which
+        # draws a seed from it) for an epoch-end checkpoint, after it for one mid-epoch.
+        if resuming and first == 0:
+            set_rng_state(resume["rng"])
         micro = list(loader)  # collated micro-batches of this epoch, in sampler order
-        epoch_losses: list[float] = []
-        for g in range(0, len(micro), cfg.grad_accum):
+        if resuming and first > 0:
+            set_rng_state(resume["rng"])
+        for g in range(first * cfg.grad_accum, len(micro), cfg.grad_accum):
             group = micro[g:g + cfg.grad_accum]  # the last group of an epoch may be partial
             n_tokens = max(1, sum(scored_tokens(b, model_type) for b in group))
             loss_total = 0.0
@@ -183,12 +235,21 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             if on_step:
                 on_step(StepLog(step, epoch + (g // cfg.grad_accum + 1) / steps_per_epoch, loss, lr,
                                 sum(int(b["attention_mask"].sum()) for b in group)))
+            if should_stop and should_stop():
+                next_group = g // cfg.grad_accum + 1
+                if next_group * cfg.grad_accum < len(micro) or epoch + 1 < cfg.epochs:
+                    bar.close()
+                    if checkpoint:
+                        checkpoint(state(epoch, next_group, batches, epoch_losses), "interrupt")
+                    raise TrainingInterrupted(step)
         val = evaluate_loss(model, val_data, collate, model_type, cfg, device)
         tr = sum(epoch_losses) / len(epoch_losses)
         epoch_train.append(tr)
         epoch_val.append(val)
         if on_epoch:
             on_epoch(epoch + 1, tr, val)
+        if checkpoint and epoch + 1 < cfg.epochs:
+            checkpoint(state(epoch + 1, 0, sampler.batches_for(epoch + 1), []), "epoch")
     bar.close()
     return TrainResult(
         steps=step, final_loss=epoch_train[-1], mean_loss=sum(all_losses) / len(all_losses),

@@ -13,7 +13,7 @@ from ..data import Example as DataExample
 from ..data import instruction_form
 from ..parse import normalize_type
 from . import schema as t
-from .session import StoreError, session_scope
+from .session import StoreError, retry_locked, session_scope
 
 
 def now() -> datetime:
@@ -64,6 +64,10 @@ class RunInfo:
     error: str | None
     models: list[ModelInfo] = field(default_factory=list)
     latest_evaluation: "EvaluationInfo | None" = None
+    checkpoint_dir: str | None = None
+    resumes: int = 0
+    host: str | None = None
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,8 @@ def _run_info(s, r: t.Run) -> RunInfo:
     return RunInfo(r.id, r.created_at, r.finished_at, r.status, r.data_path, r.data_sha256, r.examples_requested,
                    r.n_train, r.n_validation, r.eval_split, r.seed, r.init_requested, r.device, r.platform,
                    json.loads(r.config_json), json.loads(r.versions_json), r.train_seconds, r.error,
-                   [_model_info(m) for m in models], _eval_info(s, ev) if ev else None)
+                   [_model_info(m) for m in models], _eval_info(s, ev) if ev else None,
+                   checkpoint_dir=r.checkpoint_dir, resumes=r.resumes or 0, host=r.host, pid=r.pid)
 
 
 def _example_row(run_id: int, split: str, position: int, ex: DataExample, evaluation_id: int | None = None):
@@ -169,18 +174,28 @@ def _example_row(run_id: int, split: str, position: int, ex: DataExample, evalua
                      instruction_form=instruction_form(ex.instruction), excerpt_words=len(ex.input.split()))
 
 
+def _step_rows(run_model_id: int, steps: Iterable[Any]) -> list[t.TrainStep]:
+    return [t.TrainStep(run_model_id=run_model_id, step=st.step, epoch=st.epoch, loss=st.loss, lr=st.lr,
+                        tokens=st.tokens) for st in steps]
+
+
 def _stored_example(x: t.Example) -> StoredExample:
     return StoredExample(x.id, x.split, x.position, x.source_line, x.instruction, x.input, x.gold_output, x.gold_type)
 
 
 # ---------------------------------------------------------------- runs
+@retry_locked
 def create_run(db: str | None, *, data_path: str, data_sha256: str, examples_requested: int | None,
                eval_split: float, seed: int, init_requested: str, device: str, platform: str,
                config: dict, versions: dict, models: Sequence[tuple[Any, dict]],
-               train: Sequence[DataExample], validation: Sequence[DataExample]) -> tuple[int, dict[str, int]]:
-    """The run, its models (pending) and its split, written as `running` in one transaction."""
+               train: Sequence[DataExample], validation: Sequence[DataExample],
+               owner: tuple[str, int, int | None] | None = None) -> tuple[int, dict[str, int]]:
+    """The run, its models (pending) and its split, written as `running` in one transaction.
+    `owner` is the (host, pid, pid start time) of the process that trains it."""
+    host, pid, start = owner or (None, None, None)
     with session_scope(db) as s:
         run = t.Run(created_at=now(), status="running", data_path=data_path, data_sha256=data_sha256,
+                    host=host, pid=pid, process_start=start,
                     examples_requested=examples_requested, n_train=len(train), n_validation=len(validation),
                     eval_split=eval_split, seed=seed, models=",".join(spec.name for spec, _ in models),
                     init_requested=init_requested, device=device, platform=platform,
@@ -199,6 +214,7 @@ def create_run(db: str | None, *, data_path: str, data_sha256: str, examples_req
         return run.id, ids
 
 
+@retry_locked
 def model_built(db: str | None, run_model_id: int, *, init: str, note: str, parameters: int, vocab_size: int,
                 hyperparams: dict) -> None:
     with session_scope(db) as s:
@@ -207,15 +223,16 @@ def model_built(db: str | None, run_model_id: int, *, init: str, note: str, para
             hyperparams_json=json.dumps(hyperparams, sort_keys=True)))
 
 
+@retry_locked
 def record_epoch(db: str | None, run_model_id: int, steps: Iterable[Any], epoch: int, train_loss: float,
                  val_loss: float | None) -> None:
     """The steps of one epoch and its losses, in one transaction."""
     with session_scope(db) as s:
-        s.add_all(t.TrainStep(run_model_id=run_model_id, step=st.step, epoch=st.epoch, loss=st.loss, lr=st.lr,
-                              tokens=st.tokens) for st in steps)
+        s.add_all(_step_rows(run_model_id, steps))
         s.add(t.EpochLoss(run_model_id=run_model_id, epoch=epoch, train_loss=train_loss, val_loss=val_loss))
 
 
+@retry_locked
 def model_finished(db: str | None, run_model_id: int, *, steps: int, final_loss: float, mean_loss: float,
                    final_val_loss: float | None, seconds: float, tokens_seen: int, checkpoint_path: str) -> None:
     with session_scope(db) as s:
@@ -225,6 +242,7 @@ def model_finished(db: str | None, run_model_id: int, *, steps: int, final_loss:
             checkpoint_path=checkpoint_path))
 
 
+@retry_locked
 def finish_run(db: str | None, run_id: int, status: str, error: str | None = None,
                train_seconds: float | None = None) -> None:
     """Mark the run (and any model not completed) with its final status."""
@@ -236,35 +254,91 @@ def finish_run(db: str | None, run_id: int, status: str, error: str | None = Non
                       .values(status=status))
 
 
-def get_run(db: str | None, run_id: int) -> RunInfo:
+@retry_locked
+def set_checkpoint_dir(db: str | None, run_id: int, path: str) -> None:
     with session_scope(db) as s:
+        s.execute(update(t.Run).where(t.Run.id == run_id).values(checkpoint_dir=path))
+
+
+@retry_locked
+def reap_dead_runs(db: str | None, alive) -> list[int]:
+    """Mark `interrupted` every running run whose process is gone (`alive(host, pid, start)` is
+    False: killed with SIGKILL, out of memory, power loss). Returns their ids."""
+    reaped = []
+    with session_scope(db) as s:
+        for r in s.scalars(select(t.Run).where(t.Run.status == "running")).all():
+            if alive(r.host, r.pid, r.process_start) is False:
+                reaped.append(r.id)
+                r.status, r.finished_at = "interrupted", now()
+                r.error = f"its process (pid {r.pid} on {r.host}) ended without finishing it: killed or crashed"
+                s.execute(update(t.RunModel).where(t.RunModel.run_id == r.id, t.RunModel.status != "completed")
+                          .values(status="interrupted"))
+    return reaped
+
+
+@retry_locked
+def restart_run(db: str | None, run_id: int, owner: tuple[str, int, int | None]) -> None:
+    """A resumed run: running again, owned by this process, its resume counted."""
+    host, pid, start = owner
+    with session_scope(db) as s:
+        r = s.get(t.Run, run_id)
+        r.status, r.error, r.finished_at = "running", None, None
+        r.host, r.pid, r.process_start, r.resumes = host, pid, start, (r.resumes or 0) + 1
+        s.execute(update(t.RunModel).where(t.RunModel.run_id == run_id, t.RunModel.status != "completed")
+                  .values(status="pending"))
+
+
+@retry_locked
+def record_steps(db: str | None, run_model_id: int, steps: Iterable[Any]) -> None:
+    """Steps of an epoch cut short by an interrupt (the rest come with the epoch's end after a resume)."""
+    with session_scope(db) as s:
+        s.add_all(_step_rows(run_model_id, steps))
+
+
+@retry_locked
+def truncate_training(db: str | None, run_model_id: int, step: int, epochs: int) -> None:
+    """Forget steps and epochs after a checkpoint (written before a crash kept the checkpoint from following)."""
+    from sqlalchemy import delete
+
+    with session_scope(db) as s:
+        s.execute(delete(t.TrainStep).where(t.TrainStep.run_model_id == run_model_id, t.TrainStep.step > step))
+        s.execute(delete(t.EpochLoss).where(t.EpochLoss.run_model_id == run_model_id, t.EpochLoss.epoch > epochs))
+
+
+@retry_locked
+def get_run(db: str | None, run_id: int) -> RunInfo:
+    with session_scope(db, write=False) as s:
         r = s.get(t.Run, run_id)
         if r is None:
             raise StoreError(f"no run with id {run_id}")
         return _run_info(s, r)
 
 
+@retry_locked
 def list_runs(db: str | None) -> list[RunInfo]:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         return [_run_info(s, r) for r in s.scalars(select(t.Run).order_by(t.Run.id)).all()]
 
 
+@retry_locked
 def run_examples(db: str | None, run_id: int, split: str) -> list[StoredExample]:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         rows = s.scalars(select(t.Example).where(t.Example.run_id == run_id, t.Example.split == split,
                                                  t.Example.evaluation_id.is_(None))
                          .order_by(t.Example.position)).all()
         return [_stored_example(x) for x in rows]
 
 
+@retry_locked
 def train_steps(db: str | None, run_model_id: int) -> list[tuple[int, float, float, float]]:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         return [tuple(r) for r in s.execute(
             select(t.TrainStep.step, t.TrainStep.epoch, t.TrainStep.loss, t.TrainStep.lr)
             .where(t.TrainStep.run_model_id == run_model_id).order_by(t.TrainStep.step)).all()]
 
 
 # ---------------------------------------------------------------- evaluations
+@retry_locked
 def create_evaluation(db: str | None, run_id: int, source: str, config: dict,
                       external: Sequence[DataExample] | None = None) -> tuple[int, list[StoredExample]]:
     """A `running` evaluation and the examples it will predict on (another file's are stored with it)."""
@@ -287,6 +361,7 @@ def create_evaluation(db: str | None, run_id: int, source: str, config: dict,
         return ev.id, [_stored_example(x) for x in rows]
 
 
+@retry_locked
 def complete_evaluation(db: str | None, evaluation_id: int, predictions: Sequence[PredictionRow],
                         agreements: Sequence[AgreementRow], seconds: float, report_path: str | None) -> None:
     """Every prediction and agreement of the evaluation, and its summary, in one transaction."""
@@ -318,26 +393,30 @@ def complete_evaluation(db: str | None, evaluation_id: int, predictions: Sequenc
         ev.report_path = report_path
 
 
+@retry_locked
 def fail_evaluation(db: str | None, evaluation_id: int, error: str) -> None:
     with session_scope(db) as s:
         s.execute(update(t.Evaluation).where(t.Evaluation.id == evaluation_id).values(
             status="failed", error=error, finished_at=now()))
 
 
+@retry_locked
 def get_evaluation(db: str | None, evaluation_id: int) -> EvaluationInfo:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         e = s.get(t.Evaluation, evaluation_id)
         if e is None:
             raise StoreError(f"no evaluation with id {evaluation_id}")
         return _eval_info(s, e)
 
 
+@retry_locked
 def count_rows(db: str | None, table: str) -> int:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         model = {m.__tablename__: m for m in t.Base.__subclasses__()}[table]
         return s.scalar(select(func.count()).select_from(model))
 
 
+@retry_locked
 def fill_missing_rouge(db: str | None, evaluation_ids: Sequence[int]) -> int:
     """Score predictions stored before ROUGE was recorded (older runs); returns how many were filled."""
     from ..rouge import rouge_f1
@@ -377,8 +456,9 @@ class EvaluationItem:
     outputs: dict[str, str]
 
 
+@retry_locked
 def evaluation_items(db: str | None, evaluation_id: int) -> list[EvaluationItem]:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         ev = s.get(t.Evaluation, evaluation_id)
         if ev is None:
             raise StoreError(f"no evaluation with id {evaluation_id}")
@@ -398,6 +478,7 @@ def evaluation_items(db: str | None, evaluation_id: int) -> list[EvaluationItem]
         return list(items.values())
 
 
+@retry_locked
 def save_judgments(db: str | None, evaluation_id: int, judge: dict, config: dict, rows: Sequence[JudgmentRow],
                    seconds: float, replace: bool = False) -> int:
     """A new judgment set with all its verdicts, in one transaction. With `replace`, the
@@ -419,8 +500,9 @@ def save_judgments(db: str | None, evaluation_id: int, judge: dict, config: dict
         return js.id
 
 
+@retry_locked
 def judgment_sets(db: str | None, evaluation_id: int, judge: str | None = None) -> list[dict]:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         q = select(t.JudgmentSet).where(t.JudgmentSet.evaluation_id == evaluation_id)
         if judge:
             q = q.where(t.JudgmentSet.judge == judge)
@@ -428,18 +510,21 @@ def judgment_sets(db: str | None, evaluation_id: int, judge: str | None = None) 
                  "created_at": j.created_at} for j in s.scalars(q.order_by(t.JudgmentSet.id)).all()]
 
 
+@retry_locked
 def overall_verdicts(db: str | None, set_id: int) -> dict[int, str]:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         return dict(s.execute(select(t.Judgment.example_id, t.Judgment.verdict)
                               .where(t.Judgment.set_id == set_id, t.Judgment.kind == "overall")).all())
 
 
+@retry_locked
 def set_judgments(db: str | None, set_id: int) -> list[JudgmentRow]:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         return [JudgmentRow(j.example_id, j.kind, j.model_a, j.model_b, j.verdict, j.explanation, j.confidence)
                 for j in s.scalars(select(t.Judgment).where(t.Judgment.set_id == set_id).order_by(t.Judgment.id))]
 
 
+@retry_locked
 def save_annotation(db: str | None, evaluation_id: int, example_id: int, annotator: str, label: str,
                     note: str | None) -> None:
     """Insert or update one person's label for one example (its own transaction, so a session can stop anywhere)."""
@@ -454,8 +539,9 @@ def save_annotation(db: str | None, evaluation_id: int, example_id: int, annotat
             a.label, a.note, a.created_at = label, note or None, now()
 
 
+@retry_locked
 def annotations(db: str | None, evaluation_id: int, annotator: str | None = None) -> list[dict]:
-    with session_scope(db) as s:
+    with session_scope(db, write=False) as s:
         q = (select(t.Annotation, t.Example.position).join(t.Example, t.Example.id == t.Annotation.example_id)
              .where(t.Annotation.evaluation_id == evaluation_id))
         if annotator:

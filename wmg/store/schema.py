@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
-    Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
+    BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -52,6 +52,13 @@ class Run(Base):
     versions_json: Mapped[str] = mapped_column(Text, nullable=False)  # wmg, torch, transformers, python
     train_seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # The process training the run while it is `running`: a run whose process is gone
+    # (SIGKILL, power loss) is marked interrupted by the next `wmg runs`.
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    process_start: Mapped[int | None] = mapped_column(BigInteger)  # tells a reused pid apart (Linux)
+    checkpoint_dir: Mapped[str | None] = mapped_column(Text)  # checkpoints/run-<id>[-n]
+    resumes: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     __table_args__ = (CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),)
 
 

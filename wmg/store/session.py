@@ -1,15 +1,27 @@
-"""Engine, connection pragmas, the session scope, and schema upgrades on first use."""
+"""Engine, connection pragmas, the session scope, and schema upgrades on first use.
+
+Concurrency (several `wmg` processes on one SQLite file): every connection runs
+in WAL mode with a busy timeout, so readers never block writers and see only
+committed transactions. A write transaction starts with BEGIN IMMEDIATE, taking
+the write lock before its first read: a deferred transaction that reads and then
+writes can fail at once with "database is locked" when another writer committed
+in between (SQLite does not wait in that case). Each store function is one short
+transaction, retried a bounded number of times if the lock still cannot be had.
+"""
 from __future__ import annotations
 
+import functools
 import os
+import random
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_DB = "results.db"
@@ -19,16 +31,31 @@ class StoreError(RuntimeError):
     """A problem with the results store, reported as one line."""
 
 
+def explain(message: str) -> str:
+    """SQLite's terse I/O errors, with what usually causes them."""
+    low = message.lower()
+    if "disk i/o error" in low or "database or disk is full" in low:
+        return f"{message} (is the disk full, or the file not writable?)"
+    if "readonly database" in low:
+        return f"{message} (the store is read-only: writing commands need a writable file)"
+    return message
+
+
 def db_url(db: str | None) -> str:
     """`--db` / `WMG_DB`: a SQLAlchemy URL, or a path taken as a SQLite file."""
     db = db or os.environ.get("WMG_DB") or DEFAULT_DB
     return db if "://" in db else f"sqlite:///{db}"
 
 
+BUSY_TIMEOUT_MS = int(os.environ.get("WMG_BUSY_TIMEOUT_MS", "30000"))
+LOCK_RETRIES = 5
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # the driver's own BEGIN is off; `_begin` emits ours
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
@@ -60,19 +87,70 @@ def alembic_config(url: str):
 
 
 @lru_cache(maxsize=None)
-def _engine(url: str) -> Engine:
+def head_revision() -> str:
+    """The newest schema revision this installation knows."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+@lru_cache(maxsize=None)
+def _engine(url: str, write: bool = False) -> Engine:
+    """One engine per store and mode: `write` engines begin every transaction IMMEDIATE."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
+        begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     else:
         engine = create_engine(url)
     return engine
 
 
+def is_locked(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return isinstance(exc, OperationalError) and ("database is locked" in text or "database is busy" in text)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def retry_locked(fn: F) -> F:
+    """Run a one-transaction store function again (bounded, with jittered backoff) when
+    SQLite reports the database locked; after the last try, one clear StoreError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for attempt in range(LOCK_RETRIES):
+            try:
+                return fn(*args, **kwargs)
+            except OperationalError as exc:
+                if not is_locked(exc):
+                    raise
+                if attempt == LOCK_RETRIES - 1:
+                    raise StoreError(f"results store is locked by another process; gave up after "
+                                     f"{LOCK_RETRIES} tries ({exc.orig})") from None
+                time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=None)
 def _check_sqlite_file(url: str) -> None:
+    """Refuse a file that is not a SQLite database, before SQLite touches it.
+
+    Once per process and store, before its first connection: closing any descriptor of a
+    database file drops every POSIX lock this process holds on it, including those of
+    SQLite's own open connections, and a later check would corrupt the store under
+    concurrent writers (measured: two trainings and a comparison beside a reader).
+    """
     if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
         return
-    path = Path(url[len("sqlite:///"):])
+    path = url[len("sqlite:///"):]
+    if path.startswith("file:"):  # a SQLite URI (uri=true), e.g. file:results.db?mode=ro
+        path = path[len("file:"):].split("?", 1)[0]
+    path = Path(path)
     if path.exists() and path.is_file() and path.stat().st_size > 0:
         with path.open("rb") as fh:
             if fh.read(16) != b"SQLite format 3\x00":
@@ -84,18 +162,34 @@ def _check_sqlite_file(url: str) -> None:
 _ready: set[str] = set()
 
 
-def get_engine(db: str | None = None, upgrade: bool = True) -> Engine:
+def get_engine(db: str | None = None, upgrade: bool = True, write: bool = False) -> Engine:
     """The engine for `db`, with the schema upgraded to head on first use in this process."""
     url = db_url(db)
     _check_sqlite_file(url)
-    engine = _engine(url)
     if upgrade and url not in _ready:
-        upgrade_schema(engine, url)
+        # Read the revision first: a store already at head is used as it is (read-only
+        # files included); otherwise upgrade under the write lock.
+        if _revision(_engine(url, False), url) != head_revision():
+            upgrade_schema(_engine(url, True), url)
         _ready.add(url)
-    return engine
+    return _engine(url, write)
 
 
+def _revision(engine: Engine, url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except DatabaseError as exc:
+        raise StoreError(f"cannot open results store {url}: {explain(str(exc.orig))}") from None
+
+
+@retry_locked
 def upgrade_schema(engine: Engine, url: str, revision: str = "head") -> None:
+    """Upgrade in one transaction (SQLite's DDL is transactional): an upgrade that fails
+    leaves the file at its old revision. On a write engine the transaction holds the write
+    lock from its start, so two processes opening a fresh store do not both create it."""
     from alembic import command
 
     cfg = alembic_config(url)
@@ -103,16 +197,18 @@ def upgrade_schema(engine: Engine, url: str, revision: str = "head") -> None:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+    except OperationalError as exc:
+        if is_locked(exc):
+            raise
+        raise StoreError(f"cannot open results store {url}: {explain(str(exc.orig))}") from None
     except DatabaseError as exc:
-        raise StoreError(f"cannot open results store {url}: {exc.orig}") from None
+        raise StoreError(f"cannot open results store {url}: {explain(str(exc.orig))}") from None
 
 
 def current_revision(db: str | None = None) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    engine = get_engine(db, upgrade=False)
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    url = db_url(db)
+    _check_sqlite_file(url)
+    return _revision(_engine(url), url)
 
 
 def has_table(engine: Engine, name: str) -> bool:
@@ -120,9 +216,10 @@ def has_table(engine: Engine, name: str) -> bool:
 
 
 @contextmanager
-def session_scope(db: str | None = None) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on error, always close."""
-    session = sessionmaker(bind=get_engine(db), expire_on_commit=False)()
+def session_scope(db: str | None = None, write: bool = True) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error, always close.
+    `write=False` for read-only work (a deferred transaction that never takes the write lock)."""
+    session = sessionmaker(bind=get_engine(db, write=write), expire_on_commit=False)()
     try:
         yield session
         session.commit()
