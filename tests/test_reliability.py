@@ -633,3 +633,23 @@ def test_keys_and_tokens_never_reach_disk(store):
     for p in files:
         data = p.read_bytes()
         assert token.encode() not in data and key.encode() not in data, p
+
+
+def test_sigterm_during_a_comparison_marks_it_failed(store):
+    """Outside training SIGTERM unwinds like Ctrl-C: the comparison in progress is marked failed
+    (not left `running`), exit status 143, earlier rows untouched."""
+    work, db, before = store
+    proc = subprocess.Popen([sys.executable, "-m", "wmg", "compare", "--run-id", "1", "--db", db, "--no-progress",
+                             "--batch-size", "1", "--max-new-tokens", "256", "--no-repeat-ngram-size", "0",
+                             "--data", str(SMALL)],
+                            cwd=work, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "Generating" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines() == ["Interrupted by SIGTERM"]
+    assert q(db, "SELECT id, status, error FROM evaluations ORDER BY id")[-1][1:] == ("failed", "Terminated: ")
+    after = _fingerprint(db)
+    assert after["runs"] == before["runs"] and after["predictions"] == before["predictions"]

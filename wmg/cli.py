@@ -14,7 +14,7 @@ from . import __version__
 from .config import DEFAULT_MODELS, DEFAULT_NO_REPEAT, REGISTRY, ConfigError
 from .checkpoint import CheckpointError
 from .data import DEFAULT_DATA, DataError, parse_examples_option
-from .interrupt import RunInterrupted
+from .interrupt import RunInterrupted, Terminated, terminate_as_interrupt
 from .judges.base import JudgeError
 from .store.session import StoreError
 
@@ -44,9 +44,9 @@ def handle_errors(f):
 
             msg = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             raise click.ClickException(f"results store error: {explain(msg)}") from None
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            click.echo("Interrupted" + (" by SIGTERM" if isinstance(exc, Terminated) else ""), err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
 
@@ -78,6 +78,7 @@ class OneLineErrors(click.Group):
     not click's usage block; the exit status stays click's (2 for usage, 1 otherwise)."""
 
     def main(self, args=None, prog_name=None, **extra):
+        terminate_as_interrupt()
         try:
             return super().main(args, prog_name, standalone_mode=False, **extra)
         except click.exceptions.Abort:

