@@ -25,8 +25,9 @@ import json
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 STATE_FILE = "trainer_state.pt"
 MANIFEST = "MANIFEST.json"
@@ -36,6 +37,11 @@ FORMAT = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used, reported as one line naming the file."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _fsync_file(path: Path) -> None:
@@ -70,11 +76,15 @@ def _sha256(path: Path) -> str:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small file so that readers see the old or the new content, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -128,23 +138,14 @@ class ResumeDir:
         """Write a complete checkpoint of `model`, `tokenizer` and the trainer `state`."""
         import torch
 
-        self.root.mkdir(parents=True, exist_ok=True)
         name = f"step-{int(state['step']):06d}"
         final = self.root / name
-        tmp = self.root / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            _write(tmp, model, tokenizer, final)
+        with _staged(final, model, tokenizer) as tmp:
             with _writing(final / STATE_FILE):
                 torch.save(dict(state, format=FORMAT), tmp / STATE_FILE)
             files = sorted(p for p in tmp.iterdir() if p.is_file())
             manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-            _publish(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         previous = None
         try:
             previous = self.latest()
@@ -188,7 +189,7 @@ class ResumeDir:
             raise CheckpointError(f"{path}: cannot be loaded (it holds objects other than tensors and plain "
                                   "values; refused, since loading them could run code)") from None
         except (RuntimeError, EOFError, ValueError, OSError) as exc:
-            raise CheckpointError(f"{path}: cannot be loaded ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise CheckpointError(f"{path}: cannot be loaded ({_first_line(exc)})") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not a wmg trainer state of format {FORMAT}")
         return state
@@ -210,43 +211,42 @@ class _writing:
     def __exit__(self, typ, exc, _tb):
         if exc is None or not isinstance(exc, Exception) or isinstance(exc, CheckpointError):
             return False
-        msg = str(exc).splitlines()[0] if str(exc) else typ.__name__
-        raise CheckpointError(f"{self.path}: cannot be written ({msg})") from None
+        raise CheckpointError(f"{self.path}: cannot be written ({_first_line(exc)})") from None
 
 
-def _write(folder: Path, model, tokenizer, name: Path) -> None:
-    with _writing(name):
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """fsync a finished folder's files and rename it into place (replacing an older one)."""
-    with _writing(final):
-        for p in tmp.iterdir():
-            _fsync_file(p)
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-
-
-def save_model_folder(folder: str | Path, model, tokenizer) -> Path:
-    """Save a model (safetensors) and its tokenizer to `folder`, all or nothing: a crash or a full
-    disk leaves no half-written folder behind."""
-    final = Path(folder)
+@contextmanager
+def _staged(final: Path, model, tokenizer) -> Iterator[Path]:
+    """A folder written all or nothing: the model (safetensors) and tokenizer go into a temporary
+    sibling, the caller adds its own files, then every file is fsynced and the folder renamed to
+    `final` (replacing an older one). On any failure the temporary folder is removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write(tmp, model, tokenizer, final)
-        _publish(tmp, final)
+        with _writing(final):
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        yield tmp
+        with _writing(final):
+            for p in tmp.iterdir():
+                _fsync_file(p)
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+
+
+def save_model_folder(folder: str | Path, model, tokenizer) -> Path:
+    """Save a model (safetensors) and its tokenizer to `folder`, all or nothing: a crash or a full
+    disk leaves no half-written folder behind."""
+    with _staged(Path(folder), model, tokenizer):
+        pass
+    return Path(folder)
 
 
 def load_model_folder(folder: Path, model_type: str):
@@ -264,6 +264,5 @@ def load_model_folder(folder: Path, model_type: str):
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     except Exception as exc:  # transformers and safetensors raise many kinds; all mean "this folder is damaged"
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{folder}: checkpoint cannot be loaded ({msg})") from None
+        raise CheckpointError(f"{folder}: checkpoint cannot be loaded ({_first_line(exc)})") from None
     return model, tok

@@ -192,49 +192,41 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
             raise ConfigError(f"--resume continues a run with its own options; do not give --{given[0].replace('_', '-')}")
         from .store import repo
 
-        before = repo.get_run(db, resume)
-        dev.setup(before.device, before.platform, echo)
-        run = resume_run(db, resume, echo, progress)
-        echo("")
-        echo(f"Run id: {resume}")
-        if compare:
-            compare_run(db, CompareOptions(run_id=resume, max_new_tokens=max_new_tokens, precision=run.config["precision"],
-                                           no_repeat_ngram_size=no_repeat,
-                                           device=run.device, report=report, progress=progress,
-                                           show_examples=show_examples), echo)
-            echo(f"Run id: {resume}")
-        return
-
-    n_examples = parse_examples_option(examples)
-    names = [s.name for s in resolve_models(models)]  # fail fast on an unknown name, before the banner
-    sources = {}
-    for item in weights:
-        name, sep, path = item.partition("=")
-        if not sep or name not in names:
-            raise ConfigError(f"--weights {item!r}: expected MODEL=PATH with MODEL one of {','.join(names)}")
-        if not Path(path).is_dir():
-            raise ConfigError(f"--weights {item!r}: {path} is not a folder")
-        sources[name] = path
-    for name, v in (("--epochs", epochs), ("--batch-size", batch_size), ("--grad-accum", grad_accum),
-                    ("--max-new-tokens", max_new_tokens)):
-        if v is not None and v < 1:
-            raise ConfigError(f"{name} must be at least 1")
-    if learning_rate is not None and learning_rate <= 0:
-        raise ConfigError("--learning-rate must be positive")
-    if not Path(data).is_file():
-        raise DataError(f"{data}: data file not found")
-    info = dev.setup(device, platform, echo)
-    prec = dev.resolve_precision(precision, device)
-    overrides = dict(epochs=epochs, learning_rate=learning_rate, micro_batch_size=batch_size, grad_accum=grad_accum,
-                     warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay,
-                     max_grad_norm=max_grad_norm, max_input_length=max_input_length,
-                     max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
-                     log_every=log_every, dropout=dropout)
-    opts = TrainOptions(data=data, models=models, examples=n_examples, eval_split=eval_split, seed=seed, init=init,
-                        device=device, platform=info.platform, workers=info.workers, precision=prec,
-                        checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,
-                        overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress)
-    run_id = train_run(db, opts, echo)
+        run = repo.get_run(db, resume)
+        dev.setup(run.device, run.platform, echo)
+        resume_run(db, resume, echo, progress)
+        run_id, prec, device = resume, run.config["precision"], run.device
+    else:
+        n_examples = parse_examples_option(examples)
+        names = [s.name for s in resolve_models(models)]  # fail fast on an unknown name, before the banner
+        sources = {}
+        for item in weights:
+            name, sep, path = item.partition("=")
+            if not sep or name not in names:
+                raise ConfigError(f"--weights {item!r}: expected MODEL=PATH with MODEL one of {','.join(names)}")
+            if not Path(path).is_dir():
+                raise ConfigError(f"--weights {item!r}: {path} is not a folder")
+            sources[name] = path
+        for name, v in (("--epochs", epochs), ("--batch-size", batch_size), ("--grad-accum", grad_accum),
+                        ("--max-new-tokens", max_new_tokens)):
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if learning_rate is not None and learning_rate <= 0:
+            raise ConfigError("--learning-rate must be positive")
+        if not Path(data).is_file():
+            raise DataError(f"{data}: data file not found")
+        info = dev.setup(device, platform, echo)
+        prec = dev.resolve_precision(precision, device)
+        overrides = dict(epochs=epochs, learning_rate=learning_rate, micro_batch_size=batch_size, grad_accum=grad_accum,
+                         warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay,
+                         max_grad_norm=max_grad_norm, max_input_length=max_input_length,
+                         max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
+                         log_every=log_every, dropout=dropout)
+        opts = TrainOptions(data=data, models=models, examples=n_examples, eval_split=eval_split, seed=seed, init=init,
+                            device=device, platform=info.platform, workers=info.workers, precision=prec,
+                            checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,
+                            overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress)
+        run_id = train_run(db, opts, echo)
     echo("")
     echo(f"Run id: {run_id}")
     if compare:

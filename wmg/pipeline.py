@@ -9,11 +9,9 @@ import gc
 import hashlib
 import json
 import math
-import os
 import platform as _platform
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -511,21 +509,11 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
 
 def write_report(path: str, summary: dict, results: list[dict]) -> str:
     """Write the JSON report atomically (a crash never leaves half a report)."""
+    from .checkpoint import atomic_write_text
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".report-", suffix=".json")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a report is an ordinary file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"summary": summary, "results": results}, fh, indent=2, ensure_ascii=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, json.dumps({"summary": summary, "results": results}, indent=2, ensure_ascii=False))
     return str(target)
 
 

@@ -179,6 +179,12 @@ def _step_rows(run_model_id: int, steps: Iterable[Any]) -> list[t.TrainStep]:
                         tokens=st.tokens) for st in steps]
 
 
+def _mark_unfinished_models(s, run_id: int, status: str) -> None:
+    """Every model of the run that has not completed takes the run's new status."""
+    s.execute(update(t.RunModel).where(t.RunModel.run_id == run_id, t.RunModel.status != "completed")
+              .values(status=status))
+
+
 def _stored_example(x: t.Example) -> StoredExample:
     return StoredExample(x.id, x.split, x.position, x.source_line, x.instruction, x.input, x.gold_output, x.gold_type)
 
@@ -250,8 +256,7 @@ def finish_run(db: str | None, run_id: int, status: str, error: str | None = Non
         s.execute(update(t.Run).where(t.Run.id == run_id).values(
             status=status, error=error, finished_at=now(), train_seconds=train_seconds))
         if status != "completed":
-            s.execute(update(t.RunModel).where(t.RunModel.run_id == run_id, t.RunModel.status != "completed")
-                      .values(status=status))
+            _mark_unfinished_models(s, run_id, status)
 
 
 @retry_locked
@@ -271,8 +276,7 @@ def reap_dead_runs(db: str | None, alive) -> list[int]:
                 reaped.append(r.id)
                 r.status, r.finished_at = "interrupted", now()
                 r.error = f"its process (pid {r.pid} on {r.host}) ended without finishing it: killed or crashed"
-                s.execute(update(t.RunModel).where(t.RunModel.run_id == r.id, t.RunModel.status != "completed")
-                          .values(status="interrupted"))
+                _mark_unfinished_models(s, r.id, "interrupted")
     return reaped
 
 
@@ -284,8 +288,7 @@ def restart_run(db: str | None, run_id: int, owner: tuple[str, int, int | None])
         r = s.get(t.Run, run_id)
         r.status, r.error, r.finished_at = "running", None, None
         r.host, r.pid, r.process_start, r.resumes = host, pid, start, (r.resumes or 0) + 1
-        s.execute(update(t.RunModel).where(t.RunModel.run_id == run_id, t.RunModel.status != "completed")
-                  .values(status="pending"))
+        _mark_unfinished_models(s, run_id, "pending")
 
 
 @retry_locked
