@@ -20,89 +20,95 @@ def store(tmp_path_factory):
 
 
 def run_json(db, *args):
+    """An analysis as JSON: flat records, grouped here by their `table` field."""
     r = CliRunner().invoke(main, ["analyze", *args, "--db", db, "--format", "json"])
     assert r.exit_code == 0, r.output
-    return {t["title"].split(" (")[0].split(":")[0]: t for t in json.loads(r.output)}
+    tables: dict[str, list[dict]] = {}
+    for rec in json.loads(r.output):
+        assert all(not isinstance(v, (dict, list)) for v in rec.values()), rec  # flat
+        tables.setdefault(rec.pop("table", "only"), []).append(rec)
+    return tables
 
 
 def rows(table, **match):
-    return [r for r in table["rows"] if all(r[k] == v for k, v in match.items())]
+    return [r for r in table if all(r[k] == v for k, v in match.items())]
 
 
 def test_agreement_kappas(store):
     t = run_json(store, "agreement", "--run-id", "1", "--run-id", "2")
-    pairs = t["Pairwise agreement"]
+    pairs = t["pairwise"]
     # run 1: po = 1/4; pe = (1/4)(1/4) for readwrite only -> kappa = (0.25 - 0.0625) / 0.9375 = 0.2
-    (p,) = rows(pairs, run=1)
+    (p,) = rows(pairs, run_id=1)
     assert (p["model_a"], p["model_b"]) == ("m1", "m2")
-    assert p["raw_agreement"] == pytest.approx(0.25)
+    assert p["observed_agreement"] == pytest.approx(0.25)
+    assert p["full_agreement"] == pytest.approx(0.25)
     assert p["expected_agreement"] == pytest.approx(0.0625)
     assert p["cohen_kappa"] == pytest.approx(0.2)
     # run 2: a-b 0.28/0.88, a-c 0.24/0.84, b-c 0.16/0.76
-    got = {(r["model_a"], r["model_b"]): r["cohen_kappa"] for r in rows(pairs, run=2)}
+    got = {(r["model_a"], r["model_b"]): r["cohen_kappa"] for r in rows(pairs, run_id=2)}
     assert got == pytest.approx({("a", "b"): 0.28 / 0.88, ("a", "c"): 0.24 / 0.84, ("b", "c"): 0.16 / 0.76})
-    fleiss = t["Agreement of all models"]
-    (f1,) = rows(fleiss, run=1)
+    fleiss = t["all_models"]
+    (f1,) = rows(fleiss, run_id=1)
     assert f1["fleiss_kappa"] == pytest.approx((0.25 - 0.1875) / 0.8125)
-    assert f1["raw_agreement"] == pytest.approx(0.25)
-    (f2,) = rows(fleiss, run=2)
+    assert f1["full_agreement"] == pytest.approx(0.25)
+    (f2,) = rows(fleiss, run_id=2)
     assert f2["observed_agreement"] == pytest.approx(0.4)
     assert f2["expected_agreement"] == pytest.approx(47 / 225)
     assert f2["fleiss_kappa"] == pytest.approx(43 / 178)
-    assert f2["raw_agreement"] == pytest.approx(0.2) and f2["models"] == 3
+    assert f2["full_agreement"] == pytest.approx(0.2) and f2["models"] == 3
 
 
 def test_vote_and_tie_rule(store):
     r = CliRunner().invoke(main, ["analyze", "vote", "--all-runs", "--db", store])
     assert r.exit_code == 0
     assert "a tie goes to the type of the model listed first" in r.output
-    t = run_json(store, "vote", "--all-runs")["Majority voting against each model"]
-    acc = {(x["run"], x["model"]): x["accuracy"] for x in t["rows"]}
+    t = run_json(store, "vote", "--all-runs")["only"]
+    acc = {(x["run_id"], x["model"]): x["accuracy"] for x in t}
     assert acc == pytest.approx({(1, "m1"): 0.75, (1, "m2"): 0.5, (1, "(majority vote)"): 0.75,
                                  (2, "a"): 0.6, (2, "b"): 0.6, (2, "c"): 0.8, (2, "(majority vote)"): 0.8})
     # run 1: three 1-1 ties, each settled for m1; run 2: one three-way split (settled for b, wrong)
-    assert rows(t, run=1, model="(majority vote)")[0]["ties_or_no_majority"] == 3
-    assert rows(t, run=2, model="(majority vote)")[0]["ties_or_no_majority"] == 1
-    assert rows(t, run=2, model="(majority vote)")[0]["vote_gain"] == pytest.approx(0.0)
-    assert rows(t, run=2, model="a")[0]["vote_gain"] == pytest.approx(0.2)
+    assert rows(t, run_id=1, model="(majority vote)")[0]["ties_or_no_majority"] == 3
+    assert rows(t, run_id=2, model="(majority vote)")[0]["ties_or_no_majority"] == 1
+    assert rows(t, run_id=2, model="(majority vote)")[0]["vote_gain"] == pytest.approx(0.0)
+    assert rows(t, run_id=2, model="a")[0]["vote_gain"] == pytest.approx(0.2)
 
 
 def test_confidence_and_aurc(store):
     t = run_json(store, "confidence", "--run-id", "1", "--run-id", "2")
-    conf = t["Agreement as confidence"]
-    r = rows(conf, run=1, model="m2")[0]
+    conf = t["confidence"]
+    r = rows(conf, run_id=1, model="m2")[0]
     assert (r["agree_examples"], r["accuracy_when_all_agree"]) == (1, 1.0)
     assert (r["disagree_examples"], r["accuracy_when_not"]) == (3, pytest.approx(1 / 3))
-    assert rows(conf, run=1, model="(majority vote)")[0]["accuracy_when_not"] == pytest.approx(2 / 3)
-    curve = t["Risk-coverage of the majority vote, ordered by agreement"]
-    assert [(p["coverage"], p["risk"]) for p in rows(curve, run=1)] == [(0.25, 0.0), (1.0, 0.25)]
-    flat = [v for p in rows(curve, run=2) for v in (p["agreement_level"], p["coverage"], p["risk"])]
+    assert rows(conf, run_id=1, model="(majority vote)")[0]["accuracy_when_not"] == pytest.approx(2 / 3)
+    curve = t["risk_coverage"]
+    assert [(p["coverage"], p["risk"]) for p in rows(curve, run_id=1)] == [(0.25, 0.0), (1.0, 0.25)]
+    flat = [v for p in rows(curve, run_id=2) for v in (p["agreement_level"], p["coverage"], p["risk"])]
     assert flat == pytest.approx([1.0, 0.2, 0.0, 2 / 3, 0.8, 0.0, 1 / 3, 1.0, 0.2], abs=1e-6)
-    area = {x["run"]: x["aurc"] for x in t["AURC"]["rows"]}
+    area = {x["run_id"]: x["aurc"] for x in t["aurc"]}
     assert area == pytest.approx({1: 0.25 * 0.75, 2: 0.2 * 0.2})
 
 
 def test_by_type_and_confusion(store):
     t = run_json(store, "by-type", "--run-id", "1")
-    by = t["Error analysis by gadget type"]
-    got = {r["gold_type"]: (r["examples"], r["m1 accuracy"], r["m2 accuracy"], r["disagreement_rate"])
-           for r in by["rows"]}
-    assert got == {RW: (1, 1.0, 1.0, 0.0), AR: (1, 1.0, 0.0, 1.0), CF: (1, 0.0, 1.0, 1.0), IO: (1, 1.0, 0.0, 1.0)}
-    cm = t["Confusion matrix of m1"]
-    cf_row = next(r for r in cm["rows"] if r["gold \\ predicted"] == CF)
-    assert cf_row[TS] == 1 and cf_row[CF] == 0
-    cm3 = run_json(store, "by-type", "--run-id", "2")["Confusion matrix of a"]
-    cf_row = next(r for r in cm3["rows"] if r["gold \\ predicted"] == CF)
-    assert cf_row["(other)"] == 1  # model a produced no type
+    by = t["by_type"]
+    got = {(r["gold_type"], r["model"]): (r["examples"], r["accuracy"], r["disagreement_rate"]) for r in by}
+    assert got == {(RW, "m1"): (1, 1.0, 0.0), (RW, "m2"): (1, 1.0, 0.0), (AR, "m1"): (1, 1.0, 1.0),
+                   (AR, "m2"): (1, 0.0, 1.0), (CF, "m1"): (1, 0.0, 1.0), (CF, "m2"): (1, 1.0, 1.0),
+                   (IO, "m1"): (1, 1.0, 1.0), (IO, "m2"): (1, 0.0, 1.0)}
+    cm = {(r["gold_label"], r["predicted_label"]): r["n"] for r in rows(t["confusion"], model="m1")}
+    assert cm[(CF, TS)] == 1 and cm[(CF, CF)] == 0
+    cm3 = {(r["gold_label"], r["predicted_label"]): r["n"]
+           for r in rows(run_json(store, "by-type", "--run-id", "2")["confusion"], model="a")}
+    assert cm3[(CF, "(other)")] == 1  # model a produced no type
 
 
 def test_models(store):
-    t = run_json(store, "models", "--run-id", "2")["Architecture comparison"]
+    t = run_json(store, "models", "--run-id", "2")["only"]
     got = {r["model"]: (r["format_accuracy"], r["gold_accuracy"], r["parameters"], r["train_seconds"])
-           for r in t["rows"]}
+           for r in t}
     assert got == {"a": (0.8, 0.6, 1000, 10.0), "b": (1.0, 0.6, 2000, 20.0), "c": (1.0, 0.8, 3000, 30.0)}
     # ROUGE was not stored by the fixture: computed on demand and now stored
-    assert all(0 <= r["rouge1_f1"] <= 1 and 0 <= r["rougeL_f1"] <= 1 for r in t["rows"])
+    assert all(0 <= r["rouge1_f1"] <= 1 and 0 <= r["rougeL_f1"] <= 1 for r in t)
     with sqlite3.connect(store) as c:
         assert c.execute("SELECT COUNT(*) FROM predictions WHERE evaluation_id = 2 AND rouge1_f1 IS NULL").fetchone()[0] == 0
         # an exact copy of the gold output scores 1.0
@@ -113,13 +119,14 @@ def test_models(store):
 
 def test_disagreements_and_correlations(store):
     t = run_json(store, "disagreements", "--run-id", "1")
-    main_t = t["Disagreements"]
-    assert [r["example"] for r in main_t["rows"]] == [1, 2, 3]
-    assert main_t["rows"][1]["m1"] == TS and main_t["rows"][1]["m2 (normalized)"] == "controlflow"
-    corr = t["Disagreement against excerpt length"]["rows"][0]
+    main_t = t["disagreements"]
+    assert [r["example"] for r in main_t] == [1, 1, 2, 2, 3, 3]  # one record per example and model
+    assert rows(main_t, example=2, model="m1")[0]["gadget_type"] == TS
+    assert rows(main_t, example=2, model="m2")[0]["normalized_type"] == "controlflow"
+    corr = t["length"][0]
     # d = [0,1,1,1], words = [10,20,30,40]: r = 15 / sqrt(0.75 * 500)
     assert corr["point_biserial_r"] == pytest.approx(15 / (0.75 * 500) ** 0.5)
-    forms = {r["form"]: r for r in t["Disagreement by instruction form"]["rows"]}
+    forms = {r["form"]: r for r in t["by_form"]}
     assert forms["category"]["disagreement_rate"] == 0.5 and forms["open"]["disagreement_rate"] == 1.0
     assert forms["open"]["fisher_p_category_vs_open"] == pytest.approx(1.0)  # 1/2 vs 2/2: not significant
 
@@ -127,13 +134,14 @@ def test_disagreements_and_correlations(store):
 def test_runs_shows_what_differs(store):
     r = CliRunner().invoke(main, ["analyze", "runs", "--db", store, "--format", "json"])
     assert r.exit_code == 0
-    (t,) = json.loads(r.output)
-    assert {"examples", "epochs", "models"} <= set(t["columns"]) and "seed" not in t["columns"]
-    r1, r2 = t["rows"]
-    assert (r1["examples"], r1["epochs"], r1["agreement_rate"], r1["m1 gold"]) == (7, 3, 0.25, 0.75)
-    assert (r2["examples"], r2["epochs"], r2["agreement_rate"], r2["c gold"]) == (8, 5, 0.2, 0.8)
+    t = json.loads(r.output)
+    assert {"examples", "epochs", "models"} <= set(t[0]) and "seed" not in t[0]
+    assert [(x["run_id"], x["model"]) for x in t] == [(1, "m1"), (1, "m2"), (2, "a"), (2, "b"), (2, "c")]
+    r1, r2 = t[0], t[-1]
+    assert (r1["examples"], r1["epochs"], r1["agreement_rate"], r1["gold_accuracy"]) == (7, 3, 0.25, 0.75)
+    assert (r2["examples"], r2["epochs"], r2["agreement_rate"], r2["gold_accuracy"]) == (8, 5, 0.2, 0.8)
     r = CliRunner().invoke(main, ["analyze", "runs", "--db", store, "--format", "csv"])
-    assert r.exit_code == 0 and r.output.splitlines()[1].startswith("run,status,")
+    assert r.exit_code == 0 and r.output.splitlines()[0].startswith("run_id,status,")
 
 
 def test_plots_are_png(store, tmp_path):
@@ -161,8 +169,9 @@ def test_bad_selections(store, tmp_path):
 
     assert "no run with id 9" in err("vote", "--run-id", "9")
     assert "nothing selected" in err("vote")
-    empty = str(tmp_path / "empty.db")
-    assert "no run has a completed comparison" in err("agreement", "--all-runs", db=empty)
+    empty = str(tmp_path / "empty.db")  # an empty selection is an empty result, not an error
+    r = CliRunner().invoke(main, ["analyze", "agreement", "--all-runs", "--db", empty, "--format", "json"])
+    assert r.exit_code == 0 and json.loads(r.output) == []
     # a run with no comparison, and one whose latest comparison failed
     from tests.analysis_fixture import Spec
     from wmg.data import Example
@@ -189,3 +198,19 @@ def test_readme_queries_run(store):
     with sqlite3.connect(store) as conn:
         for sql in queries:
             assert conn.execute(sql).fetchall(), sql  # every query answers on the test store
+
+
+def test_agreement_rates_mean_the_same_in_both_tables(tmp_path):
+    """Regression: `raw_agreement` was 1.0 in the pairwise table and 0.0 in the all-models table of the
+    same two-model run where neither model produced a type. Now both tables carry both rates."""
+    from tests.analysis_fixture import make_run
+
+    db = str(tmp_path / "r.db")
+    make_run(db, ["m1", "m2"], [RW, AR], [(None, None), (RW, RW)], words=[10, 20], forms=["open", "open"])
+    t = run_json(db, "agreement", "--run-id", "1")
+    (p,), (f,) = t["pairwise"], t["all_models"]
+    assert p["full_agreement"] == f["full_agreement"] == 0.5  # only the second example: the same non-empty type
+    assert p["observed_agreement"] == f["observed_agreement"] == 1.0  # two empty types count as equal
+    with sqlite3.connect(db) as conn:
+        cols = lambda v: [r[1] for r in conn.execute(f"PRAGMA table_info({v})")]  # noqa: E731
+        assert "raw_agreement" not in cols("pairwise_agreement") + cols("fleiss_kappa")

@@ -49,8 +49,12 @@ def test_check_reports_errors_with_file_and_line(tmp_path):
     assert r.exit_code == 1 and f"{p}:2" in r.output
     r = CliRunner().invoke(main, ["data", "check", "--json", str(BUNDLED)])
     assert r.exit_code == 0
-    stats = json.loads(r.output)
-    assert stats["valid"] >= 492 and stats["near_duplicates"] == [] and stats["findings"] == []
+    records = json.loads(r.stdout)
+    summary = {x["metric"]: x["value"] for x in records if x["table"] == "summary"}
+    assert summary["valid"] >= 492 and summary["near_duplicate_pairs"] == 0 and summary["bounds_not_met"] == 0
+    assert not [x for x in records if x["table"] == "findings"]
+    labels = {x["label"]: x["examples"] for x in records if x["table"] == "labels"}
+    assert len(labels) == 6 and sum(labels.values()) == summary["valid"]
 
 
 def test_near_duplicates_are_found(tmp_path):

@@ -144,7 +144,9 @@ def test_csv_round_trip_and_compare_to_manual(store, tmp_path):
     r = CliRunner().invoke(main, ["judge", "--run-id", "1", "--compare-to", "manual", "--db", store,
                                   "--format", "json"])
     assert r.exit_code == 0, r.output
-    head = json.loads(r.output)[0]["rows"]
+    head = [rec for rec in json.loads(r.stdout) if rec["table"] == "judges"]
+    conf = [rec for rec in json.loads(r.stdout) if rec["table"] == "confusion"]
+    assert sum(c["n"] for c in conf if c["judge"] == "string match") == 3
     by = {row["judge"].split(" (")[0]: row for row in head}
     # string matching calls all three "disagreement": right on 2 of 3
     assert by["string match"]["labelled"] == 3 and by["string match"]["accuracy"] == pytest.approx(2 / 3)

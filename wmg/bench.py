@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from typing import Callable
 
 from .batching import IGNORE, Encoded, fit
 from .config import REGISTRY, SCRATCH_DEFAULTS, ConfigError, GenerateConfig, ModelSpec
-from .data import DEFAULT_DATA, load_jsonl
+from .data import bundled_data, load_jsonl
 from .prompts import causal_answer, seq2seq_prompt
 
 Echo = Callable[[str], None]
@@ -309,7 +308,7 @@ def peak_memory_of_run(args: list[str], echo: Echo) -> tuple[float, float]:
     return peak, secs
 
 
-def run(models: list[str], quick: bool, data: str | Path = DEFAULT_DATA, seed: int = 42, precision: str = "auto",
+def run(models: list[str], quick: bool, data: str | Path | None = None, seed: int = 42, precision: str = "auto",
         memory: bool = True, echo: Echo = print) -> dict:
     import platform
 
@@ -322,7 +321,7 @@ def run(models: list[str], quick: bool, data: str | Path = DEFAULT_DATA, seed: i
     _require_baseline()
     torch.set_num_threads(physical_cores())
     prec = resolve_precision(precision, "cpu")
-    examples = load_jsonl(data)
+    examples = load_jsonl(data or bundled_data())
     steps = 4 if quick else 25
     gen_n = 4 if quick else 32
     train_ex, gen_ex = examples[: steps * 4], examples[-gen_n:]
@@ -405,7 +404,7 @@ def render(res: dict) -> str:
             ("", "identical greedy outputs", f"{m['identical_outputs']}/{m['compared_outputs']}", "", ""),
             ("", f"training MFU ({m['precision']})", f"{m['mfu']:.1%}", "", f"{m['achieved_tflops']:.3f} TFLOP/s"),
         ]
-    from .analysis import format_rows
+    from .console import format_rows
 
     out += [""] + format_rows(head, rows)
     for m in res["models"]:
@@ -419,5 +418,37 @@ def render(res: dict) -> str:
     return "\n".join(out)
 
 
-def to_json(res: dict) -> str:
-    return json.dumps(res, indent=2)
+def tables(res: dict):
+    """The result as tidy tables: one record per model and measure; the machine; differing outputs."""
+    from .console import Table
+
+    rows = []
+    for m in res["models"]:
+        tt, bt, tg, bg = m["toolkit_train"], m["baseline_train"], m["toolkit_gen"], m["baseline_gen"]
+        rows += [
+            [m["model"], "train_examples_per_s", tt["examples_per_s"], bt["examples_per_s"], m["train_speedup"]],
+            [m["model"], "train_tokens_per_s", tt["tokens_per_s"], bt["tokens_per_s"],
+             tt["tokens_per_s"] / bt["tokens_per_s"]],
+            [m["model"], f"final_loss_after_{m['steps']}_steps", tt["final_loss"], bt["final_loss"], None],
+            [m["model"], "generate_examples_per_s", tg["examples_per_s"], bg["examples_per_s"], m["gen_speedup"]],
+            [m["model"], "generate_new_tokens_per_s", tg["new_tokens_per_s"], bg["new_tokens_per_s"],
+             tg["new_tokens_per_s"] / bg["new_tokens_per_s"]],
+            [m["model"], "identical_greedy_outputs", m["identical_outputs"], m["compared_outputs"], None],
+            [m["model"], f"training_mfu_{m['precision']}", m["mfu"], None, None],
+            [m["model"], "training_tflops", m["achieved_tflops"], None, None],
+        ]
+    mem = res.get("memory") or {}
+    machine = [["date", res["date"]], ["quick", res["quick"]], ["precision", res["precision"]]]
+    machine += [[k, v] for k, v in res["machine"].items()]
+    machine += [[f"matmul_peak_tflops_{k}", v] for k, v in res["matmul_peak_tflops"].items()]
+    if mem:
+        machine += [["memory_run_args", " ".join(mem["args"])], ["peak_rss_mb", mem["peak_rss_mb"]],
+                    ["memory_run_seconds", mem["seconds"]]]
+    diffs = [[m["model"], d["example"], d["toolkit"], d["baseline"]] for m in res["models"] for d in m["differences"]]
+    return [
+        Table("results", "Toolkit against the tutorial's way", ["model", "measure", "toolkit", "tutorial_style",
+                                                                 "ratio"], rows,
+              ["identical_greedy_outputs: toolkit = identical, tutorial_style = compared"], group=1),
+        Table("machine", "Machine", ["field", "value"], machine),
+        Table("differences", "Greedy outputs that differ", ["model", "example", "toolkit", "baseline"], diffs),
+    ]

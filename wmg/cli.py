@@ -1,19 +1,25 @@
-"""The `wmg` command line. Thin: each command parses options, builds a config
-and calls library code. torch and transformers are imported inside command
-bodies so `wmg --help` and `wmg runs` answer instantly."""
+"""The `wmg` command line. Thin: each command parses and checks its options, calls library
+code, and hands the results to `wmg.console` to render. torch and transformers are
+imported inside command bodies so `wmg --help` and `wmg runs` answer instantly.
+
+Output convention (every command that prints results): `--format table|json|csv`,
+`--table NAME` for one of several tables, `--out DIR` for one file per table, `--quiet`
+for no banners or progress. With json or csv, stdout holds only the result."""
 from __future__ import annotations
 
 import functools
-import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .config import DEFAULT_MODELS, DEFAULT_NO_REPEAT, REGISTRY, ConfigError
+from . import progress as _progress
 from .checkpoint import CheckpointError
-from .data import DEFAULT_DATA, DataError, parse_examples_option
+from .config import DEFAULT_MODELS, DEFAULT_NO_REPEAT, REGISTRY, ConfigError
+from .console import FORMATS, OutputError
+from .data import DataError, parse_examples_option
 from .interrupt import RunInterrupted, Terminated, terminate_as_interrupt
 from .judges.base import JudgeError
 from .store.session import StoreError
@@ -34,6 +40,8 @@ def handle_errors(f):
 
         try:
             return f(*args, **kwargs)
+        except OutputError as exc:
+            raise click.UsageError(str(exc)) from None
         except (ConfigError, DataError, StoreError, JudgeError, CheckpointError) as exc:
             raise click.ClickException(str(exc)) from None
         except RunInterrupted as exc:
@@ -54,23 +62,101 @@ def handle_errors(f):
 
 
 def echo(msg: str = "") -> None:
-    click.echo(msg)
+    """Banners and logs for people: stdout with --format table, stderr with json/csv, nothing with --quiet."""
+    _progress.log(msg)
 
 
-class RunId(click.ParamType):
-    name = "RUN_ID"
+def warn(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+class Id(click.ParamType):
+    """A positive whole number naming a stored row (a run, a comparison)."""
+
+    def __init__(self, what: str, metavar: str):
+        self.what, self.name = what, metavar
+
+    def get_metavar(self, param, ctx=None):
+        return self.name
 
     def convert(self, value, param, ctx):
         try:
             v = int(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a run id (a positive whole number)", param, ctx)
+            self.fail(f"{value!r} is not {self.what} (a positive whole number)", param, ctx)
         if v < 1:
-            self.fail(f"{value!r} is not a run id (a positive whole number)", param, ctx)
+            self.fail(f"{value!r} is not {self.what} (a positive whole number)", param, ctx)
         return v
 
 
-RUN_ID = RunId()
+RUN_ID = Id("a run id", "RUN_ID")
+EVALUATION_ID = Id("an evaluation id", "EVALUATION_ID")
+
+
+class Examples(click.ParamType):
+    """`--examples`: a number of at least 2, `all`, or `auto`."""
+    name = "N|all|auto"
+
+    def get_metavar(self, param, ctx=None):
+        return "N|all|auto"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_examples_option(value)
+        except DataError as exc:
+            self.fail(str(exc).replace("--examples ", ""), param, ctx)
+
+
+@dataclass(frozen=True)
+class Output:
+    fmt: str = "table"
+    table: str | None = None
+    out: str | None = None
+
+    @property
+    def machine(self) -> bool:
+        return self.fmt != "table"
+
+    def emit(self, tables) -> None:
+        from .console import emit
+
+        emit(tables, self.fmt, self.table, self.out, echo=click.echo, warn=warn)
+
+
+def output_options(tables: tuple[str, ...], json_alias: bool = False, quiet: bool = True):
+    """--format/--table/--out (and --quiet, and --json where a command had it) for a command whose
+    results are the named tables; the command receives `output: Output`."""
+
+    def decorate(f):
+        @functools.wraps(f)
+        def wrapper(*args, fmt, table, out, **kwargs):
+            as_json = kwargs.pop("as_json", False)
+            be_quiet = kwargs.pop("quiet", False)
+            if as_json:
+                fmt = "json"
+            _progress.configure(quiet=be_quiet, logs_to_stderr=fmt != "table")
+            return f(*args, output=Output(fmt, table, out), **kwargs)
+
+        opts = [
+            click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                         help="table: aligned text; json: a list of flat records; csv: one table (see --table)."),
+            click.option("--table", "table", type=click.Choice(tables), default=None,
+                         help=f"Only this table [{', '.join(tables)}; csv: the first]." if len(tables) > 1 else
+                         "Only this table (the command has one).",
+                         hidden=len(tables) == 1),
+            click.option("--out", "out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                         help="Write each table to DIR/NAME.csv|json|txt instead of printing."),
+        ]
+        if json_alias:
+            opts.append(click.option("--json", "as_json", is_flag=True, help="Same as --format json."))
+        if quiet:
+            opts.append(click.option("--quiet", "-q", "quiet", is_flag=True,
+                                     help="No banners, logs or progress: only the results (and errors)."))
+        for opt in reversed(opts):
+            wrapper = opt(wrapper)
+        return wrapper
+
+    return decorate
 
 
 class OneLineErrors(click.Group):
@@ -108,16 +194,46 @@ NO_REPEAT = click.option("--no-repeat-ngram-size", "no_repeat", type=click.IntRa
 
 
 # ---------------------------------------------------------------- train
-@main.command()
-@click.option("--data", default=str(DEFAULT_DATA), show_default=True, type=click.Path(dir_okay=False),
-              help="JSONL dataset: one {instruction, input, output} object per line.")
-@click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True,
+POSITIVE = click.FloatRange(0, min_open=True)
+DATA_HELP = "JSONL dataset: one {instruction, input, output} object per line [default: the bundled dataset]."
+
+
+def resolve_data(data: str | None) -> str:
+    """The data file to use: the one given, or the dataset shipped with the package. The choice is printed."""
+    from .data import bundled_data
+
+    if data is None:
+        path = str(bundled_data())
+        echo(f"✓ Data: {path} (the bundled dataset)")
+        return path
+    if not Path(data).is_file():
+        raise DataError(f"{data}: data file not found")
+    echo(f"✓ Data: {data}")
+    return data
+
+
+def show_comparison(comparison, output: Output, show_examples: bool) -> None:
+    from .console import comparison_table, show_example, show_summary
+
+    if show_examples:
+        for i, r in enumerate(comparison.results):
+            show_example(echo, i, len(comparison.results), r, comparison.names)
+    if output.machine or output.out:
+        show_summary(echo, comparison.summary, comparison.report_path)
+        output.emit([comparison_table(comparison.summary)])
+    else:  # the summary is the result: shown even with --quiet
+        show_summary(click.echo, comparison.summary, comparison.report_path)
+
+
+@main.command(short_help="Train every model on one split, then compare them.")
+@click.option("--data", default=None, type=click.Path(dir_okay=False), metavar="PATH", help=DATA_HELP)
+@click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True, metavar="NAMES",
               help=f"Comma-separated models to train, from the registry: {', '.join(REGISTRY)}.")
-@click.option("--examples", default="auto", show_default=True,
+@click.option("--examples", type=Examples(), default="auto", show_default=True,
               help="How many examples to subsample before the split: a number, 'all', or 'auto' (the tutorial's "
                    "100 when every model loads pretrained weights, all of them for scratch init).")
-@click.option("--eval-split", default=0.1, show_default=True, type=float,
-              help="Fraction held out as the validation split every model is compared on.")
+@click.option("--eval-split", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction held out as the validation split every model is compared on (between 0 and 1).")
 @click.option("--seed", default=42, show_default=True, type=int, help="Seed of the subsample, split, init and order.")
 @click.option("--init", type=click.Choice(["auto", "pretrained", "scratch"]), default="auto", show_default=True,
               help="pretrained: from_pretrained (hub id or cache); scratch: published architecture with random "
@@ -125,23 +241,24 @@ NO_REPEAT = click.option("--no-repeat-ngram-size", "no_repeat", type=click.IntRa
                    "scratch (announced and recorded).")
 @click.option("--weights", "weights", multiple=True, metavar="MODEL=PATH",
               help="Load a model's pretrained weights from a local folder instead of its hub id (repeatable).")
-@click.option("--epochs", type=int, default=None, help="Epochs [pretrained 3; scratch 6].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [pretrained 3; scratch 6].")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Dropout of every layer [pretrained: the published 0.1; scratch: 0, which is a third faster "
                    "per step on a CPU].")
-@click.option("--learning-rate", "--lr", "learning_rate", type=float, default=None,
+@click.option("--learning-rate", "--lr", "learning_rate", type=POSITIVE, default=None, metavar="LR",
               help="Peak learning rate [pretrained 5e-5; scratch 1e-3 seq2seq, 6e-4 causal].")
-@click.option("--batch-size", type=int, default=None, help="Micro-batch size [pretrained 1; scratch 8].")
-@click.option("--grad-accum", type=int, default=None,
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Micro-batch size [pretrained 1; scratch 8].")
+@click.option("--grad-accum", type=click.IntRange(1), default=None,
               help="Micro-batches per optimizer step (effective batch = batch size x this) [pretrained 4; scratch 1].")
-@click.option("--warmup-ratio", type=float, default=None, help="Fraction of steps of linear warmup [0; scratch 0.1].")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=None,
+              help="Fraction of steps of linear warmup [0; scratch 0.1].")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), default=None,
               help="Decay after warmup [pretrained linear; scratch cosine].")
-@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [0; scratch 0.01].")
-@click.option("--max-grad-norm", type=float, default=None, help="Gradient clipping norm [1.0].")
-@click.option("--max-input-length", type=int, default=None, help="Seq2seq prompt tokens [512].")
-@click.option("--max-target-length", type=int, default=None, help="Answer tokens [256].")
-@click.option("--max-causal-length", type=int, default=None, help="Causal prompt+answer tokens [768].")
+@click.option("--weight-decay", type=click.FloatRange(0), default=None, help="AdamW weight decay [0; scratch 0.01].")
+@click.option("--max-grad-norm", type=POSITIVE, default=None, help="Gradient clipping norm [1.0].")
+@click.option("--max-input-length", type=click.IntRange(8), default=None, help="Seq2seq prompt tokens [512].")
+@click.option("--max-target-length", type=click.IntRange(8), default=None, help="Answer tokens [256].")
+@click.option("--max-causal-length", type=click.IntRange(16), default=None, help="Causal prompt+answer tokens [768].")
 @click.option("--causal-loss", type=click.Choice(["answer", "full"]), default=None,
               help="Causal models: loss on the answer tokens only (default) or on the whole sequence (the tutorial).")
 @click.option("--log-every", type=click.IntRange(0), default=None,
@@ -149,35 +266,39 @@ NO_REPEAT = click.option("--no-repeat-ngram-size", "no_repeat", type=click.IntRa
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on CPUs with AMX/AVX512-BF16, else fp32.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True,
-              help="CPU by default: CUDA and MPS are disabled unless asked for here.")
+              help="CPU by default: CUDA and MPS are hidden unless asked for here.")
 @click.option("--platform", type=click.Choice(["auto", "unix", "windows"]), default="auto", show_default=True,
               help="unix: worker processes for data loading; windows: none.")
 @click.option("--checkpoints", default="checkpoints", show_default=True, type=click.Path(file_okay=False),
-              help="Where checkpoints/<run>/<model>/final_model are saved.")
-@click.option("--scratch-vocab", type=int, default=None,
+              metavar="DIR", help="Where checkpoints/<run>/<model>/final_model are saved.")
+@click.option("--scratch-vocab", type=click.IntRange(300), default=None,
               help="Vocabulary size of tokenizers trained for scratch init [4000 for both the Unigram (T5) and the BPE (GPT-2) tokenizer].")
 @click.option("--tiny", is_flag=True, help="Tiny 2-layer, width-64 architectures (scratch): for tests and smoke runs.")
 @click.option("--compare/--no-compare", default=True, show_default=True, help="Run the comparison after training.")
-@click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Generation limit in the comparison.")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1),
+              help="Generation limit in the comparison.")
 @NO_REPEAT
 @click.option("--report", default="ensemble_report.json", show_default=True, type=click.Path(dir_okay=False),
-              help="Where the comparison writes its JSON report.")
+              metavar="PATH", help="Where the comparison writes its JSON report.")
 @click.option("--show-examples/--no-show-examples", default=True, show_default=True,
               help="Print the agreement block of every validation example.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress: a bar on a terminal, a plain line every 30 s otherwise.")
 @click.option("--resume", "resume", type=RUN_ID, default=None,
               help="Continue an interrupted run from its last checkpoint, with its own data split and options "
                    "(only the comparison and display options may be given with it).")
 @db_option
+@output_options(("comparison", "run"))
 @handle_errors
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
-          max_new_tokens, no_repeat, report, show_examples, progress, resume, db):
-    """Fine-tune every model on one split of the data, then compare them (unless --no-compare).
+          max_new_tokens, no_repeat, report, show_examples, progress, resume, db, output):
+    """Train every model on one split of the data, then compare them.
 
     Prints the new run's id; every step, loss and prediction goes to the results store.
     A checkpoint is written every epoch and on Ctrl-C / SIGTERM; `--resume RUN_ID` continues from it.
+    With --format json|csv the comparison's result (one record per model) is the only thing on stdout.
     """
     from . import device as dev
     from .config import resolve_models
@@ -185,44 +306,39 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
 
     if resume is not None:
         ctx = click.get_current_context()
-        allowed = {"resume", "db", "compare", "max_new_tokens", "no_repeat", "report", "show_examples", "progress"}
+        allowed = {"resume", "db", "compare", "max_new_tokens", "no_repeat", "report", "show_examples", "progress",
+                   "fmt", "table", "out", "quiet", "as_json"}
         given = [name for name in ctx.params if name not in allowed
                  and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
-            raise ConfigError(f"--resume continues a run with its own options; do not give --{given[0].replace('_', '-')}")
+            raise click.UsageError(f"--resume continues a run with its own options; do not give "
+                                   f"--{given[0].replace('_', '-')}")
         from .store import repo
 
         run = repo.get_run(db, resume)
-        dev.setup(run.device, run.platform, echo)
+        info = dev.setup(run.device, run.platform, echo, precision=run.config["precision"])
         resume_run(db, resume, echo, progress)
-        run_id, prec, device = resume, run.config["precision"], run.device
+        run_id, prec, device = resume, info.precision, run.device
     else:
-        n_examples = parse_examples_option(examples)
         names = [s.name for s in resolve_models(models)]  # fail fast on an unknown name, before the banner
         sources = {}
         for item in weights:
             name, sep, path = item.partition("=")
             if not sep or name not in names:
-                raise ConfigError(f"--weights {item!r}: expected MODEL=PATH with MODEL one of {','.join(names)}")
+                raise click.BadParameter(f"{item!r}: expected MODEL=PATH with MODEL one of {','.join(names)}",
+                                         param_hint="--weights")
             if not Path(path).is_dir():
-                raise ConfigError(f"--weights {item!r}: {path} is not a folder")
+                raise click.BadParameter(f"{item!r}: {path} is not a folder", param_hint="--weights")
             sources[name] = path
-        for name, v in (("--epochs", epochs), ("--batch-size", batch_size), ("--grad-accum", grad_accum),
-                        ("--max-new-tokens", max_new_tokens)):
-            if v is not None and v < 1:
-                raise ConfigError(f"{name} must be at least 1")
-        if learning_rate is not None and learning_rate <= 0:
-            raise ConfigError("--learning-rate must be positive")
-        if not Path(data).is_file():
-            raise DataError(f"{data}: data file not found")
-        info = dev.setup(device, platform, echo)
-        prec = dev.resolve_precision(precision, device)
+        data = resolve_data(data)
+        info = dev.setup(device, platform, echo, precision=precision)
+        prec = info.precision
         overrides = dict(epochs=epochs, learning_rate=learning_rate, micro_batch_size=batch_size, grad_accum=grad_accum,
                          warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay,
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
                          log_every=log_every, dropout=dropout)
-        opts = TrainOptions(data=data, models=models, examples=n_examples, eval_split=eval_split, seed=seed, init=init,
+        opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,
                             device=device, platform=info.platform, workers=info.workers, precision=prec,
                             checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,
                             overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress)
@@ -230,10 +346,15 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
     echo("")
     echo(f"Run id: {run_id}")
     if compare:
-        compare_run(db, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec, device=device,
-                                       no_repeat_ngram_size=no_repeat,
-                                       report=report, progress=progress, show_examples=show_examples), echo)
+        comparison = compare_run(db, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec,
+                                                    device=device, no_repeat_ngram_size=no_repeat, report=report,
+                                                    progress=progress), echo)
+        show_comparison(comparison, output, show_examples)
         echo(f"Run id: {run_id}")
+    elif output.machine or output.out:
+        from .console import Table
+
+        output.emit([Table("run", "Run", ["run_id"], [[run_id]])])
 
 
 # ---------------------------------------------------------------- compare / predict
@@ -247,30 +368,32 @@ def _compare_options(f):
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="fp32", show_default=True,
                      help="Generation precision (fp32 gives the exact greedy outputs)."),
         click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True,
-                     help="CPU by default: CUDA and MPS are disabled unless asked for here."),
+                     help="CPU by default: CUDA and MPS are hidden unless asked for here."),
         NO_REPEAT,
     ]):
         f = opt(f)
     return f
 
 
-@main.command()
+@main.command(short_help="Let every model of a run predict, store the comparison.")
 @_compare_options
-@click.option("--data", default=None, type=click.Path(dir_okay=False),
+@click.option("--data", default=None, type=click.Path(dir_okay=False), metavar="PATH",
               help="Compare on every line of another dataset file instead of the run's validation split.")
 @click.option("--report", default="ensemble_report.json", show_default=True, type=click.Path(dir_okay=False),
-              help="Where to write the JSON report.")
+              metavar="PATH", help="Where to write the JSON report.")
 @click.option("--show-examples/--no-show-examples", default=True, show_default=True,
               help="Print the agreement block of every example.")
 @click.option("--judge", "judges", multiple=True, type=click.Choice(["rules", "embedding", "llm"]),
               help="Also judge semantic agreement and put the verdicts in the report (repeatable; see `wmg judge`).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress: a bar on a terminal, a plain line every 30 s otherwise.")
 @db_option
+@output_options(("comparison",))
 @handle_errors
-def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, data, report, show_examples, judges, progress,
-            db):
-    """Let every model of a run predict on its validation split (or --data), and store
-    predictions, format checks and agreement as a new evaluation."""
+def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, data, report, show_examples, judges,
+            progress, db, output):
+    """Every model of a run predicts on its validation split (or --data); predictions, format checks and
+    agreement are stored as a new evaluation."""
     from . import device as dev
     from .pipeline import CompareOptions, compare_run
     from .store import repo
@@ -278,208 +401,132 @@ def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, da
     repo.get_run(db, run_id)  # an unknown id fails before any banner
     if data and not Path(data).is_file():
         raise DataError(f"{data}: data file not found")
-    dev.setup(device, "auto", echo)
-    eid = compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens,
-                                         no_repeat_ngram_size=no_repeat,
-                                         batch_size=batch_size, precision=dev.resolve_precision(precision, device),
-                                         device=device, report=report, progress=progress,
-                                         show_examples=show_examples), echo)
+    info = dev.setup(device, "auto", echo, precision=precision, workers=False)
+    comparison = compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens,
+                                                no_repeat_ngram_size=no_repeat, batch_size=batch_size,
+                                                precision=info.precision, device=device, report=report,
+                                                progress=progress), echo)
+    show_comparison(comparison, output, show_examples)
     if judges:
-        _judge_into_report(db, eid, judges, report, progress)
+        _judge_into_report(db, comparison.evaluation_id, judges, report, progress)
 
 
 def _judge_into_report(db, eid, judges, report, progress):
     from .judging import add_to_report, judge_evaluation, summary
 
     set_ids = {}
-    click.echo("")
-    click.echo("SEMANTIC AGREEMENT:")
+    echo("")
+    echo("SEMANTIC AGREEMENT:")
     string = query_string_rate(db, eid)
-    click.echo(f"  string agreement (normalized types equal): {string:.1%}")
+    echo(f"  string agreement (normalized types equal): {string:.1%}")
     for name in judges:
         try:
             set_ids[name], rows = judge_evaluation(db, eid, name, progress=progress)
         except JudgeError as exc:
             raise ConfigError(f"{name} judge: {exc}") from None
         s = summary(rows)
-        click.echo(f"  {name} judge: full {s['full_rate']:.1%}, full or partial {s['full_or_partial_rate']:.1%} "
-                   f"(judgment set {set_ids[name]})")
+        echo(f"  {name} judge: full {s['full_rate']:.1%}, full or partial {s['full_or_partial_rate']:.1%} "
+             f"(judgment set {set_ids[name]})")
     if report:
         add_to_report(report, db, set_ids)
 
 
-@main.command()
+@main.command(short_help="Every model of a run on one custom excerpt.")
 @_compare_options
 @click.option("--instruction", default="Identify any weird machine gadget in the excerpt. Report gadget_type, "
                                        "location and explanation.", show_default=True, help="The task text.")
 @click.option("--excerpt", required=True, help="The manual excerpt to analyse.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @db_option
+@output_options(("predictions",), json_alias=True)
 @handle_errors
-def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, instruction, excerpt, as_json, db):
-    """Run every model of a trained run on one custom excerpt (nothing is stored)."""
-    import contextlib
-    import io
-
+def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, instruction, excerpt, db, output):
+    """Every model of a trained run on one custom excerpt (nothing is stored)."""
     from . import device as dev
+    from .console import prediction_tables, show_prediction
     from .pipeline import CompareOptions, predict as do_predict
     from .store import repo
 
-    repo.get_run(db, run_id)
     if not excerpt.strip():
-        raise ConfigError("--excerpt is empty")
-    sink = io.StringIO()
-    say = (lambda m="": sink.write(m + "\n")) if as_json else echo
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        dev.setup(device, "auto", say)
+        raise click.BadParameter("is empty", param_hint="--excerpt")
+    repo.get_run(db, run_id)
+    info = dev.setup(device, "auto", echo, precision=precision, workers=False)
     result = do_predict(db, run_id, instruction, excerpt,
                         CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                       no_repeat_ngram_size=no_repeat,
-                                       precision=dev.resolve_precision(precision, device), device=device,
-                                       report=None), say)
-    if as_json:
-        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+                                       no_repeat_ngram_size=no_repeat, precision=info.precision, device=device,
+                                       report=None), echo)
+    if output.machine or output.out:
+        output.emit(prediction_tables(result))
+    else:
+        show_prediction(click.echo, result)
 
 
 # ---------------------------------------------------------------- runs / show
-def _fmt(v, spec=".4f"):
-    if v is None:
-        return "-"
-    return format(v, spec) if isinstance(v, float) else str(v)
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    from .analysis import format_rows
-
-    return "\n".join(format_rows(headers, [[str(c) for c in r] for r in rows]))
-
-
-def _run_dict(r) -> dict:
-    ev = r.latest_evaluation
-    return {
-        "id": r.id, "created_at": r.created_at.isoformat(timespec="seconds"), "status": r.status,
-        "models": [m.name for m in r.models], "init": {m.name: m.init for m in r.models},
-        "examples": r.n_train + r.n_validation, "n_train": r.n_train, "n_validation": r.n_validation,
-        "seed": r.seed, "epochs": {m.name: m.hyperparams.get("epochs") for m in r.models},
-        "final_loss": {m.name: m.final_loss for m in r.models},
-        "final_val_loss": {m.name: m.final_val_loss for m in r.models},
-        "train_seconds": r.train_seconds,
-        "evaluation_id": ev.id if ev else None,
-        "evaluation_status": ev.status if ev else None,
-        "full_agreement_rate": ev.full_agreement_rate if ev else None,
-        "format_accuracy": ev.format_accuracy if ev else {},
-        "gold_type_accuracy": ev.gold_accuracy if ev else {},
-        "error": r.error,
-        "resumes": r.resumes,
-        "checkpoint_dir": r.checkpoint_dir,
-    }
-
-
-@main.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="json: a list of objects with an `id` field, for scripts.")
+@main.command(short_help="Every run, each model's losses and scores.")
 @db_option
+@output_options(("runs",))
 @handle_errors
-def runs(fmt, db):
-    """List every run: status, models, losses and the latest comparison's agreement."""
+def runs(db, output):
+    """Every run: status, and per model its init, losses and latest comparison scores."""
+    from .console import runs_table
     from .interrupt import process_alive
     from .store import repo
 
     for run_id in repo.reap_dead_runs(db, process_alive):
-        click.echo(f"run {run_id}: its process is gone (killed or crashed); marked interrupted, "
-                   f"resume with `wmg train --resume {run_id}`", err=True)
-    items = [_run_dict(r) for r in repo.list_runs(db)]
-    if fmt == "json":
-        click.echo(json.dumps(items, indent=2))
-        return
-    if not items:
-        click.echo("no runs yet: start one with `wmg train`")
-        return
-    rows = []
-    for d in items:
-        rows.append([
-            d["id"], d["created_at"].replace("T", " "), d["status"], ",".join(d["models"]),
-            ",".join(str(d["init"][m] or "-") for m in d["models"]), d["examples"],
-            " ".join(_fmt(d["final_loss"][m], ".3f") for m in d["models"]),
-            _fmt(d["full_agreement_rate"], ".1%") if d["full_agreement_rate"] is not None else "-",
-            " ".join(f"{v:.0%}" for v in d["format_accuracy"].values()) or "-",
-            " ".join(f"{v:.0%}" for v in d["gold_type_accuracy"].values()) or "-",
-        ])
-    click.echo(table(["id", "created", "status", "models", "init", "examples", "final loss", "agreement",
-                      "format acc", "gold acc"], rows))
+        warn(f"run {run_id}: its process is gone (killed or crashed); marked interrupted, "
+             f"resume with `wmg train --resume {run_id}`")
+    t = runs_table(repo.list_runs(db))
+    if not t.rows and not output.machine:
+        t.notes.append("no runs yet: start one with `wmg train`")
+    output.emit([t])
 
 
-@main.command()
+@main.command(short_help="One run in detail.")
 @click.option("--run-id", type=RUN_ID, required=True, help="The run to show.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @db_option
+@output_options(("run", "models", "config"))
 @handle_errors
-def show(run_id, fmt, db):
-    """Everything about one run: configuration, each model's init, hyperparameters and
-    losses, and its latest comparison."""
+def show(run_id, db, output):
+    """One run in detail: data, versions, each model's init, hyperparameters, losses and scores."""
+    from .console import show_tables
     from .store import repo
 
-    r = repo.get_run(db, run_id)
-    if fmt == "json":
-        d = _run_dict(r)
-        d.update(config=r.config, versions=r.versions, data_path=r.data_path, data_sha256=r.data_sha256,
-                 models_detail=[{k: v for k, v in vars(m).items()} for m in r.models])
-        click.echo(json.dumps(d, indent=2, default=str))
-        return
-    click.echo(f"Run {r.id}: {r.status}  (created {r.created_at:%Y-%m-%d %H:%M:%S} UTC)")
-    if r.error:
-        click.echo(f"  error: {r.error}")
-    click.echo(f"  data: {r.data_path} (sha256 {r.data_sha256[:12]}), {r.n_train} train / {r.n_validation} "
-               f"validation, seed {r.seed}, init requested {r.init_requested}, device {r.device}")
-    click.echo(f"  versions: " + ", ".join(f"{k} {v}" for k, v in r.versions.items()))
-    if r.checkpoint_dir:
-        click.echo(f"  checkpoints: {r.checkpoint_dir}" + (f"; resumed {r.resumes} time(s)" if r.resumes else ""))
-    if r.status == "running" and r.pid:
-        click.echo(f"  trained by pid {r.pid} on {r.host}")
-    rows = [[m.name, m.status, m.init or "-", _fmt(m.parameters, ","), m.vocab_size or "-", m.steps or "-",
-             _fmt(m.final_loss), _fmt(m.final_val_loss), _fmt(m.train_seconds, ".0f")] for m in r.models]
-    click.echo(table(["model", "status", "init", "parameters", "vocab", "steps", "final loss", "val loss",
-                      "seconds"], rows))
-    for m in r.models:
-        hp = m.hyperparams
-        click.echo(f"  {m.name}: lr {hp.get('learning_rate')}, epochs {hp.get('epochs')}, batch "
-                   f"{hp.get('micro_batch_size')}x{hp.get('grad_accum')}, {hp.get('schedule')}, precision "
-                   f"{hp.get('precision')}; {m.init_note or ''}")
-    ev = r.latest_evaluation
-    if ev:
-        click.echo(f"  latest evaluation {ev.id} ({ev.status}, {ev.source}, {ev.n_examples} examples): "
-                   f"full agreement {_fmt(ev.full_agreement_rate, '.1%')}")
-        for m in ev.format_accuracy:
-            click.echo(f"    {m}: format {ev.format_accuracy[m]:.1%}, gold type {ev.gold_accuracy[m]:.1%}")
-    else:
-        click.echo("  no comparison yet: run `wmg compare --run-id %d`" % r.id)
+    output.emit(show_tables(repo.get_run(db, run_id)))
 
 
 # ---------------------------------------------------------------- db
-@main.group()
+@main.group(short_help="The results store's schema (Alembic migrations).")
 def db():
     """The results store's schema (Alembic migrations)."""
 
 
+def _revision_table(db, rev):
+    from .console import Table
+    from .store.session import head_revision
+
+    return [Table("schema", "Schema", ["revision", "head"], [[rev, head_revision()]])]
+
+
 @db.command("upgrade")
 @db_option
+@output_options(("schema",), quiet=False)
 @handle_errors
-def db_upgrade(db):
+def db_upgrade(db, output):
     """Create the schema or upgrade it to the newest revision."""
     from .store.session import current_revision, get_engine
 
     get_engine(db)
-    click.echo(f"schema at revision {current_revision(db)}")
+    output.emit(_revision_table(db, current_revision(db)))
 
 
 @db.command("current")
 @db_option
+@output_options(("schema",), quiet=False)
 @handle_errors
-def db_current(db):
-    """Print the schema revision of the store (none if it was never initialised)."""
+def db_current(db, output):
+    """The schema revision of the store (none if it was never initialised) and this wmg's newest."""
     from .store.session import current_revision
 
-    click.echo(current_revision(db) or "none")
+    output.emit(_revision_table(db, current_revision(db) or "none"))
 
 
 # ---------------------------------------------------------------- analyze / plot
@@ -487,17 +534,23 @@ def _selection_options(f):
     for opt in reversed([
         click.option("--run-id", "run_ids", type=RUN_ID, multiple=True,
                      help="A run to analyse (its latest comparison); repeatable."),
-        click.option("--evaluation-id", "evaluation_ids", type=RUN_ID, multiple=True,
+        click.option("--evaluation-id", "evaluation_ids", type=EVALUATION_ID, multiple=True,
                      help="A specific comparison to analyse instead of a run's latest; repeatable."),
-        click.option("--all-runs", is_flag=True, help="Every run with a completed comparison."),
-        click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-                     show_default=True, help="Terminal table, JSON, or CSV (one block per table)."),
+        click.option("--all-runs", is_flag=True, help="Every run with a completed comparison (none: an empty result)."),
     ]):
         f = opt(f)
     return f
 
 
-@main.group()
+def _select(db, run_ids, all_runs, evaluation_ids):
+    from .analysis import select
+
+    if not (run_ids or all_runs or evaluation_ids):
+        raise click.UsageError("nothing selected: give --run-id N (repeatable), --evaluation-id N or --all-runs")
+    return select(db, run_ids, all_runs, evaluation_ids)
+
+
+@main.group(short_help="Research analyses over the results store.")
 def analyze():
     """Research analyses over the results store (reads only the database; loads no model).
 
@@ -505,77 +558,82 @@ def analyze():
     """
 
 
-def _analysis_command(name: str, doc: str):
-    @analyze.command(name, help=doc)
+def _analysis_command(name: str, tables: tuple[str, ...], short: str, doc: str):
+    @analyze.command(name, help=doc, short_help=short)
     @_selection_options
     @db_option
+    @output_options(tables, quiet=False)
     @handle_errors
-    def command(run_ids, evaluation_ids, all_runs, fmt, db):
-        from .analysis import render, select
+    def command(run_ids, evaluation_ids, all_runs, db, output):
         from .analysis.questions import QUESTIONS
 
-        sel = select(db, run_ids, all_runs, evaluation_ids)
-        click.echo(render(QUESTIONS[name](db, sel), fmt))
+        output.emit(QUESTIONS[name](db, _select(db, run_ids, all_runs, evaluation_ids)))
 
     return command
 
 
-for _name, _doc in [
-    ("disagreements", "Examples where the models disagree, side by side with the gold type; whether disagreement "
-                      "correlates with excerpt length (point-biserial and Spearman, with p) and with the "
-                      "instruction form (category vs open, Fisher's exact test)."),
-    ("models", "Architecture comparison: per model format accuracy, gold-type accuracy, ROUGE-1/ROUGE-L F1, final "
-               "loss, training seconds, parameters and init."),
-    ("confidence", "Agreement as confidence: accuracy where all models agree vs where they do not; the "
-                   "risk-coverage curve ordered by agreement and its area (AURC)."),
-    ("by-type", "Error analysis by gadget type: per gold label, each model's accuracy and the disagreement rate; "
-                "the confusion matrix of gold against predicted canonical label."),
-    ("vote", "Majority voting: the vote's accuracy against each model's own, with the tie rule stated."),
-    ("agreement", "Cohen's kappa for every pair of models and Fleiss' kappa for all of them, on normalized "
-                  "types, next to the raw agreement rate."),
+for _name, _tables, _short, _doc in [
+    ("disagreements", ("disagreements", "length", "by_form"), "Where the models disagree, and why.",
+     "Examples where the models disagree, side by side with the gold type; whether disagreement "
+     "correlates with excerpt length (point-biserial and Spearman, with p) and with the "
+     "instruction form (category vs open, Fisher's exact test)."),
+    ("models", ("models",), "Architecture comparison of the models.",
+     "Architecture comparison: per model format accuracy, gold-type accuracy, ROUGE-1/ROUGE-L F1, final "
+     "loss, training seconds, parameters and init."),
+    ("confidence", ("confidence", "risk_coverage", "aurc"), "Agreement as confidence; risk-coverage, AURC.",
+     "Agreement as confidence: accuracy where all models agree vs where they do not; the "
+     "risk-coverage curve ordered by agreement and its area (AURC)."),
+    ("by-type", ("by_type", "confusion"), "Accuracy per gadget type; confusion matrices.",
+     "Error analysis by gadget type: per gold label, each model's accuracy and the disagreement rate; "
+     "the confusion matrix of gold against predicted canonical label."),
+    ("vote", ("vote",), "Majority vote against each model.",
+     "Majority voting: the vote's accuracy against each model's own, with the tie rule stated."),
+    ("agreement", ("pairwise", "all_models", "semantic"), "Cohen's and Fleiss' kappa; semantic agreement.",
+     "Cohen's kappa for every pair of models and Fleiss' kappa for all of them, on normalized "
+     "types, next to the full and observed agreement rates; each judge's semantic agreement."),
 ]:
-    _analysis_command(_name, _doc)
+    _analysis_command(_name, _tables, _short, _doc)
 
 
-@analyze.command("runs")
+@analyze.command("runs", short_help="How results move with the configuration.")
 @click.option("--run-id", "run_ids", type=RUN_ID, multiple=True, help="Only these runs (default: every run).")
 @click.option("--all-runs", is_flag=True, help="Every run (the default).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
-              help="Terminal table, JSON, or CSV.")
 @db_option
+@output_options(("runs",), quiet=False)
 @handle_errors
-def analyze_runs(run_ids, all_runs, fmt, db):
-    """One row per run: the configuration that differs between runs (examples, epochs, learning rate, models,
-    init, seed) and its agreement rate, format and gold-type accuracy per model."""
-    from .analysis import AnalysisError, query, render
+def analyze_runs(run_ids, all_runs, db, output):
+    """One row per run and model: the configuration that differs between runs (examples, epochs, learning
+    rate, models, init, seed), the agreement rate, and each model's format and gold-type accuracy."""
+    from .analysis import AnalysisError, query
     from .analysis.questions import runs as runs_table
 
     known = {r["id"] for r in query(db, "SELECT id FROM runs")}
     for rid in run_ids:
         if rid not in known:
             raise AnalysisError(f"no run with id {rid}")
-    if not known:
-        raise AnalysisError("no runs yet: start one with `wmg train`")
-    click.echo(render(runs_table(db, list(run_ids) or None), fmt))
+    output.emit(runs_table(db, list(run_ids) or None))
 
 
-@main.command()
+@main.command(short_help="PNG figures of runs and comparisons.")
 @click.option("--run-id", "run_ids", type=RUN_ID, multiple=True, help="A run to plot (its latest comparison); repeatable.")
-@click.option("--evaluation-id", "evaluation_ids", type=RUN_ID, multiple=True, help="A specific comparison to plot.")
+@click.option("--evaluation-id", "evaluation_ids", type=EVALUATION_ID, multiple=True,
+              help="A specific comparison to plot.")
 @click.option("--all-runs", is_flag=True, help="Every run with a completed comparison.")
-@click.option("--out", default="plots", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="plots", show_default=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Folder for the PNG files.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="How to list the files written: table, json or csv.")
 @db_option
 @handle_errors
-def plot(run_ids, evaluation_ids, all_runs, out, db):
+def plot(run_ids, evaluation_ids, all_runs, out, fmt, db):
     """PNG figures: training loss curves of every model, per-label accuracy bars, the confusion matrix of
     each model, and across runs the agreement and accuracy trend."""
-    from .analysis import select
     from .analysis.plots import plot_all
+    from .console import Table, emit
 
-    sel = select(db, run_ids, all_runs, evaluation_ids)
-    for path in plot_all(db, sel, out):
-        click.echo(f"wrote {path}")
+    sel = _select(db, run_ids, all_runs, evaluation_ids)
+    paths = plot_all(db, sel, out) if sel else []
+    emit([Table("files", "Figures written", ["path"], [[str(p)] for p in paths])], fmt, echo=click.echo, warn=warn)
 
 
 # ---------------------------------------------------------------- judge / annotate
@@ -583,7 +641,7 @@ def _evaluation_of(db, run_id, evaluation_id) -> int:
     from .analysis import select
 
     if evaluation_id is None and run_id is None:
-        raise ConfigError("give --run-id N (its latest comparison) or --evaluation-id N")
+        raise click.UsageError("give --run-id N (its latest comparison) or --evaluation-id N")
     return select(db, [run_id] if run_id and not evaluation_id else [],
                   evaluation_ids=[evaluation_id] if evaluation_id else [])[0].evaluation_id
 
@@ -607,9 +665,9 @@ def _llm_options(f):
     return f
 
 
-@main.command()
+@main.command(short_help="Semantic agreement by judges (rules, embedding, llm).")
 @click.option("--run-id", type=RUN_ID, default=None, help="Judge this run's latest comparison.")
-@click.option("--evaluation-id", type=RUN_ID, default=None, help="Judge this comparison instead.")
+@click.option("--evaluation-id", type=EVALUATION_ID, default=None, help="Judge this comparison instead.")
 @click.option("--judge", "judges", multiple=True, type=click.Choice(["rules", "embedding", "llm"]),
               help="Which judge (repeatable): rules (offline lexicon), embedding (offline all-MiniLM-L6-v2), "
                    "llm (a reasoning model over HTTP).")
@@ -618,25 +676,27 @@ def _llm_options(f):
 @click.option("--compare-to", type=click.Choice(["manual"]), default=None,
               help="Instead of judging: how well each judge matches the manual labels (accuracy, kappa, confusion).")
 @_llm_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bar.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress: a bar on a terminal, a plain line every 30 s otherwise.")
 @db_option
+@output_options(("semantic", "judges", "confusion"))
 @handle_errors
 def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, base_url, api_key, timeout,
-          retries, fmt, progress, db):
+          retries, progress, db, output):
     """Semantic agreement: a judge gives every example of a comparison a verdict (full, partial,
     disagreement, invalid) with an explanation and a confidence, between the models (every pair and
     overall) and for each model against the gold output. Verdicts of several judges live side by side."""
-    from .analysis import Table, render
+    from .console import Table
     from .judging import compare_to_manual, judge_evaluation, summary
 
     eid = _evaluation_of(db, run_id, evaluation_id)
     if compare_to:
-        click.echo(render(compare_to_manual(db, eid, judges), fmt))
+        output.emit(compare_to_manual(db, eid, judges))
         return
     if not judges:
-        raise ConfigError("give --judge rules|embedding|llm (or --compare-to manual)")
+        raise click.UsageError("give --judge rules|embedding|llm (or --compare-to manual)")
     rows = []
+    string = query_string_rate(db, eid)
     for name in judges:
         try:
             set_id, verdicts = judge_evaluation(db, eid, name, replace=replace, progress=progress,
@@ -645,13 +705,12 @@ def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, 
         except JudgeError as exc:
             raise ConfigError(f"{name} judge: {exc}") from None
         s = summary(verdicts)
-        rows.append([name, set_id, eid, s["examples"], s["full_rate"], s["full_or_partial_rate"]]
+        rows.append([eid, name, set_id, s["examples"], string, s["full_rate"], s["full_or_partial_rate"]]
                     + [s["counts"][k] for k in ("full", "partial", "disagreement", "invalid", "error")])
-    string = query_string_rate(db, eid)
-    click.echo(render([Table("Semantic agreement", ["judge", "judgment_set", "evaluation", "examples", "full_rate",
-                                                    "full_or_partial_rate", "full", "partial", "disagreement",
-                                                    "invalid", "error"], rows,
-                             [f"string agreement rate of the same comparison: {string:.1%}"])], fmt))
+    output.emit([Table("semantic", "Semantic agreement", ["evaluation_id", "judge", "judgment_set", "examples",
+                                                          "string_agreement", "full_rate", "full_or_partial_rate",
+                                                          "full", "partial", "disagreement", "invalid", "error"],
+                       rows, ["string_agreement: every model gave the same non-empty normalized type"])])
 
 
 def query_string_rate(db, eid) -> float:
@@ -660,9 +719,9 @@ def query_string_rate(db, eid) -> float:
     return repo.get_evaluation(db, eid).full_agreement_rate or 0.0
 
 
-@main.command()
+@main.command(short_help="Label the models' outputs by hand.")
 @click.option("--run-id", type=RUN_ID, default=None, help="Annotate this run's latest comparison.")
-@click.option("--evaluation-id", type=RUN_ID, default=None, help="Annotate this comparison instead.")
+@click.option("--evaluation-id", type=EVALUATION_ID, default=None, help="Annotate this comparison instead.")
 @click.option("--annotator", default=lambda: __import__("getpass").getuser(), show_default="your user name",
               help="Who is labelling (stored with each label).")
 @click.option("--all-examples", is_flag=True, help="Also show examples where the models agree.")
@@ -698,27 +757,31 @@ def annotate(run_id, evaluation_id, annotator, all_examples, import_path, export
 
 
 # ---------------------------------------------------------------- bench
-@main.command()
-@click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True, help="Models to measure.")
+@main.command(short_help="Speed against the tutorial's way, on this machine.")
+@click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True, metavar="NAMES",
+              help="Models to measure.")
 @click.option("--quick", is_flag=True, help="A short version (4 optimizer steps, 4 generations, a tiny memory run).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory run of `wmg train`.")
-@click.option("--data", default=str(DEFAULT_DATA), show_default=True, type=click.Path(dir_okay=False),
-              help="Examples to train and generate on.")
+@click.option("--data", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+              help="Examples to train and generate on [default: the bundled dataset].")
+@output_options(("results", "machine", "differences"), json_alias=True)
 @handle_errors
-def bench(models, quick, as_json, no_memory, data):
-    """Speed of the toolkit against the tutorial's way (HF Trainer, batch 1, padding to max length, fp32;
-    generation one example at a time), side by side on this machine: examples/s and tokens/s, final loss
-    after the same steps, identical greedy outputs, training MFU and peak memory. Needs `wmg[bench]`."""
+def bench(models, quick, no_memory, data, output):
+    """Speed against the tutorial's way, side by side on this machine.
+
+    The toolkit against HF Trainer with batch 1, padding to max length and fp32, and generation one
+    example at a time: examples/s and tokens/s, final loss after the same steps, identical greedy
+    outputs, training MFU and peak memory. Needs `wmg[bench]`."""
     from . import bench as b
     from .config import resolve_models
 
     names = [s.name for s in resolve_models(models)]
-    if not Path(data).is_file():
-        raise DataError(f"{data}: data file not found")
-    say = (lambda m: click.echo(m, err=True)) if as_json else echo
-    res = b.run(names, quick, data=data, memory=not no_memory, echo=say)
-    click.echo(b.to_json(res) if as_json else b.render(res))
+    data = resolve_data(data)
+    res = b.run(names, quick, data=data, memory=not no_memory, echo=echo)
+    if output.machine or output.out:
+        output.emit(b.tables(res))
+    else:
+        click.echo(b.render(res))
 
 
 # ---------------------------------------------------------------- data
@@ -727,26 +790,29 @@ def data():
     """Dataset files."""
 
 
-@data.command("check")
-@click.argument("path", required=False, default=str(DEFAULT_DATA), type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
+@data.command("check", short_help="Validate a dataset file and print its statistics.")
+@click.argument("path", required=False, default=None, type=click.Path(dir_okay=False))
 @click.option("--strict", is_flag=True,
               help="Also fail when a bound of the bundled dataset is missed (label balance, excerpt and location "
                    "length, open-form share, near-duplicates).")
+@output_options(("summary", "labels", "forms", "errors", "findings"), json_alias=True)
 @handle_errors
-def data_check(path, as_json, strict):
-    """Validate a dataset file (JSON per line, the three fields, the output format) and print
-    its statistics: per-label counts, instruction forms, excerpt lengths, near-duplicates.
+def data_check(path, strict, output):
+    """Validate a dataset file and print its statistics [default: the bundled dataset].
 
-    Exit status 1 when a line is invalid (file and line are named). Labels outside the six
-    canonical ones are reported, not fatal, so a dataset may bring its own taxonomy.
+    Checks JSON per line, the three fields and the output format; prints per-label counts,
+    instruction forms, excerpt lengths and near-duplicates. Exit status 1 when a line is invalid
+    (file and line are named). Labels outside the six canonical ones are reported, not fatal,
+    so a dataset may bring its own taxonomy.
     """
-    from .datacheck import check, render
+    from .datacheck import check, render, tables
 
-    if not Path(path).is_file():
-        raise DataError(f"{path}: data file not found")
+    path = resolve_data(path)
     rep = check(path)
-    click.echo(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False) if as_json else render(rep))
+    if output.machine or output.out:
+        output.emit(tables(rep))
+    else:
+        click.echo(render(rep))
     if rep.errors:
         raise click.ClickException(f"{len(rep.errors)} invalid line(s) in {path}, first: {rep.errors[0]}")
     if rep.valid == 0:

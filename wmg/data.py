@@ -13,7 +13,23 @@ REQUIRED = ("instruction", "input", "output")
 # A line longer than this is refused before it is parsed. An excerpt of 100,000
 # words (about 0.7 MB) is accepted and truncated to the model's input length later.
 MAX_LINE_BYTES = 4 * 1024 * 1024
-DEFAULT_DATA = Path("data") / "weird_machine_gadgets.jsonl"
+BUNDLED_NAME = "weird_machine_gadgets.jsonl"
+
+
+def bundled_data() -> Path:
+    """The dataset shipped inside the package (`data/` of a checkout, `wmg._data` once installed).
+
+    It is the default of every `--data`; a `data/` folder in the working directory is never
+    preferred silently."""
+    from importlib.resources import files
+
+    try:
+        path = Path(str(files("wmg._data") / BUNDLED_NAME))
+    except (ModuleNotFoundError, TypeError):
+        path = Path(__file__).resolve().parents[1] / "data" / BUNDLED_NAME
+    if not path.is_file():
+        raise DataError(f"the bundled dataset is missing from this installation ({path}); give --data PATH")
+    return path
 
 
 class DataError(ValueError):

@@ -207,3 +207,23 @@ def render(rep: Report) -> str:
     out.append("bounds of the bundled dataset: " + ("all met" if not findings else f"{len(findings)} not met"))
     out += [f"  - {f}" for f in findings]
     return "\n".join(out)
+
+
+def tables(rep: Report):
+    """The statistics as tidy tables (for --format json|csv)."""
+    from .console import Table
+
+    d = rep.to_dict()
+    e = d["excerpt_words"]
+    summary = [["path", rep.path], ["lines", rep.lines], ["valid", rep.valid], ["invalid", len(rep.errors)]]
+    summary += [[f"excerpt_words_{k}", v] for k, v in e.items()]
+    summary += [["near_duplicate_pairs", len(rep.near_duplicates)], ["max_5gram_jaccard", d["max_5gram_jaccard"]],
+                ["shared_sentences", len(rep.shared_sentences)], ["bounds_not_met", len(d["findings"])]]
+    return [
+        Table("summary", f"Dataset {rep.path}", ["metric", "value"], summary),
+        Table("labels", "Labels", ["label", "examples", "share", "canonical"],
+              [[k, n, d["label_shares"][k], k in CANONICAL_LABELS] for k, n in d["labels"].items()]),
+        Table("forms", "Instruction forms", ["form", "examples"], [[k, v] for k, v in sorted(d["instruction_forms"].items())]),
+        Table("errors", "Invalid lines", ["error"], [[x] for x in rep.errors]),
+        Table("findings", "Bounds of the bundled dataset not met", ["finding"], [[f] for f in d["findings"]]),
+    ]

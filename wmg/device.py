@@ -1,8 +1,8 @@
-"""Device and platform set-up (the tutorial's "memory optimization layer").
+"""Device and platform set-up, and the banner that says what was chosen and why.
 
-`force_cpu()` must run before any model is built: it hides CUDA devices and
-makes PyTorch report MPS as unavailable, so nothing lands on an accelerator by
-accident. A user opts in with `--device cuda|mps`.
+`setup()` must run before any model is built: on the CPU (the default) it hides CUDA
+devices and makes PyTorch report MPS as unavailable, so nothing lands on an accelerator
+by accident. A user opts in with `--device cuda|mps`.
 """
 from __future__ import annotations
 
@@ -26,16 +26,31 @@ def _cpu_flags() -> set[str]:
 
 def bf16_supported() -> bool:
     """True when the CPU has native bf16 matmuls (AMX or AVX512-BF16)."""
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+
+def bf16_reason() -> str:
     flags = _cpu_flags()
-    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    if "amx_bf16" in flags:
+        return "this CPU has AMX-BF16"
+    if "avx512_bf16" in flags:
+        return "this CPU has AVX512-BF16, no AMX"
+    if not flags:
+        return "the CPU's features are unknown here (no /proc/cpuinfo), so no bf16 matmul support is assumed"
+    return "this CPU has no bf16 matmul support (no AMX-BF16, no AVX512-BF16)"
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    if precision == "auto":
-        if device == "cpu":
-            return "bf16" if bf16_supported() else "fp32"
-        return "bf16" if device == "cuda" else "fp32"
-    return precision
+    return choose_precision(precision, device)[0]
+
+
+def choose_precision(precision: str, device: str) -> tuple[str, str]:
+    """The precision to use and why, for the banner."""
+    if precision != "auto":
+        return precision, "asked for with --precision"
+    if device == "cpu":
+        return ("bf16" if bf16_supported() else "fp32"), bf16_reason()
+    return ("bf16", "CUDA device") if device == "cuda" else ("fp32", f"{device} device")
 
 
 def physical_cores() -> int:
@@ -86,23 +101,16 @@ def limit_heap_growth() -> bool:
     return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
 
 
-def disable_accelerators(echo=print) -> None:
-    echo(RULE)
-    echo("MEMORY OPTIMIZATION LAYER")
-    echo(RULE)
-    echo("Forcing CPU-only training to prevent out-of-memory errors...")
+def hide_accelerators() -> None:
+    """Make PyTorch see no CUDA or MPS device, so nothing is placed on one by accident."""
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
 
     torch.cuda.is_available = lambda: False  # type: ignore[assignment]
-    echo("✓ CUDA disabled")
     try:
         torch.backends.mps.is_available = lambda: False  # type: ignore[assignment]
     except AttributeError:
         pass
-    echo("✓ MPS disabled (Apple Silicon GPU)")
-    echo("✓ All training will use CPU only (opt in to a GPU with --device cuda|mps)")
-    echo(RULE)
 
 
 @dataclass(frozen=True)
@@ -113,13 +121,16 @@ class PlatformInfo:
     torch_version: str
     device: str
     threads: int
+    precision: str = "fp32"
 
 
-def setup(device: str = "cpu", platform: str = "auto", echo=print) -> PlatformInfo:
-    """Disable accelerators unless asked for, pick loader workers, print the banner."""
+def setup(device: str = "cpu", platform: str = "auto", echo=print, precision: str = "auto",
+          workers: bool = True) -> PlatformInfo:
+    """Hide accelerators unless asked for, set threads, pick loader workers and precision;
+    print what was chosen and why."""
     limit_heap_growth()
     if device == "cpu":
-        disable_accelerators(echo)
+        hide_accelerators()
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -133,21 +144,21 @@ def setup(device: str = "cpu", platform: str = "auto", echo=print) -> PlatformIn
     if platform == "auto":
         platform = "windows" if _platform.system() == "Windows" else "unix"
     cores = os.cpu_count() or 1
-    workers = min(2, cores) if platform == "unix" else 0
+    n_workers = min(2, cores) if platform == "unix" else 0
     threads = physical_cores()
     if device == "cpu":
         torch.set_num_threads(threads)
+    prec, why = choose_precision(precision, device)
     echo(RULE)
-    echo("PLATFORM SETUP")
+    echo("DEVICE SETUP")
     echo(RULE)
-    if platform == "unix":
-        echo("✓ Platform: Unix (macOS/Linux)")
-        echo("  - Multiprocessing: Enabled")
+    if device == "cpu":
+        echo("✓ Device: CPU (CUDA and MPS hidden from PyTorch; opt in with --device cuda|mps)")
+        echo(f"✓ Compute threads: {threads} (physical cores of {cores} logical CPUs)")
     else:
-        echo("✓ Platform: Windows")
-        echo("  - Multiprocessing: Disabled (avoids spawn issues)")
-    echo(f"✓ CPU cores available: {cores} (compute threads: {threads})")
-    echo(f"✓ Data loading processes: {workers}")
-    echo(f"✓ PyTorch version: {torch.__version__}")
-    echo(f"✓ Device: {device.upper()}{' (forced)' if device == 'cpu' else ''}")
-    return PlatformInfo(platform, cores, workers, torch.__version__, device, threads)
+        echo(f"✓ Device: {device.upper()} (asked for with --device)")
+    if workers:
+        echo(f"✓ Data loading processes: {n_workers} ({'unix' if platform == 'unix' else 'windows: none, avoids spawn issues'})")
+    echo(f"✓ Precision: {prec} ({why})")
+    echo(f"✓ PyTorch {torch.__version__}")
+    return PlatformInfo(platform, cores, n_workers, torch.__version__, device, threads, prec)

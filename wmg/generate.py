@@ -62,7 +62,7 @@ class NoRepeatNGram:
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: GenerateConfig,
              max_input_length: int, device: str = "cpu", progress: bool = False, desc: str = "generate") -> list[Generation]:
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
     model.eval()
     model.to(device)
@@ -71,7 +71,7 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
     encoded = [prompt_ids(tokenizer, p, max_input_length, model_type) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
-    bar = tqdm(total=len(encoded), desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(encoded), desc, enabled=progress, unit="examples")
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
         rows = [encoded[i] for i in idx]

@@ -9,7 +9,7 @@ from itertools import combinations
 from typing import Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from .analysis import Table
+from .console import Table, Wide
 from .judges.base import Judge, JudgeError, Verdict
 from .store import repo
 
@@ -79,10 +79,11 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
 
 
 def judge_items(judge: Judge, items: Sequence[repo.EvaluationItem], progress: bool = True) -> list[repo.JudgmentRow]:
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
     rows: list[repo.JudgmentRow] = []
-    for it in tqdm(items, desc=f"judge {judge.name}", disable=not progress, dynamic_ncols=True):
+    bar = progress_bar(len(items), f"judge {judge.name}", enabled=progress, unit="examples")
+    for it in items:
         models = list(it.outputs)
         pair_verdicts = []
         for a, b in combinations(models, 2):
@@ -98,6 +99,8 @@ def judge_items(judge: Judge, items: Sequence[repo.EvaluationItem], progress: bo
         for m in models:
             v = judge.against_gold(it.outputs[m], it.gold_output)
             rows.append(repo.JudgmentRow(it.example_id, "gold", m, None, v.verdict, v.explanation, v.confidence))
+        bar.update(1)
+    bar.close()
     return rows
 
 
@@ -152,7 +155,7 @@ def compare_to_manual(db: str | None, evaluation_id: int, judges: Sequence[str] 
     if missing:
         raise JudgeError(f"judge {missing[0]!r} has not judged evaluation {evaluation_id}: "
                          f"run `wmg judge --evaluation-id {evaluation_id} --judge {missing[0]}` first")
-    summary_rows, tables = [], []
+    summary_rows, conf_rows = [], []
     for name, verdicts in candidates.items():
         pairs = [(l["label"], verdicts[l["example_id"]]) for l in labels if l["example_id"] in verdicts]
         if not pairs:
@@ -160,17 +163,19 @@ def compare_to_manual(db: str | None, evaluation_id: int, judges: Sequence[str] 
         manual, judged = [p[0] for p in pairs], [p[1] for p in pairs]
         acc = sum(m == j for m, j in pairs) / len(pairs)
         related = sum((m in ("full", "partial")) == (j in ("full", "partial")) for m, j in pairs) / len(pairs)
-        summary_rows.append([name, len(pairs), acc, cohen_kappa(manual, judged), related])
+        summary_rows.append([evaluation_id, name, len(pairs), acc, cohen_kappa(manual, judged), related])
         cols = list(LABELS) + (["error"] if "error" in judged else [])
         counts = Counter(pairs)
-        tables.append(Table(f"Confusion: manual label (rows) against {name} (columns)", ["manual \\ judge"] + cols,
-                            [[m] + [counts[(m, j)] for j in cols] for m in LABELS]))
-    head = Table(f"Judges against manual labels (evaluation {evaluation_id})",
-                 ["judge", "labelled", "accuracy", "cohen_kappa", "related_accuracy"], summary_rows,
+        conf_rows += [[evaluation_id, name, m, j, counts[(m, j)]] for m in LABELS for j in cols]
+    head = Table("judges", f"Judges against manual labels (evaluation {evaluation_id})",
+                 ["evaluation_id", "judge", "labelled", "accuracy", "cohen_kappa", "related_accuracy"], summary_rows,
                  ["accuracy: the judge's overall verdict equals the manual label; related_accuracy: both say "
                   "full-or-partial or both say neither; 'string match' is normalized-type equality "
                   "(full when equal, else disagreement), the baseline the judges should beat"])
-    return [head] + tables
+    conf = Table("confusion", "Confusion: manual label (rows) against each judge's verdict (columns)",
+                 ["evaluation_id", "judge", "manual_label", "judge_verdict", "n"], conf_rows,
+                 wide=Wide("judge_verdict", ("n",)), group=2)
+    return [head, conf]
 
 
 # ---------------------------------------------------------------- annotation

@@ -11,7 +11,6 @@ import json
 import math
 import platform as _platform
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import Callable
 
 from . import __version__
 from .agreement import agreement
+from .console import banner
 from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
 from .data import Example, load_jsonl, split, subsample
 from .interrupt import RunInterrupted
-from .device import RULE
 from .parse import canonical_label, parse_output
+from .progress import above_bar
 from .prompts import causal_answer, seq2seq_prompt
 from .rouge import rouge_f1
 from .store import repo
@@ -35,13 +35,6 @@ TINY = {
     "seq2seq": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4),
     "causal": dict(n_layer=2, n_embd=64, n_head=4, n_positions=1024),
 }
-
-
-def banner(echo: Echo, title: str) -> None:
-    echo("")
-    echo(RULE)
-    echo(title)
-    echo(RULE)
 
 
 def seed_everything(seed: int) -> None:
@@ -140,15 +133,6 @@ def tokenizer_corpus(examples) -> list[str]:
     return [seq2seq_prompt(e.instruction, e.input) + causal_answer(e.output) for e in examples]
 
 
-def _above_bar(echo: Echo, progress: bool) -> Echo:
-    """Print above a live tqdm bar instead of through it."""
-    if not progress:
-        return echo
-    from tqdm.auto import tqdm
-
-    return lambda msg: tqdm.write(msg, file=sys.stdout)
-
-
 def _checkpoint_root(base: str, run_id: int) -> Path:
     root = Path(base) / f"run-{run_id}"
     n = 1
@@ -169,9 +153,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
 
     banner(echo, f"TRAINING MODEL: {spec.name.upper()}")
     echo(f"  Model: {spec.hub_id}")
-    echo(f"  Type: {spec.type}{' (causal LM)' if spec.type == 'causal' else ''}")
-    echo(f"  Params: {spec.params}")
-    echo(f"  Architecture: {spec.architecture}")
+    echo(f"  Type: {spec.type}{' (causal LM)' if spec.type == 'causal' else ''}: {spec.architecture}")
     resume_dir = ResumeDir(ckpt_root / spec.name / "resume")
     folder = resume_dir.latest() if model_info is not None else None
     state = None
@@ -199,7 +181,10 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     n_params = count_parameters(model)
     echo(f"✓ Model {'loaded' if init == 'pretrained' else 'built'}: {type(model).__name__} "
          f"[init={init}{', tiny' if opts.tiny else ''}] ({note})")
-    echo(f"  Parameters: {n_params:,} | vocabulary: {len(tok):,}")
+    published = {"pretrained": "", "scratch": f" (the published {spec.name} has {spec.params} with its own "
+                 "vocabulary; this one has a tokenizer trained on the training split)"}
+    echo(f"  Parameters: {n_params:,} | vocabulary: {len(tok):,}"
+         + (" (tiny test architecture)" if opts.tiny else published.get(init, "")))
     repo.model_built(db, run_model_id, init=init, note=note, parameters=n_params, vocab_size=len(tok),
                      hyperparams=cfg.to_dict())
     echo("  Tokenizing datasets...")
@@ -210,18 +195,18 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
          f"accumulation {cfg.grad_accum} = effective batch {cfg.effective_batch_size}, lr {cfg.learning_rate:g} "
          f"({cfg.schedule}, warmup {cfg.warmup_ratio:g}), precision {cfg.precision}")
     pending = []
-    say = _above_bar(echo, opts.progress)
+    say = above_bar(echo, opts.progress)
 
     def on_step(st):
         pending.append(st)  # every step is stored at the end of its epoch (or at an interrupt)
         if cfg.log_every and st.step % cfg.log_every == 0:
-            say(f"{{'loss': {st.loss:.4f}, 'learning_rate': {st.lr:.3g}, 'epoch': {st.epoch:.2f}, 'step': {st.step}}}")
+            say(f"{spec.name}: step={st.step} epoch={st.epoch:.2f} loss={st.loss:.4f} learning_rate={st.lr:.3g}")
 
     def on_epoch(epoch, train_loss, val_loss):
         repo.record_epoch(db, run_model_id, list(pending), epoch, train_loss, val_loss)
         pending.clear()
         vl = f"{val_loss:.4f}" if val_loss is not None else "n/a"
-        say(f"{{'epoch': {epoch}, 'train_loss': {train_loss:.4f}, 'eval_loss': {vl}}}")
+        say(f"{spec.name}: epoch={epoch} train_loss={train_loss:.4f} eval_loss={vl}")
 
     def on_checkpoint(st, reason):
         # The store first, then the checkpoint: a crash in between leaves rows past the
@@ -296,7 +281,7 @@ def _train_models(db, run_id: int, specs: list[ModelSpec], infos: dict, model_id
     from .train import TrainingInterrupted
 
     start = time.perf_counter()
-    stop = GracefulStop(_above_bar(echo, opts.progress))
+    stop = GracefulStop(above_bar(echo, opts.progress))
     elapsed = lambda: prior_seconds + time.perf_counter() - start  # noqa: E731
     try:
         with stop:
@@ -375,7 +360,17 @@ class CompareOptions:
     no_repeat_ngram_size: int = DEFAULT_NO_REPEAT
     report: str | None = "ensemble_report.json"
     progress: bool = True
-    show_examples: bool = True
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What a comparison produced: its evaluation id, the summary and per-example results
+    (the report's two parts), and where the report was written."""
+    evaluation_id: int
+    summary: dict
+    results: list[dict]
+    names: list[str]
+    report_path: str | None
 
 
 def _usable_models(run: repo.RunInfo) -> list[repo.ModelInfo]:
@@ -447,8 +442,8 @@ def example_rows(example_id: int, gold_type: str | None, texts: dict[str, str],
     return parsed, agr, preds, agr_row
 
 
-def compare_run(db, opts: CompareOptions, echo: Echo = print) -> int:
-    """Generate with every model of a run, parse, score agreement, store and report; returns the evaluation id."""
+def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
+    """Generate with every model of a run, parse, score agreement, store and report."""
     run = repo.get_run(db, opts.run_id)
     models = _usable_models(run)
     names = [m.name for m in models]
@@ -477,16 +472,13 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> int:
                 "format_checks": {m: parsed[m].format_checks for m in names},
                 "agreement": agr.to_dict(),
             })
-            if opts.show_examples:
-                show_example(echo, i, len(examples), x, texts, parsed, agr, names)
         summary = summarize(results, names, run, eval_id)
         report_path = write_report(opts.report, summary, results) if opts.report else None
         repo.complete_evaluation(db, eval_id, preds, agrs, time.perf_counter() - start, report_path)
     except BaseException as exc:
         repo.fail_evaluation(db, eval_id, f"{type(exc).__name__}: {exc}")
         raise
-    show_summary(echo, summary, report_path)
-    return eval_id
+    return Comparison(eval_id, summary, results, names, report_path)
 
 
 def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id: int) -> dict:
@@ -517,59 +509,6 @@ def write_report(path: str, summary: dict, results: list[dict]) -> str:
     return str(target)
 
 
-def _short(text: str, n: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def show_example(echo: Echo, i: int, total: int, x, texts, parsed, agr, names) -> None:
-    banner(echo, f"VALIDATION EXAMPLE {i + 1}/{total}")
-    echo("")
-    echo(f"INSTRUCTION: {_short(x.instruction, 100)}")
-    echo(f"EXCERPT: {_short(x.input)}")
-    echo(f"GOLD: {_short(x.gold_output)}")
-    for m in names:
-        echo("")
-        echo(f"  [{m}] Output: {_short(texts[m]) or '(empty)'}")
-    echo("")
-    echo("─" * 80)
-    echo("AGREEMENT ANALYSIS:")
-    echo("─" * 80)
-    echo(f"  Full agreement: {'✓ YES' if agr.full_agreement else '✗ NO'}")
-    echo(f"  Unique gadget types: {agr.unique_types}")
-    echo(f"  Majority type: {agr.majority_type} ({agr.majority_count}/{len(names)})")
-    echo("")
-    echo("  Model-specific gadget types:")
-    for m in names:
-        mark = "✓" if agr.matches_gold[m] else "✗"
-        echo(f"    - {m}: {agr.gadget_types[m]}  [normalized: {agr.normalized_types[m] or '-'}; gold {mark}]")
-    echo("")
-    echo("  Format checks:")
-    for m in names:
-        checks = parsed[m].format_checks
-        echo(f"    {'✓' if all(checks.values()) else '✗'} {m}: {checks}")
-
-
-def show_summary(echo: Echo, summary: dict, report_path: str | None) -> None:
-    banner(echo, "SAVING COMPARISON REPORT")
-    if report_path:
-        echo(f"✓ Report saved to: {report_path}")
-    echo(f"✓ Results stored as evaluation {summary['evaluation_id']} of run {summary['run_id']}")
-    echo("")
-    echo("SUMMARY:")
-    n = summary["total_examples"]
-    echo(f"  Total examples: {n}")
-    echo(f"  Full agreement: {summary['full_agreements']} ({summary['full_agreement_rate']:.1%})")
-    echo(f"  Disagreements: {n - summary['full_agreements']} ({summary['disagreement_rate']:.1%})")
-    echo("")
-    echo("  Format accuracy by model:")
-    for m, v in summary["model_format_accuracy"].items():
-        echo(f"    - {m}: {v:.1%}")
-    echo("  Gold-type accuracy by model (normalized type equals the gold's):")
-    for m, v in summary["model_gold_type_accuracy"].items():
-        echo(f"    - {m}: {v:.1%}  [init={summary['model_init'].get(m)}]")
-
-
 # ---------------------------------------------------------------- custom excerpt
 def predict(db, run_id: int, instruction: str, excerpt: str, opts: CompareOptions, echo: Echo = print) -> dict:
     run = repo.get_run(db, run_id)
@@ -579,14 +518,7 @@ def predict(db, run_id: int, instruction: str, excerpt: str, opts: CompareOption
     gens = _generate_all(run, models, [seq2seq_prompt(instruction, excerpt)], opts, echo)
     texts = {m: gens[m][0].text for m in names}
     parsed, agr = score(names, None, texts)
-    banner(echo, "CUSTOM INFERENCE")
-    for m in names:
-        p = parsed[m]
-        echo(f"[{m}] {texts[m] or '(empty)'}")
-        echo(f"    gadget_type: {p.gadget_type} | location: {p.location} | explanation: {p.explanation}")
-        echo(f"    format checks: {p.format_checks}")
-    echo("")
-    echo(f"Full agreement: {'✓ YES' if agr.full_agreement else '✗ NO'}; unique types: {agr.unique_types}; "
-         f"majority: {agr.majority_type} ({agr.majority_count}/{len(names)})")
-    return {"predictions": texts, "parsed": {m: vars(parsed[m]) for m in names},
+    return {"predictions": texts,
+            "parsed": {m: {**vars(parsed[m]), "normalized_type": parsed[m].normalized_type,
+                           "format_checks": parsed[m].format_checks} for m in names},
             "agreement": {k: v for k, v in agr.to_dict().items() if k not in ("matches_gold", "gold_normalized")}}

@@ -145,9 +145,8 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
           checkpoint: Callable[[dict, str], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
           resume: dict | None = None) -> TrainResult:
-    from tqdm.auto import tqdm
-
     from .checkpoint import rng_state, set_rng_state
+    from .progress import bar as progress_bar
 
     if not train_data:
         raise ValueError("no training examples")
@@ -182,7 +181,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         start_epoch, start_group = resume["epoch"], resume["next_group"]
         carried, elapsed = list(resume["epoch_losses"]), resume["seconds"]
     start = time.perf_counter() - elapsed
-    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    bar = progress_bar(total_steps, desc, enabled=progress, initial=step, unit="steps")
 
     def state(epoch: int, next_group: int, batches: list, epoch_losses: list[float]) -> dict:
         return {
@@ -230,8 +229,9 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             all_losses.append(loss)
             epoch_losses.append(loss)
             lr = scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{epoch + (g // cfg.grad_accum + 1) / steps_per_epoch:.2f}",
+                            refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{epoch + (g // cfg.grad_accum + 1) / steps_per_epoch:.2f}")
             if on_step:
                 on_step(StepLog(step, epoch + (g // cfg.grad_accum + 1) / steps_per_epoch, loss, lr,
                                 sum(int(b["attention_mask"].sum()) for b in group)))

@@ -7,29 +7,13 @@ Nothing here loads a model.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import text
 
+from ..console import Table, Wide  # noqa: F401  (the analyses' result type)
 from ..store.session import StoreError, get_engine
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[Any]]
-    notes: list[str] = field(default_factory=list)
-
-    def records(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, r)) for r in self.rows]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "columns": self.columns, "rows": self.records(), "notes": self.notes}
 
 
 @dataclass(frozen=True)
@@ -74,8 +58,6 @@ def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
         chosen.append((row[0]["run_id"], eid))
     if all_runs:
         rows = query(db, "SELECT run_id, id FROM latest_evaluations ORDER BY run_id")
-        if not rows:
-            raise AnalysisError("no run has a completed comparison yet: run `wmg compare --run-id N` first")
         chosen += [(r["run_id"], r["id"]) for r in rows]
     for rid in run_ids:
         if not query(db, "SELECT id FROM runs WHERE id = :r", r=rid):
@@ -102,45 +84,3 @@ def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
             raise AnalysisError(f"evaluation {eid} of run {rid} has no predictions")
         out.append(Selected(rid, eid, models))
     return out
-
-
-# ---------------------------------------------------------------- rendering
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1e6 else f"{v:.3g}"
-    return str(v)
-
-
-def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """Aligned text lines: a header, a rule, and one line per row."""
-    cells = [[_cell(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(columns)]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-    return [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
-
-
-def render_table(t: Table) -> str:
-    out = [t.title, "=" * len(t.title)]
-    out += format_rows(t.columns, t.rows) if t.rows else ["(no rows)"]
-    out += [f"note: {n}" for n in t.notes]
-    return "\n".join(out)
-
-
-def render(tables: Sequence[Table], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps([t.to_dict() for t in tables], indent=2, default=str)
-    if fmt == "csv":
-        parts = []
-        for t in tables:
-            buf = io.StringIO()
-            buf.write(f"# {t.title}\n")
-            w = csv.writer(buf, lineterminator="\n")
-            w.writerow(t.columns)
-            w.writerows([["" if c is None else c for c in r] for r in t.rows])
-            for n in t.notes:
-                buf.write(f"# note: {n}\n")
-            parts.append(buf.getvalue())
-        return "\n".join(parts)
-    return "\n\n".join(render_table(t) for t in tables)

@@ -5,7 +5,7 @@ import math
 from collections import defaultdict
 from typing import Sequence
 
-from . import Selected, Table, _ids, query
+from . import Selected, Table, Wide, _ids, query
 
 TIE_RULE = ("majority vote: the most common normalized type among the models; a tie goes to the type of "
             "the model listed first in the run's --models order; an example where no model produced a type "
@@ -34,17 +34,16 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
         g = grouped.setdefault(key, {"gold": r["gold_type"], "form": r["instruction_form"],
                                      "words": r["excerpt_words"], "pred": {}})
         g["pred"][r["model"]] = (r["gadget_type"], r["normalized_type"], r["matches_gold"])
-    cols = ["run", "evaluation", "example", "gold_type", "form", "words"]
-    for m in models:
-        cols += [f"{m}", f"{m} (normalized)"]
+    cols = ["run_id", "evaluation_id", "example", "gold_type", "form", "words", "model", "gadget_type",
+            "normalized_type", "matches_gold"]
     out = []
     for (run, ev, pos), g in grouped.items():
-        row = [run, ev, pos, g["gold"], g["form"], g["words"]]
         for m in models:
             t = g["pred"].get(m)
-            row += [t[0] if t else None, (t[1] or "(none)") if t else None]
-        out.append(row)
-    main = Table("Disagreements: examples where the models' normalized types differ", cols, out)
+            if t:
+                out.append([run, ev, pos, g["gold"], g["form"], g["words"], m, t[0], t[1] or "(none)", bool(t[2])])
+    main = Table("disagreements", "Disagreements: examples where the models' normalized types differ", cols, out,
+                 wide=Wide("model", ("gadget_type", "normalized_type")))
 
     # correlation with excerpt length, and disagreement by instruction form, per evaluation
     corr_rows, form_rows = [], []
@@ -75,13 +74,13 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
             form_rows.append([s.run_id, s.evaluation_id, f["instruction_form"], f["examples"], f["disagreements"],
                               f["disagreement_rate"], f["mean_excerpt_words"],
                               p if f["instruction_form"] in ("category", "open") else None])
-    corr = Table("Disagreement against excerpt length",
-                 ["run", "evaluation", "examples", "disagreements", "point_biserial_r", "p_value", "spearman_rho",
+    corr = Table("length", "Disagreement against excerpt length",
+                 ["run_id", "evaluation_id", "examples", "disagreements", "point_biserial_r", "p_value", "spearman_rho",
                   "spearman_p"], corr_rows,
                  ["r > 0: longer excerpts are disagreed on more often; undefined (-) when every example is "
                   "agreed on or every one disagreed on"])
-    form = Table("Disagreement by instruction form",
-                 ["run", "evaluation", "form", "examples", "disagreements", "disagreement_rate", "mean_words",
+    form = Table("by_form", "Disagreement by instruction form",
+                 ["run_id", "evaluation_id", "form", "examples", "disagreements", "disagreement_rate", "mean_words",
                   "fisher_p_category_vs_open"], form_rows,
                  ["category: the instruction names the gadget category; open: the model must infer it; "
                   "p from Fisher's exact test on the 2x2 table of form against disagreement"])
@@ -97,7 +96,7 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
                      "ORDER BY run_id, evaluation_id, model")
     order = {(s.evaluation_id, m): i for s in sel for i, m in enumerate(s.models)}
     rows.sort(key=lambda r: (r["run_id"], r["evaluation_id"], order.get((r["evaluation_id"], r["model"]), 99)))
-    cols = ["run", "evaluation", "model", "type", "init", "parameters", "examples", "format_accuracy",
+    cols = ["run_id", "evaluation_id", "model", "type", "init", "parameters", "examples", "format_accuracy",
             "gold_accuracy", "rouge1_f1", "rougeL_f1", "final_loss", "val_loss", "train_seconds"]
     out = [[r["run_id"], r["evaluation_id"], r["model"], r["model_type"], r["init"], r["parameters"], r["examples"],
             r["format_accuracy"], r["gold_accuracy"], r["rouge1_f1"], r["rouge_l_f1"], r["final_loss"],
@@ -106,7 +105,7 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
              "the gold output (rouge-score, stemmed); final_loss: mean training loss of the last epoch"]
     if filled:
         notes.append(f"ROUGE was computed now for {filled} predictions stored before it was recorded")
-    return [Table("Architecture comparison", cols, out, notes)]
+    return [Table("models", "Architecture comparison", cols, out, notes, group=2)]
 
 
 # ---------------------------------------------------------------- Q3
@@ -115,7 +114,7 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
     by = defaultdict(dict)
     for r in rows:
         by[(r["run_id"], r["evaluation_id"], r["model"])][r["full_agreement"]] = (r["accuracy"], r["examples"])
-    cols = ["run", "evaluation", "model", "agree_examples", "accuracy_when_all_agree", "disagree_examples",
+    cols = ["run_id", "evaluation_id", "model", "agree_examples", "accuracy_when_all_agree", "disagree_examples",
             "accuracy_when_not", "difference"]
     out = []
     for s in sel:
@@ -124,8 +123,8 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
             a, d = g.get(1, (None, 0)), g.get(0, (None, 0))
             diff = a[0] - d[0] if a[0] is not None and d[0] is not None else None
             out.append([s.run_id, s.evaluation_id, m, a[1], a[0], d[1], d[0], diff])
-    t1 = Table("Agreement as confidence: accuracy where all models agree vs where they do not", cols, out,
-               ["accuracy: the normalized type equals the gold's; " + TIE_RULE])
+    t1 = Table("confidence", "Agreement as confidence: accuracy where all models agree vs where they do not", cols,
+               out, ["accuracy: the normalized type equals the gold's; " + TIE_RULE])
     curve_rows, area_rows = [], []
     for s in sel:
         if len(s.models) < 2:
@@ -139,51 +138,57 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
                      e=s.evaluation_id)[0]["r"]
         area_rows.append([s.run_id, s.evaluation_id, len(s.models), a[0]["aurc"] if a else None,
                           a[0]["points"] if a else 0, base])
-    t2 = Table("Risk-coverage of the majority vote, ordered by agreement",
-               ["run", "evaluation", "agreement_level", "covered", "total", "coverage", "risk"], curve_rows,
+    t2 = Table("risk_coverage", "Risk-coverage of the majority vote, ordered by agreement",
+               ["run_id", "evaluation_id", "agreement_level", "covered", "total", "coverage", "risk"], curve_rows,
                ["agreement level = (models giving the majority type) / models; each point covers every example "
                 "at or above its level; risk = 1 - majority-vote accuracy on the covered examples"])
-    t3 = Table("AURC (area under the risk-coverage curve; lower is better)",
-               ["run", "evaluation", "models", "aurc", "points", "risk_at_full_coverage"], area_rows,
+    t3 = Table("aurc", "AURC (area under the risk-coverage curve; lower is better)",
+               ["run_id", "evaluation_id", "models", "aurc", "points", "risk_at_full_coverage"], area_rows,
                ["step integration: sum of risk x coverage gained at each level; equal to the full-coverage risk "
                 "when agreement carries no information, lower when agreeing examples are more often right"])
-    return [t1, t2, t3] if len(sel) and any(len(s.models) > 1 for s in sel) else [t1]
+    return [t1, t2, t3]
 
 
 # ---------------------------------------------------------------- Q4
 def by_type(db, sel: Sequence[Selected]) -> list[Table]:
+    from ..parse import CANONICAL_LABELS
+
     rows = query(db, f"SELECT * FROM error_by_type WHERE evaluation_id IN ({_ids(sel)})")
-    tables = []
+    acc_rows, conf_rows = [], []
     for s in sel:
         mine = [r for r in rows if r["evaluation_id"] == s.evaluation_id]
         labels = sorted({r["gold_type"] for r in mine})
         cell = {(r["gold_type"], r["model"]): r for r in mine}
-        out = []
-        for label in labels:
-            any_r = next(cell[(label, m)] for m in s.models if (label, m) in cell)
-            out.append([label, any_r["examples"]] + [cell[(label, m)]["accuracy"] if (label, m) in cell else None
-                                                     for m in s.models] + [any_r["disagreement_rate"]])
-        out.sort(key=lambda r: (sum(v or 0 for v in r[2:2 + len(s.models)]), r[0]))
-        tables.append(Table(f"Error analysis by gadget type (run {s.run_id}, evaluation {s.evaluation_id}; "
-                            "hardest first)",
-                            ["gold_type", "examples"] + [f"{m} accuracy" for m in s.models] + ["disagreement_rate"],
-                            out))
+        total = {label: sum((cell[(label, m)]["accuracy"] or 0) for m in s.models if (label, m) in cell)
+                 for label in labels}
+        for label in sorted(labels, key=lambda l: (total[l], l)):  # hardest first
+            for m in s.models:
+                r = cell.get((label, m))
+                if r is not None:
+                    acc_rows.append([s.run_id, s.evaluation_id, label, r["examples"], r["disagreement_rate"], m,
+                                     r["correct"], r["accuracy"]])
         conf = query(db, "SELECT model, gold_label, predicted_label, n FROM confusion WHERE evaluation_id = :e",
                      e=s.evaluation_id)
-        from ..parse import CANONICAL_LABELS
-
         predicted = [l for l in CANONICAL_LABELS if any(c["predicted_label"] == l for c in conf)]
         predicted += sorted({c["predicted_label"] for c in conf} - set(predicted) - {"(other)"})
         if any(c["predicted_label"] == "(other)" for c in conf):
             predicted.append("(other)")
+        gold_labels = sorted({c["gold_label"] for c in conf})
         for m in s.models:
             counts = {(c["gold_label"], c["predicted_label"]): c["n"] for c in conf if c["model"] == m}
-            tables.append(Table(f"Confusion matrix of {m} (rows: gold label; columns: predicted canonical label)",
-                                ["gold \\ predicted"] + predicted,
-                                [[g] + [counts.get((g, p), 0) for p in predicted] for g in labels],
-                                ["(other): a gadget type that normalizes to none of the six canonical labels, "
-                                 "or no type at all"]))
-    return tables
+            conf_rows += [[s.run_id, s.evaluation_id, m, g, p, counts.get((g, p), 0)]
+                          for g in gold_labels for p in predicted]
+    return [
+        Table("by_type", "Error analysis by gadget type (hardest first)",
+              ["run_id", "evaluation_id", "gold_type", "examples", "disagreement_rate", "model", "correct",
+               "accuracy"], acc_rows,
+              ["accuracy: the model's normalized type equals the gold's; disagreement_rate: examples of this "
+               "type where the models' normalized types differ"], wide=Wide("model", ("accuracy",)), group=2),
+        Table("confusion", "Confusion matrices (rows: model and gold label; columns: predicted canonical label)",
+              ["run_id", "evaluation_id", "model", "gold_label", "predicted_label", "n"], conf_rows,
+              ["(other): a gadget type that normalizes to none of the six canonical labels, or no type at all"],
+              wide=Wide("predicted_label", ("n",)), group=3),
+    ]
 
 
 # ---------------------------------------------------------------- Q5
@@ -207,36 +212,42 @@ def vote(db, sel: Sequence[Selected]) -> list[Table]:
     if any(len(s.models) < 3 for s in sel):
         notes.append("with two models a vote cannot break a disagreement: the tie rule returns the first model's "
                      "answer, so the vote equals that model wherever they disagree; it is meaningful with three or more")
-    return [Table("Majority voting against each model", ["run", "evaluation", "models", "model", "examples",
-                                                          "accuracy", "ties_or_no_majority", "vote_gain"], out, notes)]
+    return [Table("vote", "Majority voting against each model",
+                  ["run_id", "evaluation_id", "models", "model", "examples", "accuracy", "ties_or_no_majority",
+                   "vote_gain"], out, notes, group=3)]
 
 
 # ---------------------------------------------------------------- Q6
+AGREEMENT_TERMS = ("full_agreement: share of examples where every model gave the same non-empty normalized type "
+                   "(as the comparison counts it); observed_agreement: share where the normalized types are equal, "
+                   "an empty type counting as a category of its own (what the kappa is computed from)")
+
+
 def agreement(db, sel: Sequence[Selected]) -> list[Table]:
     pairs = query(db, f"SELECT * FROM pairwise_agreement WHERE evaluation_id IN ({_ids(sel)}) "
                       "ORDER BY run_id, evaluation_id, model_a, model_b")
     order = {(s.evaluation_id, m): i for s in sel for i, m in enumerate(s.models)}
     pairs.sort(key=lambda r: (r["run_id"], r["evaluation_id"], order.get((r["evaluation_id"], r["model_a"])),
                               order.get((r["evaluation_id"], r["model_b"]))))
-    t1 = Table("Pairwise agreement (Cohen's kappa on normalized types)",
-               ["run", "evaluation", "model_a", "model_b", "examples", "raw_agreement", "expected_agreement",
-                "cohen_kappa"],
-               [[r["run_id"], r["evaluation_id"], r["model_a"], r["model_b"], r["examples"], r["raw_agreement"],
-                 r["expected_agreement"], r["cohen_kappa"]] for r in pairs],
-               ["kappa = (observed - expected) / (1 - expected), expected from each model's own type frequencies; "
-                "an empty type counts as its own category; undefined (-) when expected agreement is 1"])
+    t1 = Table("pairwise", "Pairwise agreement (Cohen's kappa on normalized types)",
+               ["run_id", "evaluation_id", "model_a", "model_b", "examples", "full_agreement", "observed_agreement",
+                "expected_agreement", "cohen_kappa"],
+               [[r["run_id"], r["evaluation_id"], r["model_a"], r["model_b"], r["examples"], r["full_agreement"],
+                 r["observed_agreement"], r["expected_agreement"], r["cohen_kappa"]] for r in pairs],
+               [AGREEMENT_TERMS, "kappa = (observed - expected) / (1 - expected), expected from each model's own "
+                "type frequencies; undefined (-) when expected agreement is 1"])
     fl = query(db, f"SELECT * FROM fleiss_kappa WHERE evaluation_id IN ({_ids(sel)}) ORDER BY run_id, evaluation_id")
-    t2 = Table("Agreement of all models (Fleiss' kappa)",
-               ["run", "evaluation", "models", "examples", "raw_agreement", "observed_agreement",
+    t2 = Table("all_models", "Agreement of all models (Fleiss' kappa)",
+               ["run_id", "evaluation_id", "models", "examples", "full_agreement", "observed_agreement",
                 "expected_agreement", "fleiss_kappa"],
-               [[r["run_id"], r["evaluation_id"], r["models"], r["examples"], r["raw_agreement"],
+               [[r["run_id"], r["evaluation_id"], r["models"], r["examples"], r["full_agreement"],
                  r["observed_agreement"], r["expected_agreement"], r["fleiss_kappa"]] for r in fl],
-               ["raw_agreement: share of examples where all models agree; observed_agreement: Fleiss' mean "
-                "pairwise agreement per example"])
+               [AGREEMENT_TERMS + "; for more than two models observed_agreement is Fleiss' mean pairwise "
+                "agreement per example"])
     sem = query(db, f"SELECT * FROM semantic_agreement WHERE evaluation_id IN ({_ids(sel)}) "
                     "ORDER BY run_id, evaluation_id, judgment_set_id")
-    t3 = Table("Semantic agreement per judge, beside string agreement",
-               ["run", "evaluation", "judge", "judgment_set", "examples", "string_agreement", "full_rate",
+    t3 = Table("semantic", "Semantic agreement per judge, beside string agreement",
+               ["run_id", "evaluation_id", "judge", "judgment_set", "examples", "string_agreement", "full_rate",
                 "full_or_partial_rate", "invalid_rate"],
                [[r["run_id"], r["evaluation_id"], r["judge"], r["judgment_set_id"], r["examples"],
                  r["string_agreement_rate"], r["full_rate"], r["full_or_partial_rate"], r["invalid_rate"]]
@@ -251,14 +262,15 @@ CONFIG_COLUMNS = ("examples", "epochs", "learning_rate", "effective_batch", "mod
 
 
 def runs(db, run_ids: Sequence[int] | None = None) -> list[Table]:
-    """One row per run: the configuration that differs between the runs, and their results."""
+    """One record per run and model: the configuration that differs between the runs, and the results."""
     rows = query(db, "SELECT * FROM run_summary ORDER BY run_id, model")
     if run_ids:
         rows = [r for r in rows if r["run_id"] in set(run_ids)]
+    order = {(r["run_id"], r["name"]): r["position"] for r in query(db, "SELECT run_id, name, position FROM run_models")}
+    rows.sort(key=lambda r: (r["run_id"], order.get((r["run_id"], r["model"]), 99)))
     by_run: dict[int, list[dict]] = defaultdict(list)
     for r in rows:
         by_run[r["run_id"]].append(r)
-    models = list(dict.fromkeys(r["model"] for r in rows))
 
     def config(rs):
         vals = {"examples": rs[0]["examples"], "models": rs[0]["models"], "seed": rs[0]["seed"],
@@ -270,20 +282,15 @@ def runs(db, run_ids: Sequence[int] | None = None) -> list[Table]:
 
     configs = {rid: config(rs) for rid, rs in by_run.items()}
     varying = [c for c in CONFIG_COLUMNS if len({str(cfg[c]) for cfg in configs.values()}) > 1] or list(CONFIG_COLUMNS)
-    cols = ["run", "status"] + varying + ["agreement_rate"]
-    for m in models:
-        cols += [f"{m} format", f"{m} gold"]
-    out = []
-    for rid, rs in by_run.items():
-        per = {r["model"]: r for r in rs}
-        row = [rid, rs[0]["status"]] + [configs[rid][c] for c in varying] + [rs[0]["agreement_rate"]]
-        for m in models:
-            row += [per[m]["format_accuracy"] if m in per else None, per[m]["gold_accuracy"] if m in per else None]
-        out.append(row)
+    cols = ["run_id", "status"] + varying + ["agreement_rate", "model", "format_accuracy", "gold_accuracy"]
+    out = [[rid, r["status"]] + [configs[rid][c] for c in varying]
+           + [r["agreement_rate"], r["model"], r["format_accuracy"], r["gold_accuracy"]]
+           for rid, rs in by_run.items() for r in rs]
     notes = [f"configuration columns shown: those that differ between the runs ({', '.join(varying)})"
              if len(varying) < len(CONFIG_COLUMNS) else "no configuration differs, so all of it is shown",
              "results are from each run's latest completed comparison"]
-    return [Table("Runs: how results move with the configuration", cols, out, notes)]
+    return [Table("runs", "Runs: how results move with the configuration", cols, out, notes,
+                  group=len(varying) + 3)]
 
 
 QUESTIONS = {

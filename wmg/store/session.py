@@ -19,9 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, make_url
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_DB = "results.db"
@@ -103,8 +103,29 @@ def _engine(url: str, write: bool = False) -> Engine:
         begin = "BEGIN IMMEDIATE" if write else "BEGIN"
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     else:
-        engine = create_engine(url)
+        try:
+            engine = create_engine(url)
+        except ImportError as exc:  # the dialect's driver is not installed
+            raise StoreError(_missing_driver(url, exc)) from None
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise StoreError(f"results store {_shown(url)}: not a database URL this wmg knows ({exc})") from None
     return engine
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable URL)"
+
+
+def _missing_driver(url: str, exc: ImportError) -> str:
+    backend = url.split(":", 1)[0].split("+", 1)[0]
+    module = getattr(exc, "name", None) or str(exc)
+    hint = ("install it with `pip install 'wmg[postgres]'` and give the URL as postgresql+psycopg://USER@HOST/DB"
+            if backend == "postgresql" else f"install a {backend} driver for SQLAlchemy")
+    return f"results store {_shown(url)}: the database driver {module!r} is not installed; {hint}"
 
 
 def is_locked(exc: BaseException) -> bool:

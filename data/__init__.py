@@ -1,0 +1,1 @@
+"""The bundled dataset, shipped inside the installed package as `wmg._data`."""

@@ -1,0 +1,353 @@
+"""Everything wmg shows: results as tables for people, JSON or CSV for programs.
+
+Library code returns `Table`s (or plain results); this module renders them. One convention
+for every command that prints results:
+
+- `--format table` (default): aligned text for a terminal. A table may be shown *wide*
+  (one column per model, say) while its records stay long.
+- `--format json`: a list of flat records in long form, one per model / label / ...; a
+  command with several tables adds a `table` field to each record (`--table NAME` keeps one).
+- `--format csv`: one tidy table per invocation: the command's first table, or the one
+  named by `--table NAME`; `--out DIR` writes every table to its own file instead.
+
+An empty selection is an empty result (`[]`, a header line) and exit status 0. Banners,
+logs and progress never share stdout with JSON or CSV (see `wmg.progress`).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+FORMATS = ("table", "json", "csv")
+RULE = "=" * 80
+
+
+@dataclass(frozen=True)
+class Wide:
+    """Show a long table wide: one column per value of `across` for each of `values`
+    (headers "<value of across> <value column>"), the other columns as the row key."""
+    across: str
+    values: tuple[str, ...]
+
+
+@dataclass
+class Table:
+    name: str  # for --table, file names and the `table` field of JSON records
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    notes: list[str] = field(default_factory=list)
+    wide: Wide | None = None
+    group: int = 0  # table view: blank these leading cells when they repeat the row above
+
+    def records(self) -> list[dict[str, Any]]:
+        return [{c: _plain(v) for c, v in zip(self.columns, r)} for r in self.rows]
+
+
+class OutputError(ValueError):
+    """A --table that names no table of the command (a usage error)."""
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, (_dt.datetime, _dt.date)):
+        return v.isoformat()
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+# ---------------------------------------------------------------- table view
+def cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1e6 else f"{v:.3g}"
+    if isinstance(v, (_dt.datetime,)):
+        return v.strftime("%Y-%m-%d %H:%M:%S")
+    return str(v)
+
+
+def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], group: int = 0) -> list[str]:
+    """Aligned text lines: a header, a rule, and one line per row."""
+    cells = [[cell(c) for c in r] for r in rows]
+    for i in range(len(cells) - 1, 0, -1):  # from the bottom, so each row compares with the original above
+        if group and cells[i][:group] == cells[i - 1][:group]:
+            cells[i][:group] = [""] * group
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(columns)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+
+
+def widen(t: Table) -> tuple[list[str], list[list[Any]]]:
+    """The wide view of a long table: rows keyed by the other columns, in first-seen order."""
+    w = t.wide
+    assert w is not None
+    a = t.columns.index(w.across)
+    vals = [t.columns.index(v) for v in w.values]
+    keys = [i for i in range(len(t.columns)) if i != a and i not in vals]
+    across: list[Any] = []
+    rows: dict[tuple, dict] = {}
+    for r in t.rows:
+        if r[a] not in across:
+            across.append(r[a])
+        rows.setdefault(tuple(r[i] for i in keys), {})[r[a]] = [r[i] for i in vals]
+    single = len(vals) == 1
+    cols = [t.columns[i] for i in keys]
+    for x in across:
+        cols += [str(x) if single else f"{x} {t.columns[v]}" for v in vals]
+    out = []
+    for key, by in rows.items():
+        row = list(key)
+        for x in across:
+            row += by.get(x, [None] * len(vals))
+        out.append(row)
+    return cols, out
+
+
+def render_table(t: Table) -> str:
+    out = [t.title, "=" * len(t.title)]
+    if not t.rows:
+        out.append("(no rows)")
+    elif t.wide:
+        out += format_rows(*widen(t), t.group)
+    else:
+        out += format_rows(t.columns, t.rows, t.group)
+    out += [f"note: {n}" for n in t.notes]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- machine formats
+def pick(tables: Sequence[Table], name: str | None) -> list[Table]:
+    if name is None:
+        return list(tables)
+    chosen = [t for t in tables if t.name == name]
+    if not chosen:
+        raise OutputError(f"--table {name}: this command's tables are {', '.join(t.name for t in tables)}")
+    return chosen
+
+
+def to_json(tables: Sequence[Table]) -> str:
+    if len(tables) == 1:
+        records = tables[0].records()
+    else:
+        records = [{"table": t.name, **r} for t in tables for r in t.records()]
+    return json.dumps(records, indent=2, ensure_ascii=False, default=str)
+
+
+def to_csv(t: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(t.columns)
+    w.writerows([["" if v is None else v for v in r.values()] for r in t.records()])
+    return buf.getvalue()
+
+
+def render(tables: Sequence[Table], fmt: str, table: str | None = None) -> str:
+    """The text to print: every table (or the one named) in `fmt`; CSV is always one table."""
+    chosen = pick(tables, table)
+    if fmt == "json":
+        return to_json(chosen)
+    if fmt == "csv":
+        return to_csv(chosen[0]).rstrip("\n") if chosen else ""
+    return "\n\n".join(render_table(t) for t in chosen)
+
+
+def write_files(tables: Sequence[Table], fmt: str, out: str | Path, table: str | None = None) -> list[Path]:
+    """One file per table in `out` (NAME.csv or NAME.json; NAME.txt for the table view)."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for t in pick(tables, table):
+        ext = {"csv": "csv", "json": "json"}.get(fmt, "txt")
+        path = folder / f"{t.name}.{ext}"
+        body = to_csv(t) if fmt == "csv" else to_json([t]) + "\n" if fmt == "json" else render_table(t) + "\n"
+        path.write_text(body, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def emit(tables: Sequence[Table], fmt: str = "table", table: str | None = None, out: str | None = None,
+         echo=print, warn=None) -> None:
+    """Print (or with `out`, write) a command's result tables. With CSV and several tables
+    and no --table, the first is printed and `warn` names the others."""
+    if out:
+        for p in write_files(tables, fmt, out, table):
+            (warn or echo)(f"wrote {p}")
+        return
+    chosen = pick(tables, table)
+    if fmt == "csv" and len(chosen) > 1 and warn is not None:
+        warn(f"csv holds one table: printed '{chosen[0].name}'; the others ({', '.join(t.name for t in chosen[1:])}) "
+             "with --table NAME, or all of them with --out DIR")
+    text = render(chosen, fmt)
+    if text or fmt != "csv":
+        echo(text)
+
+
+# ---------------------------------------------------------------- runs
+def runs_table(runs) -> Table:
+    """One record per run and model, each model's figures on its own row (never by position)."""
+    rows = []
+    for r in runs:
+        ev = r.latest_evaluation
+        for m in r.models:
+            rows.append([
+                r.id, r.created_at, r.status, r.n_train + r.n_validation, ev.id if ev else None,
+                ev.full_agreement_rate if ev else None, m.name, m.init, m.final_loss, m.final_val_loss,
+                (ev.format_accuracy or {}).get(m.name) if ev else None,
+                (ev.gold_accuracy or {}).get(m.name) if ev else None,
+            ])
+    return Table("runs", "Runs", ["run_id", "created_at", "status", "examples", "evaluation_id", "agreement_rate",
+                                  "model", "init", "final_loss", "final_val_loss", "format_accuracy",
+                                  "gold_accuracy"], rows,
+                 ["figures from each run's latest comparison; agreement_rate: every model gave the same "
+                  "non-empty normalized type"], group=6)
+
+
+def show_tables(r) -> list[Table]:
+    """`wmg show`: the run as field/value pairs, one record per model, and the recorded options."""
+    ev = r.latest_evaluation
+    fields: list[tuple[str, Any]] = [
+        ("run_id", r.id), ("status", r.status), ("created_at", r.created_at), ("error", r.error),
+        ("data_path", r.data_path), ("data_sha256", r.data_sha256), ("n_train", r.n_train),
+        ("n_validation", r.n_validation), ("seed", r.seed), ("init_requested", r.init_requested),
+        ("device", r.device), ("platform", r.platform), ("train_seconds", r.train_seconds),
+        ("checkpoint_dir", r.checkpoint_dir), ("resumes", r.resumes),
+    ]
+    if r.status == "running" and r.pid:
+        fields += [("pid", r.pid), ("host", r.host)]
+    fields += [(f"version_{k}", v) for k, v in (r.versions or {}).items()]
+    fields += [("evaluation_id", ev.id if ev else None), ("evaluation_status", ev.status if ev else None),
+               ("evaluation_source", ev.source if ev else None), ("evaluation_examples", ev.n_examples if ev else None),
+               ("full_agreement_rate", ev.full_agreement_rate if ev else None)]
+    run = Table("run", f"Run {r.id}", ["field", "value"], [[k, v] for k, v in fields],
+                [] if ev else [f"no comparison yet: run `wmg compare --run-id {r.id}`"])
+    hp_keys = ("learning_rate", "epochs", "micro_batch_size", "grad_accum", "schedule", "warmup_ratio",
+               "weight_decay", "dropout", "precision")
+    models = Table("models", "Models", ["model", "status", "init", "parameters", "vocab_size", "steps", "final_loss",
+                                        "final_val_loss", "train_seconds", "format_accuracy", "gold_accuracy",
+                                        *hp_keys, "init_note"],
+                   [[m.name, m.status, m.init, m.parameters, m.vocab_size, m.steps, m.final_loss, m.final_val_loss,
+                     m.train_seconds, (ev.format_accuracy or {}).get(m.name) if ev else None,
+                     (ev.gold_accuracy or {}).get(m.name) if ev else None,
+                     *[(m.hyperparams or {}).get(k) for k in hp_keys], m.init_note] for m in r.models])
+    config = Table("config", "Options the run was started with", ["option", "value"],
+                   [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in sorted((r.config or {}).items())])
+    return [run, models, config]
+
+
+# ---------------------------------------------------------------- comparisons
+def banner(echo, title: str) -> None:
+    echo("")
+    echo(RULE)
+    echo(title)
+    echo(RULE)
+
+
+def _short(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _checks(checks: dict[str, bool]) -> str:
+    return " ".join(f"{k}={'ok' if v else 'missing'}" for k, v in checks.items())
+
+
+def show_example(echo, i: int, total: int, r: dict, names: Sequence[str]) -> None:
+    """One example of a comparison (a record of the report's `results`), as the tutorial printed it."""
+    agr = r["agreement"]
+    banner(echo, f"VALIDATION EXAMPLE {i + 1}/{total}")
+    echo("")
+    echo(f"INSTRUCTION: {_short(r['instruction'], 100)}")
+    echo(f"EXCERPT: {_short(r['excerpt'])}")
+    echo(f"GOLD: {_short(r['gold_output'])}")
+    for m in names:
+        echo("")
+        echo(f"  [{m}] Output: {_short(r['predictions'][m]) or '(empty)'}")
+    echo("")
+    echo("─" * 80)
+    echo("AGREEMENT ANALYSIS:")
+    echo("─" * 80)
+    echo(f"  Full agreement: {'✓ YES' if agr['full_agreement'] else '✗ NO'}")
+    echo(f"  Unique gadget types: {agr['unique_types']}")
+    echo(f"  Majority type: {agr['majority_type']} ({agr['majority_count']}/{len(names)})")
+    echo("")
+    echo("  Model-specific gadget types:")
+    for m in names:
+        mark = "✓" if agr["matches_gold"][m] else "✗"
+        echo(f"    - {m}: {agr['gadget_types'][m]}  [normalized: {agr['normalized_types'][m] or '-'}; gold {mark}]")
+    echo("")
+    echo("  Format checks:")
+    for m in names:
+        checks = r["format_checks"][m]
+        echo(f"    {'✓' if all(checks.values()) else '✗'} {m}: {_checks(checks)}")
+
+
+def show_summary(echo, summary: dict, report_path: str | None) -> None:
+    banner(echo, "SAVING COMPARISON REPORT")
+    if report_path:
+        echo(f"✓ Report saved to: {report_path}")
+    echo(f"✓ Results stored as evaluation {summary['evaluation_id']} of run {summary['run_id']}")
+    echo("")
+    echo("SUMMARY:")
+    n = summary["total_examples"]
+    echo(f"  Total examples: {n}")
+    echo(f"  Full agreement: {summary['full_agreements']} ({summary['full_agreement_rate']:.1%})")
+    echo(f"  Disagreements: {n - summary['full_agreements']} ({summary['disagreement_rate']:.1%})")
+    echo("")
+    echo("  Format accuracy by model:")
+    for m, v in summary["model_format_accuracy"].items():
+        echo(f"    - {m}: {v:.1%}")
+    echo("  Gold-type accuracy by model (normalized type equals the gold's):")
+    for m, v in summary["model_gold_type_accuracy"].items():
+        echo(f"    - {m}: {v:.1%}  [init={summary['model_init'].get(m)}]")
+
+
+def comparison_table(summary: dict) -> Table:
+    """A comparison's result, one record per model."""
+    rows = [[summary["run_id"], summary["evaluation_id"], m, summary["model_init"].get(m), summary["total_examples"],
+             summary["model_format_accuracy"][m], summary["model_gold_type_accuracy"][m],
+             summary["full_agreement_rate"]] for m in summary["model_format_accuracy"]]
+    return Table("comparison", "Comparison", ["run_id", "evaluation_id", "model", "init", "examples",
+                                              "format_accuracy", "gold_accuracy", "full_agreement_rate"], rows,
+                 group=2)
+
+
+# ---------------------------------------------------------------- one custom excerpt
+def prediction_tables(result: dict) -> list[Table]:
+    names = list(result["predictions"])
+    parsed, agr = result["parsed"], result["agreement"]
+    rows = []
+    for m in names:
+        p = parsed[m]
+        checks = p["format_checks"]
+        rows.append([m, result["predictions"][m], p["gadget_type"], p["location"], p["explanation"],
+                     p["normalized_type"], all(checks.values()), *checks.values(), agr["full_agreement"],
+                     agr["majority_type"], agr["majority_count"]])
+    first = parsed[names[0]]["format_checks"] if names else {}
+    return [Table("predictions", "Predictions", ["model", "output", "gadget_type", "location", "explanation",
+                                                 "normalized_type", "format_ok", *[f"has_{k}" for k in first],
+                                                 "full_agreement", "majority_type", "majority_count"], rows)]
+
+
+def show_prediction(echo, result: dict) -> None:
+    names = list(result["predictions"])
+    agr = result["agreement"]
+    banner(echo, "CUSTOM INFERENCE")
+    for m in names:
+        p = result["parsed"][m]
+        echo(f"[{m}] {result['predictions'][m] or '(empty)'}")
+        echo(f"    gadget_type: {p['gadget_type']} | location: {p['location']} | explanation: {p['explanation']}")
+        echo(f"    format checks: {_checks(p['format_checks'])}")
+    echo("")
+    echo(f"Full agreement: {'✓ YES' if agr['full_agreement'] else '✗ NO'}; unique types: {agr['unique_types']}; "
+         f"majority: {agr['majority_type']} ({agr['majority_count']}/{len(names)})")
