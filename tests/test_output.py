@@ -84,8 +84,13 @@ def test_wide_tables_are_long_records(two_models):
     assert acc[(IO, "alpha")] == 0.0 and acc[(RW, "zeta")] == 1.0
     # the person's view of the same table is wide: one column per model
     text = invoke("analyze", "by-type", "--run-id", 1, "--db", two_models, "--table", "by_type").stdout
-    header = next(l for l in text.splitlines() if l.startswith("run_id"))
+    lines = text.splitlines()
+    header = next(l for l in lines if l.startswith("run_id"))
     assert header.split()[-2:] == ["zeta", "alpha"]
+    body = lines[lines.index(header) + 2:]
+    body = body[:next(i for i, l in enumerate(body) if l.startswith("note:"))]
+    assert len(body) == 4  # one row per gold type, although the models' per-type counts differ
+    assert body[0].split()[-2:] == ["0", "0"]  # IO: both wrong, the hardest first
     csv_conf = parse("csv", invoke("analyze", "by-type", "--run-id", 1, "--db", two_models, "--format", "csv",
                                    "--table", "confusion").stdout)
     assert set(csv_conf[0]) == {"run_id", "evaluation_id", "model", "gold_label", "predicted_label", "n"}

@@ -34,6 +34,7 @@ class Wide:
     (headers "<value of across> <value column>"), the other columns as the row key."""
     across: str
     values: tuple[str, ...]
+    hide: tuple[str, ...] = ()  # per-`across` columns left out of the wide view
 
 
 @dataclass
@@ -81,8 +82,10 @@ def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], group: in
     """Aligned text lines: a header, a rule, and one line per row."""
     cells = [[cell(c) for c in r] for r in rows]
     for i in range(len(cells) - 1, 0, -1):  # from the bottom, so each row compares with the original above
-        if group and cells[i][:group] == cells[i - 1][:group]:
-            cells[i][:group] = [""] * group
+        same = 0
+        while same < group and cells[i][same] == cells[i - 1][same]:
+            same += 1
+        cells[i][:same] = [""] * same
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(columns)]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
@@ -94,7 +97,8 @@ def widen(t: Table) -> tuple[list[str], list[list[Any]]]:
     assert w is not None
     a = t.columns.index(w.across)
     vals = [t.columns.index(v) for v in w.values]
-    keys = [i for i in range(len(t.columns)) if i != a and i not in vals]
+    hidden = [t.columns.index(h) for h in w.hide]
+    keys = [i for i in range(len(t.columns)) if i != a and i not in vals and i not in hidden]
     across: list[Any] = []
     rows: dict[tuple, dict] = {}
     for r in t.rows:

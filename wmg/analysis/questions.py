@@ -43,7 +43,7 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
             if t:
                 out.append([run, ev, pos, g["gold"], g["form"], g["words"], m, t[0], t[1] or "(none)", bool(t[2])])
     main = Table("disagreements", "Disagreements: examples where the models' normalized types differ", cols, out,
-                 wide=Wide("model", ("gadget_type", "normalized_type")))
+                 wide=Wide("model", ("gadget_type", "normalized_type"), hide=("matches_gold",)), group=2)
 
     # correlation with excerpt length, and disagreement by instruction form, per evaluation
     corr_rows, form_rows = [], []
@@ -183,7 +183,7 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
               ["run_id", "evaluation_id", "gold_type", "examples", "disagreement_rate", "model", "correct",
                "accuracy"], acc_rows,
               ["accuracy: the model's normalized type equals the gold's; disagreement_rate: examples of this "
-               "type where the models' normalized types differ"], wide=Wide("model", ("accuracy",)), group=2),
+               "type where the models' normalized types differ"], wide=Wide("model", ("accuracy",), hide=("correct",)), group=2),
         Table("confusion", "Confusion matrices (rows: model and gold label; columns: predicted canonical label)",
               ["run_id", "evaluation_id", "model", "gold_label", "predicted_label", "n"], conf_rows,
               ["(other): a gadget type that normalizes to none of the six canonical labels, or no type at all"],
