@@ -241,3 +241,26 @@ def test_the_bundled_dataset_is_the_default_from_any_folder(tmp_path):
     summary = {x["metric"]: x["value"] for x in parse("json", r.stdout) if x["table"] == "summary"}
     assert summary["valid"] == 528 and summary["path"] != str(tmp_path / "data" / "weird_machine_gadgets.jsonl")
     assert "(the bundled dataset)" in r.stderr
+
+
+def test_bench_result_as_tables():
+    """`wmg bench --format json|csv` (the full run takes minutes; its result shape is checked here)."""
+    from wmg import bench
+    from wmg.console import render
+
+    side = {"examples_per_s": 2.0, "tokens_per_s": 400.0, "final_loss": 5.0, "seconds": 10.0}
+    gen = {"examples_per_s": 1.0, "new_tokens_per_s": 200.0}
+    model = {"model": "distilgpt2", "steps": 4, "precision": "bf16", "toolkit_train": side,
+             "baseline_train": dict(side, examples_per_s=0.5, tokens_per_s=100.0), "train_speedup": 4.0,
+             "loss_difference": 0.1, "toolkit_gen": gen, "baseline_gen": dict(gen, examples_per_s=0.25,
+                                                                               new_tokens_per_s=50.0),
+             "gen_speedup": 4.0, "identical_outputs": 3, "compared_outputs": 4, "mfu": 0.12, "achieved_tflops": 0.3,
+             "differences": [{"example": 2, "toolkit": "a", "baseline": "b"}]}
+    res = {"date": "2026-11-28", "quick": True, "precision": "bf16", "machine": {"cpu": "x", "cores": 2},
+           "matmul_peak_tflops": {"bf16": 2.4, "fp32": 0.4}, "models": [model], "memory": None}
+    tables = bench.tables(res)
+    recs = parse("json", render(tables, "json"))
+    speed = {r["measure"]: r for r in recs if r["table"] == "results"}
+    assert speed["train_examples_per_s"]["ratio"] == 4.0 and speed["generate_examples_per_s"]["ratio"] == 4.0
+    assert [r for r in recs if r["table"] == "differences"][0]["example"] == 2
+    assert len(parse("csv", render(tables, "csv"))) == len(speed)
