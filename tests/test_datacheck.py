@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from click.testing import CliRunner
 
 from wmg.cli import main
@@ -67,3 +69,33 @@ def test_near_duplicates_are_found(tmp_path):
     assert rep.shared_sentences
     r = CliRunner().invoke(main, ["data", "check", "--strict", str(p)])
     assert r.exit_code == 1 and "near-duplicate" in r.output
+
+
+@pytest.mark.parametrize("text, labels", [
+    ("Identify weird machine READ/WRITE gadgets in the excerpt.", ["ReadWrite gadget"]),
+    ("Identify weird machine IO AND SIDE-EFFECT gadgets in the excerpt.", ["IO and Side-Effect gadget"]),
+    ("Which TIMING/SYNCHRONIZATION gadget of a weird machine does this excerpt show?", ["Timing/Synchronization gadget"]),
+    ("Find the control flow gadget, or a composition one", ["Control-Flow gadget", "Composition gadget"]),
+    ("Identify any weird machine gadget in the excerpt. Report gadget_type, location and explanation.", []),
+    ("Read the excerpt and name the weird machine gadget it contains.", []),
+    ("The compositional logic reads and writes", []),  # words, not substrings
+])
+def test_named_labels(text, labels):
+    from wmg.parse import named_labels
+
+    assert named_labels(text) == labels
+
+
+def test_instructions_that_give_the_answer_away_are_counted(tmp_path):
+    rep = check(BUNDLED)
+    assert sum(rep.names_gold.values()) == 276 and rep.names_gold["category"] == 264  # the free half
+    assert rep.names_gold.get("open", 0) == 0 and rep.mismatched_categories == []
+    good = json.loads(BUNDLED.read_text().splitlines()[0])
+    wrong = dict(good, instruction="Identify weird machine COMPOSITION gadgets in the excerpt.")
+    assert not good["output"].startswith("gadget_type: Composition")
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps(good) + "\n" + json.dumps(wrong) + "\n")
+    rep = check(p)
+    assert [(n, named) for n, named, _ in rep.mismatched_categories] == [(2, "Composition gadget")]
+    r = CliRunner().invoke(main, ["data", "check", str(p)])
+    assert "line 2: names 'Composition gadget'" in r.output

@@ -153,9 +153,3 @@ def instruction_form(instruction: str) -> str:
     if _CATEGORY_FORM.match(instruction):
         return "category"
     return "other"
-
-
-def category_of(instruction: str) -> str | None:
-    """The category a category-form instruction names, upper-cased (e.g. "READ/WRITE")."""
-    m = _CATEGORY_FORM.match(instruction)
-    return m.group(1).strip().upper() if m else None

@@ -15,17 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import REQUIRED, category_of, instruction_form
-from .parse import CANONICAL_LABELS
+from .data import REQUIRED, instruction_form
+from .parse import CANONICAL_LABELS, named_labels
 
 OUTPUT_RE = re.compile(r"^gadget_type: ([^;]+); location: ([^;]+); explanation: ([^;]+)$")
 NEAR_DUPLICATE = 0.5
-# The category named in a category-form instruction, for each canonical label.
-CATEGORY_NAMES = {
-    "READ/WRITE": "ReadWrite gadget", "ARITHMETIC/COMPUTATION": "Arithmetic/Computation gadget",
-    "CONTROL-FLOW": "Control-Flow gadget", "IO AND SIDE-EFFECT": "IO and Side-Effect gadget",
-    "TIMING/SYNCHRONIZATION": "Timing/Synchronization gadget", "COMPOSITION": "Composition gadget",
-}
 BOUNDS = {"label_share": (0.14, 0.20), "open_share_min": 0.40, "excerpt_words": (40, 160), "location_words": (2, 10)}
 
 
@@ -53,6 +47,7 @@ class Report:
     near_duplicates: list[tuple[int, int, float]] = field(default_factory=list)
     shared_sentences: list[tuple[int, int, str]] = field(default_factory=list)
     mismatched_categories: list[tuple[int, str, str]] = field(default_factory=list)
+    names_gold: Counter = field(default_factory=Counter)  # instruction form -> lines naming their gold label
     max_jaccard: float = 0.0
 
     def findings(self) -> list[str]:
@@ -77,7 +72,9 @@ class Report:
         if bad:
             out.append(f"{bad} locations outside {llo}..{lhi} words")
         for lineno, named, label in self.mismatched_categories[:5]:
-            out.append(f"line {lineno}: the instruction names {named} but the label is {label!r}")
+            out.append(f"line {lineno}: the instruction names {named!r} but the label is {label!r}")
+        if len(self.mismatched_categories) > 5:
+            out.append(f"{len(self.mismatched_categories) - 5} more instructions name a label other than their own")
         if self.near_duplicates:
             out.append(f"{len(self.near_duplicates)} near-duplicate pairs (5-gram Jaccard > {NEAR_DUPLICATE})")
         if self.shared_sentences:
@@ -94,6 +91,9 @@ class Report:
             "label_shares": {k: round(v / max(1, self.valid), 4) for k, v in self.labels.most_common()},
             "unknown_labels": dict(self.unknown_labels),
             "instruction_forms": dict(self.forms),
+            "instructions_naming_gold": sum(self.names_gold.values()),
+            "instructions_naming_gold_by_form": dict(self.names_gold),
+            "instructions_naming_another_label": len(self.mismatched_categories),
             "excerpt_words": {"min": w[0] if w else None, "p25": q(0.25), "median": q(0.5), "p75": q(0.75),
                               "max": w[-1] if w else None, "mean": round(sum(w) / len(w), 1) if w else None},
             "near_duplicates": [{"lines": [a, b], "jaccard": round(j, 3)} for a, b, j in self.near_duplicates],
@@ -153,9 +153,12 @@ def check(path: str | Path) -> Report:
             rep.unknown_labels[label] += 1
         form = instruction_form(obj["instruction"])
         rep.forms[form] += 1
-        named = category_of(obj["instruction"]) if form == "category" else None
-        if named and label in CANONICAL_LABELS and CATEGORY_NAMES.get(named) != label:
-            rep.mismatched_categories.append((lineno, named, label))
+        named = named_labels(obj["instruction"])
+        if label in named:
+            rep.names_gold[form] += 1
+        for other in named:
+            if other != label:
+                rep.mismatched_categories.append((lineno, other, label))
         rep.excerpt_words.append(len(obj["input"].split()))
         rep.location_words.append(len(location.split()))
         texts.append((lineno, obj["input"]))
@@ -194,6 +197,11 @@ def render(rep: Report) -> str:
         mark = "" if label in CANONICAL_LABELS else "  (not a canonical label)"
         out.append(f"  {label:<32} {n:>5}  {d['label_shares'][label]:6.1%}{mark}")
     out.append("instruction forms: " + ", ".join(f"{k} {v}" for k, v in sorted(d["instruction_forms"].items())))
+    by_form = ", ".join(f"{k} {v}" for k, v in sorted(rep.names_gold.items())) or "none"
+    out.append(f"instructions naming their gold label (the answer given away): {d['instructions_naming_gold']} "
+               f"of {rep.valid} ({by_form}); naming another label: {d['instructions_naming_another_label']}")
+    for lineno, named, label in rep.mismatched_categories[:20]:
+        out.append(f"  line {lineno}: names {named!r}, labelled {label!r}")
     e = d["excerpt_words"]
     out.append(f"excerpt words: min {e['min']}, p25 {e['p25']}, median {e['median']}, p75 {e['p75']}, "
                f"max {e['max']}, mean {e['mean']}")
@@ -218,12 +226,16 @@ def tables(rep: Report):
     summary = [["path", rep.path], ["lines", rep.lines], ["valid", rep.valid], ["invalid", len(rep.errors)]]
     summary += [[f"excerpt_words_{k}", v] for k, v in e.items()]
     summary += [["near_duplicate_pairs", len(rep.near_duplicates)], ["max_5gram_jaccard", d["max_5gram_jaccard"]],
-                ["shared_sentences", len(rep.shared_sentences)], ["bounds_not_met", len(d["findings"])]]
+                ["shared_sentences", len(rep.shared_sentences)],
+                ["instructions_naming_gold", d["instructions_naming_gold"]],
+                ["instructions_naming_another_label", d["instructions_naming_another_label"]],
+                ["bounds_not_met", len(d["findings"])]]
     return [
         Table("summary", f"Dataset {rep.path}", ["metric", "value"], summary),
         Table("labels", "Labels", ["label", "examples", "share", "canonical"],
               [[k, n, d["label_shares"][k], k in CANONICAL_LABELS] for k, n in d["labels"].items()]),
-        Table("forms", "Instruction forms", ["form", "examples"], [[k, v] for k, v in sorted(d["instruction_forms"].items())]),
+        Table("forms", "Instruction forms", ["form", "examples", "naming_gold_label"],
+              [[k, v, rep.names_gold.get(k, 0)] for k, v in sorted(d["instruction_forms"].items())]),
         Table("errors", "Invalid lines", ["error"], [[x] for x in rep.errors]),
         Table("findings", "Bounds of the bundled dataset not met", ["finding"], [[f] for f in d["findings"]]),
     ]

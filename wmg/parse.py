@@ -80,6 +80,21 @@ def normalize_type(gadget_type: str) -> str:
 CANONICAL_NORMALIZED = {normalize_type(label): label for label in CANONICAL_LABELS}
 
 
+def named_labels(text: str) -> list[str]:
+    """The canonical labels a text names, in the normalization's terms: a run of one to four
+    words (gadget/and dropped) whose joined form is a label's ("READ/WRITE", "control flow",
+    "IO AND SIDE-EFFECT" all count). An instruction that names the gold label gives the
+    answer away; the open form names none."""
+    words = [w for w in _WORD.findall(text.lower()) if w not in _DROP]
+    found: list[str] = []
+    for i in range(len(words)):
+        for n in range(1, 5):
+            label = CANONICAL_NORMALIZED.get("".join(words[i:i + n])) if i + n <= len(words) else None
+            if label and label not in found:
+                found.append(label)
+    return found
+
+
 def canonical_label(gadget_type: str | None) -> str | None:
     """The canonical label whose normalized form equals this type's, if any."""
     if not gadget_type:
