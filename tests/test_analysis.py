@@ -103,7 +103,17 @@ def test_by_type_and_confusion(store):
 
 
 def test_models(store):
-    t = run_json(store, "models", "--run-id", "2")["only"]
+    tables = run_json(store, "models", "--run-id", "2")
+    t = tables["models"]
+    # a: right on examples 0, 2, 3; b: 0, 1, 3; c: 0, 1, 2, 4 (see analysis_fixture.build)
+    pairs = {(p["model_a"], p["model_b"]): p for p in tables["pairs"]}
+    assert [(k, p["only_a_right"], p["only_b_right"]) for k, p in pairs.items()] == [
+        (("a", "b"), 1, 1), (("a", "c"), 1, 2), (("b", "c"), 1, 2)]
+    assert pairs[("a", "c")]["difference"] == pytest.approx(-0.2) and pairs[("a", "b")]["mcnemar_p"] == 1.0
+    assert pairs[("a", "c")]["difference_low"] <= -0.2 <= pairs[("a", "c")]["difference_high"]
+    assert [(f["instruction_form"], f["model"], f["examples"], f["gold_accuracy"]) for f in tables["by_form"]] == [
+        ("open", "a", 5, 0.6), ("open", "b", 5, 0.6), ("open", "c", 5, 0.8)]
+    assert all(r["gold_accuracy_low"] < r["gold_accuracy"] < r["gold_accuracy_high"] for r in t)
     got = {r["model"]: (r["format_accuracy"], r["gold_accuracy"], r["parameters"], r["train_seconds"])
            for r in t}
     assert got == {"a": (0.8, 0.6, 1000, 10.0), "b": (1.0, 0.6, 2000, 20.0), "c": (1.0, 0.8, 3000, 30.0)}

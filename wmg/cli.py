@@ -577,9 +577,11 @@ for _name, _tables, _short, _doc in [
      "Examples where the models disagree, side by side with the gold type; whether disagreement "
      "correlates with excerpt length (point-biserial and Spearman, with p) and with the "
      "instruction form (category vs open, Fisher's exact test)."),
-    ("models", ("models",), "Architecture comparison of the models.",
-     "Architecture comparison: per model format accuracy, gold-type accuracy, ROUGE-1/ROUGE-L F1, final "
-     "loss, training seconds, parameters and init."),
+    ("models", ("models", "pairs", "by_form"), "Architecture comparison, paired tests, by form.",
+     "Architecture comparison: per model format and gold-type accuracy with 95% Wilson intervals, ROUGE-1/ROUGE-L "
+     "F1, final loss, training seconds, parameters and init; for every pair of models on the same examples the "
+     "difference in gold-type accuracy with a bootstrap interval and McNemar's exact test; gold-type accuracy "
+     "per instruction form."),
     ("confidence", ("confidence", "risk_coverage", "aurc"), "Agreement as confidence; risk-coverage, AURC.",
      "Agreement as confidence: accuracy where all models agree vs where they do not; the "
      "risk-coverage curve ordered by agreement and its area (AURC)."),

@@ -72,6 +72,8 @@ def cell(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
+        if v and abs(v) < 5e-5:  # a small p-value is not 0
+            return f"{v:.2g}"
         return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1e6 else f"{v:.3g}"
     if isinstance(v, (_dt.datetime,)):
         return v.strftime("%Y-%m-%d %H:%M:%S")
@@ -118,6 +120,26 @@ def widen(t: Table) -> tuple[list[str], list[list[Any]]]:
     return cols, out
 
 
+def merge_intervals(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """For people: a rate and its `_low`/`_high` columns become one cell, `73.6% [60.4, 83.6]`."""
+    from .stats import pct
+
+    cols = list(columns)
+    triples = [(i, cols.index(c + "_low"), cols.index(c + "_high")) for i, c in enumerate(cols)
+               if c + "_low" in cols and c + "_high" in cols]
+    if not triples:
+        return cols, [list(r) for r in rows]
+    drop = {j for _, lo, hi in triples for j in (lo, hi)}
+    out = []
+    for r in rows:
+        r = list(r)
+        for i, lo, hi in triples:
+            if isinstance(r[i], (int, float)) and not isinstance(r[i], bool):
+                r[i] = pct(r[i], r[lo], r[hi])
+        out.append([v for j, v in enumerate(r) if j not in drop])
+    return [c for j, c in enumerate(cols) if j not in drop], out
+
+
 def render_table(t: Table) -> str:
     out = [t.title, "=" * len(t.title)]
     if not t.rows:
@@ -125,7 +147,9 @@ def render_table(t: Table) -> str:
     elif t.wide:
         out += format_rows(*widen(t), t.group)
     else:
-        out += format_rows(t.columns, t.rows, t.group)
+        cols, rows = merge_intervals(t.columns, t.rows)
+        group = t.group - sum(1 for c in t.columns[:t.group] if c.endswith(("_low", "_high")))
+        out += format_rows(cols, rows, group)
     out += [f"note: {n}" for n in t.notes]
     return "\n".join(out)
 
@@ -200,21 +224,34 @@ def emit(tables: Sequence[Table], fmt: str = "table", table: str | None = None, 
 # ---------------------------------------------------------------- runs
 def runs_table(runs) -> Table:
     """One record per run and model, each model's figures on its own row (never by position)."""
+    from .stats import wilson_of_rate
+
     rows = []
     for r in runs:
         ev = r.latest_evaluation
+        n = ev.n_examples if ev else None
+        agree = ev.full_agreement_rate if ev else None
         for m in r.models:
+            fmt = (ev.format_accuracy or {}).get(m.name) if ev else None
+            gold = (ev.gold_accuracy or {}).get(m.name) if ev else None
             rows.append([
-                r.id, r.created_at, r.status, r.n_train + r.n_validation, ev.id if ev else None,
-                ev.full_agreement_rate if ev else None, m.name, m.init, m.final_loss, m.final_val_loss,
-                (ev.format_accuracy or {}).get(m.name) if ev else None,
-                (ev.gold_accuracy or {}).get(m.name) if ev else None,
+                r.id, r.created_at, r.status, r.n_train + r.n_validation, ev.id if ev else None, n,
+                agree, *wilson_of_rate(agree, n), m.name, m.init, m.final_loss, m.final_val_loss,
+                fmt, *wilson_of_rate(fmt, n), gold, *wilson_of_rate(gold, n),
             ])
-    return Table("runs", "Runs", ["run_id", "created_at", "status", "examples", "evaluation_id", "agreement_rate",
-                                  "model", "init", "final_loss", "final_val_loss", "format_accuracy",
-                                  "gold_accuracy"], rows,
-                 ["figures from each run's latest comparison; agreement_rate: every model gave the same "
-                  "non-empty normalized type"], group=6)
+    return Table("runs", "Runs", ["run_id", "created_at", "status", "examples", "evaluation_id", "evaluated",
+                                  "agreement_rate", "agreement_rate_low", "agreement_rate_high", "model", "init",
+                                  "final_loss", "final_val_loss", "format_accuracy", "format_accuracy_low",
+                                  "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
+                                  "gold_accuracy_high"], rows,
+                 ["figures from each run's latest comparison of `evaluated` examples; agreement_rate: every model "
+                  "gave the same non-empty normalized type; _low/_high: 95% Wilson score interval"], group=9)
+
+
+def _rate_and_interval(rate, ev) -> list:
+    from .stats import wilson_of_rate
+
+    return [rate, *wilson_of_rate(rate, ev.n_examples if ev else None)]
 
 
 def show_tables(r) -> list[Table]:
@@ -233,17 +270,21 @@ def show_tables(r) -> list[Table]:
     fields += [("evaluation_id", ev.id if ev else None), ("evaluation_status", ev.status if ev else None),
                ("evaluation_source", ev.source if ev else None), ("evaluation_examples", ev.n_examples if ev else None),
                ("full_agreement_rate", ev.full_agreement_rate if ev else None)]
+    lo, hi = _rate_and_interval(ev.full_agreement_rate if ev else None, ev)[1:]
+    fields += [("full_agreement_rate_low", lo), ("full_agreement_rate_high", hi)]
     run = Table("run", f"Run {r.id}", ["field", "value"], [[k, v] for k, v in fields],
                 [] if ev else [f"no comparison yet: run `wmg compare --run-id {r.id}`"])
     hp_keys = ("learning_rate", "epochs", "micro_batch_size", "grad_accum", "schedule", "warmup_ratio",
                "weight_decay", "dropout", "precision")
     models = Table("models", "Models", ["model", "status", "init", "parameters", "vocab_size", "steps", "final_loss",
-                                        "final_val_loss", "train_seconds", "format_accuracy", "gold_accuracy",
-                                        *hp_keys, "init_note"],
+                                        "final_val_loss", "train_seconds", "format_accuracy", "format_accuracy_low",
+                                        "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
+                                        "gold_accuracy_high", *hp_keys, "init_note"],
                    [[m.name, m.status, m.init, m.parameters, m.vocab_size, m.steps, m.final_loss, m.final_val_loss,
-                     m.train_seconds, (ev.format_accuracy or {}).get(m.name) if ev else None,
-                     (ev.gold_accuracy or {}).get(m.name) if ev else None,
-                     *[(m.hyperparams or {}).get(k) for k in hp_keys], m.init_note] for m in r.models])
+                     m.train_seconds, *_rate_and_interval((ev.format_accuracy or {}).get(m.name) if ev else None, ev),
+                     *_rate_and_interval((ev.gold_accuracy or {}).get(m.name) if ev else None, ev),
+                     *[(m.hyperparams or {}).get(k) for k in hp_keys], m.init_note] for m in r.models],
+                   ["_low/_high: 95% Wilson score interval over the latest comparison's examples"])
     config = Table("config", "Options the run was started with", ["option", "value"],
                    [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in sorted((r.config or {}).items())])
     return [run, models, config]
@@ -297,33 +338,59 @@ def show_example(echo, i: int, total: int, r: dict, names: Sequence[str]) -> Non
 
 
 def show_summary(echo, summary: dict, report_path: str | None) -> None:
+    from .stats import pct
+
     banner(echo, "SAVING COMPARISON REPORT")
     if report_path:
         echo(f"✓ Report saved to: {report_path}")
     echo(f"✓ Results stored as evaluation {summary['evaluation_id']} of run {summary['run_id']}")
     echo("")
-    echo("SUMMARY:")
+    echo("SUMMARY (95% Wilson intervals in brackets):")
     n = summary["total_examples"]
+    ci = summary.get("full_agreement_rate_interval") or [None, None]
     echo(f"  Total examples: {n}")
-    echo(f"  Full agreement: {summary['full_agreements']} ({summary['full_agreement_rate']:.1%})")
+    echo(f"  Full agreement: {summary['full_agreements']} ({pct(summary['full_agreement_rate'], *ci)})")
     echo(f"  Disagreements: {n - summary['full_agreements']} ({summary['disagreement_rate']:.1%})")
     echo("")
     echo("  Format accuracy by model:")
     for m, v in summary["model_format_accuracy"].items():
-        echo(f"    - {m}: {v:.1%}")
+        echo(f"    - {m}: {pct(v, *summary.get('model_format_accuracy_interval', {}).get(m, [None, None]))}")
     echo("  Gold-type accuracy by model (normalized type equals the gold's):")
     for m, v in summary["model_gold_type_accuracy"].items():
-        echo(f"    - {m}: {v:.1%}  [init={summary['model_init'].get(m)}]")
+        lo_hi = summary.get("model_gold_type_accuracy_interval", {}).get(m, [None, None])
+        echo(f"    - {m}: {pct(v, *lo_hi)}  [init={summary['model_init'].get(m)}]")
+    forms = summary.get("by_instruction_form") or {}
+    if forms:
+        echo("  By instruction form (category: the instruction names the answer; open: the model must decide):")
+        for form, f in forms.items():
+            gold = ", ".join(f"{m} {pct(v, *f['model_gold_type_accuracy_interval'][m])}"
+                             for m, v in f["model_gold_type_accuracy"].items())
+            echo(f"    - {form} ({f['total_examples']} examples): gold type {gold}; full agreement "
+                 f"{pct(f['full_agreement_rate'], *f['full_agreement_rate_interval'])}")
+    if "open" in forms:
+        o = forms["open"]
+        echo("  Headline, open form: " + ", ".join(
+            f"{m} {pct(v, *o['model_gold_type_accuracy_interval'][m])}" for m, v in o["model_gold_type_accuracy"].items()))
 
 
 def comparison_table(summary: dict) -> Table:
-    """A comparison's result, one record per model."""
-    rows = [[summary["run_id"], summary["evaluation_id"], m, summary["model_init"].get(m), summary["total_examples"],
-             summary["model_format_accuracy"][m], summary["model_gold_type_accuracy"][m],
-             summary["full_agreement_rate"]] for m in summary["model_format_accuracy"]]
-    return Table("comparison", "Comparison", ["run_id", "evaluation_id", "model", "init", "examples",
-                                              "format_accuracy", "gold_accuracy", "full_agreement_rate"], rows,
-                 group=2)
+    """A comparison's result, one record per model and instruction form ('all' first)."""
+    rows = []
+    parts = [("all", summary)] + [(f, s) for f, s in (summary.get("by_instruction_form") or {}).items()]
+    for form, s in parts:
+        for m in summary["model_format_accuracy"]:
+            fi = s.get("model_format_accuracy_interval", {}).get(m, [None, None])
+            gi = s.get("model_gold_type_accuracy_interval", {}).get(m, [None, None])
+            ai = s.get("full_agreement_rate_interval") or [None, None]
+            rows.append([summary["run_id"], summary["evaluation_id"], form, m, summary["model_init"].get(m),
+                         s["total_examples"], s["model_format_accuracy"][m], *fi,
+                         s["model_gold_type_accuracy"][m], *gi, s["full_agreement_rate"], *ai])
+    return Table("comparison", "Comparison", ["run_id", "evaluation_id", "instruction_form", "model", "init",
+                                              "examples", "format_accuracy", "format_accuracy_low",
+                                              "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
+                                              "gold_accuracy_high", "full_agreement_rate", "full_agreement_rate_low",
+                                              "full_agreement_rate_high"], rows,
+                 ["_low/_high: 95% Wilson score interval"], group=3)
 
 
 # ---------------------------------------------------------------- one custom excerpt

@@ -20,7 +20,7 @@ from . import __version__
 from .agreement import agreement
 from .console import banner
 from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
-from .data import Example, load_jsonl, split, subsample
+from .data import Example, instruction_form, load_jsonl, split, subsample
 from .interrupt import RunInterrupted
 from .parse import canonical_label, parse_output
 from .progress import above_bar
@@ -467,7 +467,8 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
             agrs.append(agr_row)
             results.append({
                 "example_id": i, "example_row_id": x.id, "source_line": x.source_line,
-                "instruction": x.instruction, "excerpt": x.input, "gold_output": x.gold_output,
+                "instruction": x.instruction, "instruction_form": instruction_form(x.instruction),
+                "excerpt": x.input, "gold_output": x.gold_output,
                 "gold_type": x.gold_type, "predictions": texts,
                 "format_checks": {m: parsed[m].format_checks for m in names},
                 "agreement": agr.to_dict(),
@@ -482,20 +483,46 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
 
 
 def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id: int) -> dict:
-    n = len(results)
-    full = sum(r["agreement"]["full_agreement"] for r in results)
-    fmt = {m: sum(all(r["format_checks"][m].values()) for r in results) / n for m in names}
-    gold = {m: sum(r["agreement"]["matches_gold"][m] for r in results) / n for m in names}
+    """The report's summary: the tutorial's fields, each rate's 95% Wilson interval, and every
+    figure again per instruction form (a category-form instruction names the answer)."""
+    from .stats import wilson
+
+    def rates(rs: list[dict]) -> dict:
+        n = len(rs)
+        full = sum(r["agreement"]["full_agreement"] for r in rs)
+        fmt = {m: sum(all(r["format_checks"][m].values()) for r in rs) for m in names}
+        gold = {m: sum(bool(r["agreement"]["matches_gold"][m]) for r in rs) for m in names}
+        return {
+            "total_examples": n,
+            "full_agreements": full,
+            "full_agreement_rate": full / n if n else None,
+            "full_agreement_rate_interval": list(wilson(full, n)),
+            "model_format_accuracy": {m: k / n if n else None for m, k in fmt.items()},
+            "model_format_accuracy_interval": {m: list(wilson(k, n)) for m, k in fmt.items()},
+            "model_gold_type_accuracy": {m: k / n if n else None for m, k in gold.items()},
+            "model_gold_type_accuracy_interval": {m: list(wilson(k, n)) for m, k in gold.items()},
+        }
+
+    overall = rates(results)
+    forms: dict[str, list[dict]] = {}
+    for r in results:
+        forms.setdefault(instruction_form(r["instruction"]), []).append(r)
+    n, full = overall["total_examples"], overall["full_agreements"]
     return {
         "total_examples": n,
         "full_agreements": full,
         "full_agreement_rate": full / n,
         "disagreement_rate": (n - full) / n,
-        "model_format_accuracy": fmt,
-        "model_gold_type_accuracy": gold,
+        "model_format_accuracy": overall["model_format_accuracy"],
+        "model_gold_type_accuracy": overall["model_gold_type_accuracy"],
         "run_id": run.id,
         "evaluation_id": eval_id,
         "model_init": {m.name: m.init for m in run.models if m.name in names},
+        "full_agreement_rate_interval": overall["full_agreement_rate_interval"],
+        "model_format_accuracy_interval": overall["model_format_accuracy_interval"],
+        "model_gold_type_accuracy_interval": overall["model_gold_type_accuracy_interval"],
+        "interval": "95% Wilson score interval [low, high]",
+        "by_instruction_form": {f: rates(rs) for f, rs in sorted(forms.items())},
     }
 
 

@@ -89,6 +89,7 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
 
 # ---------------------------------------------------------------- Q2
 def models(db, sel: Sequence[Selected]) -> list[Table]:
+    from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired, wilson_of_rate
     from ..store.repo import fill_missing_rouge
 
     filled = fill_missing_rouge(db, [s.evaluation_id for s in sel])
@@ -97,15 +98,60 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
     order = {(s.evaluation_id, m): i for s in sel for i, m in enumerate(s.models)}
     rows.sort(key=lambda r: (r["run_id"], r["evaluation_id"], order.get((r["evaluation_id"], r["model"]), 99)))
     cols = ["run_id", "evaluation_id", "model", "type", "init", "parameters", "examples", "format_accuracy",
-            "gold_accuracy", "rouge1_f1", "rougeL_f1", "final_loss", "val_loss", "train_seconds"]
+            "format_accuracy_low", "format_accuracy_high", "gold_accuracy", "gold_accuracy_low", "gold_accuracy_high",
+            "rouge1_f1", "rougeL_f1", "final_loss", "val_loss", "train_seconds"]
     out = [[r["run_id"], r["evaluation_id"], r["model"], r["model_type"], r["init"], r["parameters"], r["examples"],
-            r["format_accuracy"], r["gold_accuracy"], r["rouge1_f1"], r["rouge_l_f1"], r["final_loss"],
-            r["final_val_loss"], r["train_seconds"]] for r in rows]
-    notes = ["gold_accuracy: the normalized gadget type equals the gold's; ROUGE F1 of the whole output against "
-             "the gold output (rouge-score, stemmed); final_loss: mean training loss of the last epoch"]
+            r["format_accuracy"], *wilson_of_rate(r["format_accuracy"], r["examples"]),
+            r["gold_accuracy"], *wilson_of_rate(r["gold_accuracy"], r["examples"]), r["rouge1_f1"], r["rouge_l_f1"],
+            r["final_loss"], r["final_val_loss"], r["train_seconds"]] for r in rows]
+    notes = ["gold_accuracy: the normalized gadget type equals the gold's; _low/_high: 95% Wilson score interval; "
+             "ROUGE F1 of the whole output against the gold output (rouge-score, stemmed); final_loss: mean training "
+             "loss of the last epoch"]
     if filled:
         notes.append(f"ROUGE was computed now for {filled} predictions stored before it was recorded")
-    return [Table("models", "Architecture comparison", cols, out, notes, group=2)]
+
+    # per example: which model got the gold type, and the instruction form
+    hits = query(db, f"SELECT p.evaluation_id, p.example_id, p.model, p.matches_gold, x.instruction_form "
+                     f"FROM predictions p JOIN examples x ON x.id = p.example_id "
+                     f"WHERE p.evaluation_id IN ({_ids(sel)}) ORDER BY p.evaluation_id, p.example_id")
+    by_eval: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
+    form_of: dict[int, str] = {}
+    for h in hits:
+        by_eval[h["evaluation_id"]][h["model"]][h["example_id"]] = int(bool(h["matches_gold"]))
+        form_of[h["example_id"]] = h["instruction_form"]
+    pair_rows, form_rows = [], []
+    for s in sel:
+        got = by_eval.get(s.evaluation_id, {})
+        for i, a in enumerate(s.models):
+            for b in s.models[i + 1:]:
+                ids = sorted(set(got.get(a, {})) & set(got.get(b, {})))
+                if not ids:
+                    continue
+                p = paired([got[a][e] for e in ids], [got[b][e] for e in ids])
+                pair_rows.append([s.run_id, s.evaluation_id, a, b, p["examples"], sum(got[a][e] for e in ids) / len(ids),
+                                  sum(got[b][e] for e in ids) / len(ids), p["difference"], p["difference_low"],
+                                  p["difference_high"], p["a_only_right"], p["b_only_right"], p["mcnemar_p"]])
+        for form in sorted({form_of[e] for m in s.models for e in got.get(m, {})}):
+            for m in s.models:
+                mine = [v for e, v in got.get(m, {}).items() if form_of[e] == form]
+                if mine:
+                    rate = sum(mine) / len(mine)
+                    form_rows.append([s.run_id, s.evaluation_id, form, m, len(mine), rate,
+                                      *wilson_of_rate(rate, len(mine))])
+    pairs = Table("pairs", "Paired comparison on the same examples (gold-type accuracy)",
+                  ["run_id", "evaluation_id", "model_a", "model_b", "examples", "accuracy_a", "accuracy_b",
+                   "difference", "difference_low", "difference_high", "only_a_right", "only_b_right", "mcnemar_p"],
+                  pair_rows,
+                  [f"difference = accuracy_a - accuracy_b; _low/_high: percentile bootstrap over examples "
+                   f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); mcnemar_p: exact McNemar test on the "
+                   "examples exactly one of the two got right"], group=2)
+    forms = Table("by_form", "Gold-type accuracy by instruction form",
+                  ["run_id", "evaluation_id", "instruction_form", "model", "examples", "gold_accuracy",
+                   "gold_accuracy_low", "gold_accuracy_high"], form_rows,
+                  ["category: the instruction names the gold category (the answer is given away); open: the model "
+                   "must decide; other: paraphrases, some of which name it; _low/_high: 95% Wilson score interval"],
+                  group=3)
+    return [Table("models", "Architecture comparison", cols, out, notes, group=2), pairs, forms]
 
 
 # ---------------------------------------------------------------- Q3

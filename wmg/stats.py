@@ -1,0 +1,77 @@
+"""Uncertainty for the figures wmg prints: a validation split has tens of examples, so every
+rate is an estimate.
+
+- `wilson`: the 95% Wilson score interval of a proportion (scipy's `binomtest(...).proportion_ci`),
+  which stays inside [0, 1] and behaves at 0 and n, unlike the normal approximation.
+- `mcnemar_exact`: two systems scored on the same examples; the exact (binomial) McNemar test
+  on the examples where exactly one of them is right.
+- `bootstrap_diff`: a percentile bootstrap interval of the paired difference of two rates,
+  resampling examples with a recorded seed and count.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20261128
+
+
+def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+    """(low, high) of the Wilson score interval for k successes in n trials; (None, None) when n = 0."""
+    if n <= 0:
+        return None, None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def wilson_of_rate(rate: float | None, n: int | None) -> tuple[float | None, float | None]:
+    """The interval of a stored rate over n examples (the count is recovered by rounding)."""
+    if rate is None or not n:
+        return None, None
+    return wilson(round(rate * n), n)
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (A right and B wrong, and the reverse)."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(a_only, n, 0.5).pvalue)
+
+
+def bootstrap_diff(a: Sequence[int | bool], b: Sequence[int | bool], resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) - mean(b) over paired examples."""
+    import numpy as np
+
+    x = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if x.size == 0:
+        raise ValueError("no paired examples")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired(a: Sequence[int | bool], b: Sequence[int | bool]) -> dict:
+    """Everything `wmg analyze models` says about two systems on the same examples."""
+    n = len(a)
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    low, high = bootstrap_diff(a, b)
+    return {"examples": n, "a_only_right": a_only, "b_only_right": b_only,
+            "difference": (a_only - b_only) / n if n else None, "difference_low": low, "difference_high": high,
+            "mcnemar_p": mcnemar_exact(a_only, b_only)}
+
+
+def pct(rate: float | None, low: float | None = None, high: float | None = None) -> str:
+    """73.6% [60.4, 83.6] for people."""
+    if rate is None:
+        return "-"
+    return f"{rate:.1%}" + (f" [{low * 100:.1f}, {high * 100:.1f}]" if low is not None and high is not None else "")
