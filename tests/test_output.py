@@ -153,7 +153,7 @@ def tiny_run(tmp_path_factory):
 
 def test_train_json_stdout_is_the_comparison_and_logs_go_to_stderr(tiny_run):
     work, db, r = tiny_run
-    recs = [x for x in parse("json", r.stdout) if x["instruction_form"] == "all"]
+    recs = [x for x in parse("json", r.stdout) if x["instruction_form"] == "all" and x["init"] != "baseline"]
     assert [x["model"] for x in recs] == ["flan-t5-small", "distilgpt2"] and {x["run_id"] for x in recs} == {1}
     assert all(x["gold_accuracy_low"] <= x["gold_accuracy"] <= x["gold_accuracy_high"] for x in recs)
     assert "DEVICE SETUP" in r.stderr and "TRAINING MODEL: FLAN-T5-SMALL" in r.stderr
@@ -187,7 +187,7 @@ def test_quiet_leaves_only_the_results(tiny_run, tmp_path):
     r = wmg(["compare", "--run-id", 1, "--max-new-tokens", 8, "--report", tmp_path / "q.json", "--db", db,
              "--format", "json", "--quiet"], cwd=tmp_path)
     assert r.returncode == 0 and r.stderr == ""
-    assert len([x for x in parse("json", r.stdout) if x["instruction_form"] == "all"]) == 2
+    assert len([x for x in parse("json", r.stdout) if x["instruction_form"] == "all" and x["init"] != "baseline"]) == 2
     r = wmg(["compare", "--run-id", 1, "--max-new-tokens", 8, "--report", tmp_path / "q.json", "--db", db,
              "--quiet"], cwd=tmp_path)  # the table view keeps its summary
     assert r.returncode == 0 and "DEVICE SETUP" not in r.stdout and "Gold-type accuracy by model" in r.stdout

@@ -16,7 +16,7 @@ def schema_dump(path):
 
 def test_migrations_create_schema_matching_models(db):
     engine = get_engine(db)
-    assert current_revision(db) == head_revision() == "0005_agreement_names"
+    assert current_revision(db) == head_revision() == "0006_baselines"
     with sqlite3.connect(db) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         views = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='view'")}

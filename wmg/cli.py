@@ -275,6 +275,9 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
               help="Vocabulary size of tokenizers trained for scratch init [4000 for both the Unigram (T5) and the BPE (GPT-2) tokenizer].")
 @click.option("--tiny", is_flag=True, help="Tiny 2-layer, width-64 architectures (scratch): for tests and smoke runs.")
 @click.option("--compare/--no-compare", default=True, show_default=True, help="Run the comparison after training.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also score the reference baselines (TF-IDF + logistic regression, majority class) fitted on "
+                   "the training split.")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1),
               help="Generation limit in the comparison.")
 @NO_REPEAT
@@ -293,7 +296,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
-          max_new_tokens, no_repeat, report, show_examples, progress, resume, db, output):
+          baseline, max_new_tokens, no_repeat, report, show_examples, progress, resume, db, output):
     """Train every model on one split of the data, then compare them.
 
     Prints the new run's id; every step, loss and prediction goes to the results store.
@@ -306,7 +309,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
 
     if resume is not None:
         ctx = click.get_current_context()
-        allowed = {"resume", "db", "compare", "max_new_tokens", "no_repeat", "report", "show_examples", "progress",
+        allowed = {"resume", "db", "compare", "baseline", "max_new_tokens", "no_repeat", "report", "show_examples", "progress",
                    "fmt", "table", "out", "quiet", "as_json"}
         given = [name for name in ctx.params if name not in allowed
                  and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
@@ -348,7 +351,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
     if compare:
         comparison = compare_run(db, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec,
                                                     device=device, no_repeat_ngram_size=no_repeat, report=report,
-                                                    progress=progress), echo)
+                                                    progress=progress, baseline=baseline), echo)
         show_comparison(comparison, output, show_examples)
         echo(f"Run id: {run_id}")
     elif output.machine or output.out:
@@ -385,13 +388,16 @@ def _compare_options(f):
               help="Print the agreement block of every example.")
 @click.option("--judge", "judges", multiple=True, type=click.Choice(["rules", "embedding", "llm"]),
               help="Also judge semantic agreement and put the verdicts in the report (repeatable; see `wmg judge`).")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also score the reference baselines (TF-IDF + logistic regression, majority class) fitted on "
+                   "the run's training split.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress: a bar on a terminal, a plain line every 30 s otherwise.")
 @db_option
 @output_options(("comparison",))
 @handle_errors
 def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, data, report, show_examples, judges,
-            progress, db, output):
+            baseline, progress, db, output):
     """Every model of a run predicts on its validation split (or --data); predictions, format checks and
     agreement are stored as a new evaluation."""
     from . import device as dev
@@ -405,7 +411,7 @@ def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, da
     comparison = compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens,
                                                 no_repeat_ngram_size=no_repeat, batch_size=batch_size,
                                                 precision=info.precision, device=device, report=report,
-                                                progress=progress), echo)
+                                                progress=progress, baseline=baseline), echo)
     show_comparison(comparison, output, show_examples)
     if judges:
         _judge_into_report(db, comparison.evaluation_id, judges, report, progress)

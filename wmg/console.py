@@ -359,6 +359,11 @@ def show_summary(echo, summary: dict, report_path: str | None) -> None:
     for m, v in summary["model_gold_type_accuracy"].items():
         lo_hi = summary.get("model_gold_type_accuracy_interval", {}).get(m, [None, None])
         echo(f"    - {m}: {pct(v, *lo_hi)}  [init={summary['model_init'].get(m)}]")
+    base = summary.get("baseline_gold_type_accuracy") or {}
+    if base:
+        echo("  Reference baselines, fitted on the training split (gold type only):")
+        for b, v in base.items():
+            echo(f"    - {b}: {pct(v, *summary['baseline_gold_type_accuracy_interval'][b])}")
     forms = summary.get("by_instruction_form") or {}
     if forms:
         echo("  By instruction form (category: the instruction names the answer; open: the model must decide):")
@@ -369,8 +374,11 @@ def show_summary(echo, summary: dict, report_path: str | None) -> None:
                  f"{pct(f['full_agreement_rate'], *f['full_agreement_rate_interval'])}")
     if "open" in forms:
         o = forms["open"]
-        echo("  Headline, open form: " + ", ".join(
-            f"{m} {pct(v, *o['model_gold_type_accuracy_interval'][m])}" for m, v in o["model_gold_type_accuracy"].items()))
+        figures = [f"{m} {pct(v, *o['model_gold_type_accuracy_interval'][m])}"
+                   for m, v in o["model_gold_type_accuracy"].items()]
+        figures += [f"baseline {b} {pct(v, *o['baseline_gold_type_accuracy_interval'][b])}"
+                    for b, v in (o.get("baseline_gold_type_accuracy") or {}).items()]
+        echo(f"  Headline, open form ({o['total_examples']} examples): " + ", ".join(figures))
 
 
 def comparison_table(summary: dict) -> Table:
@@ -385,12 +393,16 @@ def comparison_table(summary: dict) -> Table:
             rows.append([summary["run_id"], summary["evaluation_id"], form, m, summary["model_init"].get(m),
                          s["total_examples"], s["model_format_accuracy"][m], *fi,
                          s["model_gold_type_accuracy"][m], *gi, s["full_agreement_rate"], *ai])
+        for b, v in (s.get("baseline_gold_type_accuracy") or {}).items():
+            rows.append([summary["run_id"], summary["evaluation_id"], form, b, "baseline", s["total_examples"],
+                         None, None, None, v, *s["baseline_gold_type_accuracy_interval"][b], None, None, None])
     return Table("comparison", "Comparison", ["run_id", "evaluation_id", "instruction_form", "model", "init",
                                               "examples", "format_accuracy", "format_accuracy_low",
                                               "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
                                               "gold_accuracy_high", "full_agreement_rate", "full_agreement_rate_low",
                                               "full_agreement_rate_high"], rows,
-                 ["_low/_high: 95% Wilson score interval"], group=3)
+                 ["_low/_high: 95% Wilson score interval; init 'baseline': a reference baseline fitted on the "
+                  "training split (gold type only, never part of the models' agreement)"], group=3)
 
 
 # ---------------------------------------------------------------- one custom excerpt

@@ -360,6 +360,7 @@ class CompareOptions:
     no_repeat_ngram_size: int = DEFAULT_NO_REPEAT
     report: str | None = "ensemble_report.json"
     progress: bool = True
+    baseline: bool = True  # fit the reference baselines on the run's training split and score them too
 
 
 @dataclass(frozen=True)
@@ -473,13 +474,37 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
                 "format_checks": {m: parsed[m].format_checks for m in names},
                 "agreement": agr.to_dict(),
             })
+        base_rows = _baselines(db, run, examples, results, echo) if opts.baseline else []
         summary = summarize(results, names, run, eval_id)
         report_path = write_report(opts.report, summary, results) if opts.report else None
-        repo.complete_evaluation(db, eval_id, preds, agrs, time.perf_counter() - start, report_path)
+        repo.complete_evaluation(db, eval_id, preds, agrs, time.perf_counter() - start, report_path, base_rows)
     except BaseException as exc:
         repo.fail_evaluation(db, eval_id, f"{type(exc).__name__}: {exc}")
         raise
     return Comparison(eval_id, summary, results, names, report_path)
+
+
+def _baselines(db, run: repo.RunInfo, examples, results: list[dict], echo: Echo) -> list[repo.BaselineRow]:
+    """Fit the reference baselines on the run's training split, predict every evaluated example,
+    and note each prediction in its result record (`baselines`, `baseline_matches_gold`)."""
+    from .baseline import fit_predict
+    from .parse import normalize_type
+
+    t0 = time.perf_counter()
+    train = [Example(x.source_line, x.instruction, x.input, x.gold_output) for x in repo.run_examples(db, run.id, "train")]
+    evaluate = [Example(x.source_line, x.instruction, x.input, x.gold_output) for x in examples]
+    predicted = fit_predict(train, evaluate, run.seed)
+    rows = []
+    for i, (x, r) in enumerate(zip(examples, results)):
+        gold = normalize_type(x.gold_type) if x.gold_type else None
+        r["baselines"], r["baseline_matches_gold"] = {}, {}
+        for name, preds in predicted.items():
+            hit = bool(gold) and preds[i] is not None and normalize_type(preds[i]) == gold
+            r["baselines"][name], r["baseline_matches_gold"][name] = preds[i], hit
+            rows.append(repo.BaselineRow(x.id, name, preds[i], hit))
+    echo(f"  [baselines] {', '.join(predicted)} fitted on the run's {len(train)} training examples "
+         f"({time.perf_counter() - t0:.1f} s)")
+    return rows
 
 
 def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id: int) -> dict:
@@ -501,6 +526,7 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
             "model_format_accuracy_interval": {m: list(wilson(k, n)) for m, k in fmt.items()},
             "model_gold_type_accuracy": {m: k / n if n else None for m, k in gold.items()},
             "model_gold_type_accuracy_interval": {m: list(wilson(k, n)) for m, k in gold.items()},
+            **_baseline_rates(rs, n),
         }
 
     overall = rates(results)
@@ -522,8 +548,20 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
         "model_format_accuracy_interval": overall["model_format_accuracy_interval"],
         "model_gold_type_accuracy_interval": overall["model_gold_type_accuracy_interval"],
         "interval": "95% Wilson score interval [low, high]",
+        **{k: v for k, v in overall.items() if k.startswith("baseline_")},
         "by_instruction_form": {f: rates(rs) for f, rs in sorted(forms.items())},
     }
+
+
+def _baseline_rates(rs: list[dict], n: int) -> dict:
+    from .stats import wilson
+
+    names = list(rs[0].get("baseline_matches_gold", {})) if rs else []
+    if not names:
+        return {}
+    hits = {b: sum(bool(r["baseline_matches_gold"][b]) for r in rs) for b in names}
+    return {"baseline_gold_type_accuracy": {b: k / n for b, k in hits.items()},
+            "baseline_gold_type_accuracy_interval": {b: list(wilson(k, n)) for b, k in hits.items()}}
 
 
 def write_report(path: str, summary: dict, results: list[dict]) -> str:

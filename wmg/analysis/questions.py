@@ -104,7 +104,9 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
             r["format_accuracy"], *wilson_of_rate(r["format_accuracy"], r["examples"]),
             r["gold_accuracy"], *wilson_of_rate(r["gold_accuracy"], r["examples"]), r["rouge1_f1"], r["rouge_l_f1"],
             r["final_loss"], r["final_val_loss"], r["train_seconds"]] for r in rows]
-    notes = ["gold_accuracy: the normalized gadget type equals the gold's; _low/_high: 95% Wilson score interval; "
+    notes = ["type 'baseline': a reference classifier fitted on the run's training split (tfidf-logreg: word 1-2-gram "
+             "TF-IDF + logistic regression; majority-class), scored on the gold type only",
+             "gold_accuracy: the normalized gadget type equals the gold's; _low/_high: 95% Wilson score interval; "
              "ROUGE F1 of the whole output against the gold output (rouge-score, stemmed); final_loss: mean training "
              "loss of the last epoch"]
     if filled:
@@ -114,6 +116,9 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
     hits = query(db, f"SELECT p.evaluation_id, p.example_id, p.model, p.matches_gold, x.instruction_form "
                      f"FROM predictions p JOIN examples x ON x.id = p.example_id "
                      f"WHERE p.evaluation_id IN ({_ids(sel)}) ORDER BY p.evaluation_id, p.example_id")
+    hits += query(db, f"SELECT b.evaluation_id, b.example_id, b.baseline AS model, b.matches_gold, "
+                      f"x.instruction_form FROM baseline_predictions b JOIN examples x ON x.id = b.example_id "
+                      f"WHERE b.evaluation_id IN ({_ids(sel)}) ORDER BY b.evaluation_id, b.example_id, b.baseline")
     by_eval: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
     form_of: dict[int, str] = {}
     for h in hits:
@@ -122,8 +127,15 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
     pair_rows, form_rows = [], []
     for s in sel:
         got = by_eval.get(s.evaluation_id, {})
-        for i, a in enumerate(s.models):
-            for b in s.models[i + 1:]:
+        baselines = [b for b in got if b not in s.models]
+        for b in baselines:  # a baseline row beside the models: gold-type accuracy only
+            n = len(got[b])
+            rate = sum(got[b].values()) / n
+            out.append([s.run_id, s.evaluation_id, b, "baseline", "baseline", None, n, None, None, None, rate,
+                        *wilson_of_rate(rate, n), None, None, None, None, None])
+        systems = s.models + baselines
+        for i, a in enumerate(systems):
+            for b in systems[i + 1:]:
                 ids = sorted(set(got.get(a, {})) & set(got.get(b, {})))
                 if not ids:
                     continue
@@ -131,14 +143,14 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
                 pair_rows.append([s.run_id, s.evaluation_id, a, b, p["examples"], sum(got[a][e] for e in ids) / len(ids),
                                   sum(got[b][e] for e in ids) / len(ids), p["difference"], p["difference_low"],
                                   p["difference_high"], p["a_only_right"], p["b_only_right"], p["mcnemar_p"]])
-        for form in sorted({form_of[e] for m in s.models for e in got.get(m, {})}):
-            for m in s.models:
+        for form in sorted({form_of[e] for m in systems for e in got.get(m, {})}):
+            for m in systems:
                 mine = [v for e, v in got.get(m, {}).items() if form_of[e] == form]
                 if mine:
                     rate = sum(mine) / len(mine)
                     form_rows.append([s.run_id, s.evaluation_id, form, m, len(mine), rate,
                                       *wilson_of_rate(rate, len(mine))])
-    pairs = Table("pairs", "Paired comparison on the same examples (gold-type accuracy)",
+    pairs = Table("pairs", "Paired comparison of models and baselines on the same examples (gold-type accuracy)",
                   ["run_id", "evaluation_id", "model_a", "model_b", "examples", "accuracy_a", "accuracy_b",
                    "difference", "difference_low", "difference_high", "only_a_right", "only_b_right", "mcnemar_p"],
                   pair_rows,

@@ -132,6 +132,14 @@ class AgreementRow:
     majority_matches_gold: bool
 
 
+@dataclass(frozen=True)
+class BaselineRow:
+    example_id: int
+    baseline: str
+    predicted_type: str | None
+    matches_gold: bool
+
+
 # ---------------------------------------------------------------- converters
 def _model_info(m: t.RunModel) -> ModelInfo:
     return ModelInfo(m.id, m.name, m.hub_id, m.model_type, m.position, m.status, m.init, m.init_note,
@@ -366,9 +374,14 @@ def create_evaluation(db: str | None, run_id: int, source: str, config: dict,
 
 @retry_locked
 def complete_evaluation(db: str | None, evaluation_id: int, predictions: Sequence[PredictionRow],
-                        agreements: Sequence[AgreementRow], seconds: float, report_path: str | None) -> None:
-    """Every prediction and agreement of the evaluation, and its summary, in one transaction."""
+                        agreements: Sequence[AgreementRow], seconds: float, report_path: str | None,
+                        baselines: Sequence[BaselineRow] = ()) -> None:
+    """Every prediction, agreement and baseline prediction of the evaluation, and its summary, in one
+    transaction."""
     with session_scope(db) as s:
+        s.add_all(t.BaselinePrediction(evaluation_id=evaluation_id, example_id=b.example_id, baseline=b.baseline,
+                                       predicted_type=b.predicted_type, matches_gold=b.matches_gold)
+                  for b in baselines)
         ev = s.get(t.Evaluation, evaluation_id)
         model_ids = dict(s.execute(select(t.RunModel.name, t.RunModel.id).where(t.RunModel.run_id == ev.run_id)).all())
         s.add_all(t.Prediction(

@@ -219,6 +219,23 @@ class Agreement(Base):
     )
 
 
+class BaselinePrediction(Base):
+    """A reference baseline's predicted gadget type for one example of an evaluation (never a model's
+    prediction: no agreement view reads this table)."""
+
+    __tablename__ = "baseline_predictions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False)
+    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"), nullable=False)
+    baseline: Mapped[str] = mapped_column(String(64), nullable=False)  # tfidf-logreg, majority-class
+    predicted_type: Mapped[str | None] = mapped_column(Text)
+    matches_gold: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "example_id", "baseline"),
+        Index("ix_baseline_predictions_example_id", "example_id"),
+    )
+
+
 JUDGE_OUTCOMES = ("full", "partial", "disagreement", "invalid", "error")
 
 
