@@ -57,6 +57,17 @@ def test_baselines_are_stored_apart_and_never_enter_the_agreement(tmp_path, smal
     assert set(report["summary"]["baseline_gold_type_accuracy"]) == set(BASELINES)
     assert set(report["results"][0]["baselines"]) == set(BASELINES)
     assert {x["model"] for x in json.loads(r.stdout) if x["init"] == "baseline"} == set(BASELINES)
+    # beside the models in the analyses, with intervals; never in the agreement tables
+    for cmd, table in (["models"], "models"), (["vote"], None), (["by-type", "--table", "by_type"], None):
+        recs = json.loads(CliRunner().invoke(main, ["analyze", *cmd, "--run-id", "1", "--db", db,
+                                                    "--format", "json"]).stdout)
+        recs = [x for x in recs if table is None or x.get("table") == table]
+        names = {x["model"] for x in recs}
+        assert {"tfidf-logreg", "(baseline) tfidf-logreg"} & names, (cmd, names)
+        assert all("_low" not in k or x[k] is None or x[k] <= x[k.replace("_low", "")] for x in recs for k in x)
+    agreement = json.loads(CliRunner().invoke(main, ["analyze", "agreement", "--run-id", "1", "--db", db,
+                                                     "--format", "json"]).stdout)
+    assert not [x for x in agreement if "baseline" in json.dumps(x)]
     r = CliRunner().invoke(main, ["compare", "--run-id", "1", "--db", db, "--no-baseline", "--quiet",
                                   "--max-new-tokens", "8", "--report", str(tmp_path / "r2.json")])
     assert r.exit_code == 0, r.output

@@ -90,7 +90,7 @@ def test_wide_tables_are_long_records(two_models):
     body = lines[lines.index(header) + 2:]
     body = body[:next(i for i, l in enumerate(body) if l.startswith("note:"))]
     assert len(body) == 4  # one row per gold type, although the models' per-type counts differ
-    assert body[0].split()[-2:] == ["0", "0"]  # IO: both wrong, the hardest first
+    assert body[0].count("0.0% [0.0, ") == 2  # IO: both wrong (with intervals), the hardest first
     csv_conf = parse("csv", invoke("analyze", "by-type", "--run-id", 1, "--db", two_models, "--format", "csv",
                                    "--table", "confusion").stdout)
     assert set(csv_conf[0]) == {"run_id", "evaluation_id", "model", "gold_label", "predicted_label", "n"}

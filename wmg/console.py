@@ -95,18 +95,25 @@ def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], group: in
 
 def widen(t: Table) -> tuple[list[str], list[list[Any]]]:
     """The wide view of a long table: rows keyed by the other columns, in first-seen order."""
+    from .stats import pct
+
     w = t.wide
     assert w is not None
     a = t.columns.index(w.across)
     vals = [t.columns.index(v) for v in w.values]
     hidden = [t.columns.index(h) for h in w.hide]
+    bounds = {v: (t.columns.index(t.columns[v] + "_low"), t.columns.index(t.columns[v] + "_high")) for v in vals
+              if t.columns[v] + "_low" in t.columns and t.columns[v] + "_high" in t.columns}
+    hidden += [j for lo_hi in bounds.values() for j in lo_hi]
     keys = [i for i in range(len(t.columns)) if i != a and i not in vals and i not in hidden]
     across: list[Any] = []
     rows: dict[tuple, dict] = {}
     for r in t.rows:
         if r[a] not in across:
             across.append(r[a])
-        rows.setdefault(tuple(r[i] for i in keys), {})[r[a]] = [r[i] for i in vals]
+        rows.setdefault(tuple(r[i] for i in keys), {})[r[a]] = [
+            pct(r[i], r[bounds[i][0]], r[bounds[i][1]]) if i in bounds and isinstance(r[i], float) else r[i]
+            for i in vals]
     single = len(vals) == 1
     cols = [t.columns[i] for i in keys]
     for x in across:

@@ -172,17 +172,22 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
     by = defaultdict(dict)
     for r in rows:
         by[(r["run_id"], r["evaluation_id"], r["model"])][r["full_agreement"]] = (r["accuracy"], r["examples"])
-    cols = ["run_id", "evaluation_id", "model", "agree_examples", "accuracy_when_all_agree", "disagree_examples",
-            "accuracy_when_not", "difference"]
+    from ..stats import wilson_of_rate
+
+    cols = ["run_id", "evaluation_id", "model", "agree_examples", "accuracy_when_all_agree",
+            "accuracy_when_all_agree_low", "accuracy_when_all_agree_high", "disagree_examples", "accuracy_when_not",
+            "accuracy_when_not_low", "accuracy_when_not_high", "difference"]
     out = []
     for s in sel:
         for m in s.models + ["(majority vote)"]:
             g = by.get((s.run_id, s.evaluation_id, m), {})
             a, d = g.get(1, (None, 0)), g.get(0, (None, 0))
             diff = a[0] - d[0] if a[0] is not None and d[0] is not None else None
-            out.append([s.run_id, s.evaluation_id, m, a[1], a[0], d[1], d[0], diff])
+            out.append([s.run_id, s.evaluation_id, m, a[1], a[0], *wilson_of_rate(a[0], a[1]), d[1], d[0],
+                        *wilson_of_rate(d[0], d[1]), diff])
     t1 = Table("confidence", "Agreement as confidence: accuracy where all models agree vs where they do not", cols,
-               out, ["accuracy: the normalized type equals the gold's; " + TIE_RULE])
+               out, ["accuracy: the normalized type equals the gold's; _low/_high: 95% Wilson score interval; "
+                     + TIE_RULE], group=2)
     curve_rows, area_rows = [], []
     for s in sel:
         if len(s.models) < 2:
@@ -210,6 +215,7 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
 # ---------------------------------------------------------------- Q4
 def by_type(db, sel: Sequence[Selected]) -> list[Table]:
     from ..parse import CANONICAL_LABELS
+    from ..stats import wilson
 
     rows = query(db, f"SELECT * FROM error_by_type WHERE evaluation_id IN ({_ids(sel)})")
     acc_rows, conf_rows = [], []
@@ -219,12 +225,19 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
         cell = {(r["gold_type"], r["model"]): r for r in mine}
         total = {label: sum((cell[(label, m)]["accuracy"] or 0) for m in s.models if (label, m) in cell)
                  for label in labels}
+        base = query(db, "SELECT COALESCE(x.gold_type, '(none)') AS gold_type, b.baseline, COUNT(*) AS examples, "
+                         "SUM(b.matches_gold) AS correct FROM baseline_predictions b JOIN examples x ON x.id = b.example_id "
+                         "WHERE b.evaluation_id = :e GROUP BY 1, 2 ORDER BY 2", e=s.evaluation_id)
         for label in sorted(labels, key=lambda l: (total[l], l)):  # hardest first
+            rate = next(cell[(label, m)]["disagreement_rate"] for m in s.models if (label, m) in cell)
             for m in s.models:
                 r = cell.get((label, m))
                 if r is not None:
-                    acc_rows.append([s.run_id, s.evaluation_id, label, r["examples"], r["disagreement_rate"], m,
-                                     r["correct"], r["accuracy"]])
+                    acc_rows.append([s.run_id, s.evaluation_id, label, r["examples"], rate, m, r["correct"],
+                                     r["accuracy"], *wilson(r["correct"], r["examples"])])
+            for b in (b for b in base if b["gold_type"] == label):
+                acc_rows.append([s.run_id, s.evaluation_id, label, b["examples"], rate, f"(baseline) {b['baseline']}",
+                                 b["correct"], b["correct"] / b["examples"], *wilson(b["correct"], b["examples"])])
         conf = query(db, "SELECT model, gold_label, predicted_label, n FROM confusion WHERE evaluation_id = :e",
                      e=s.evaluation_id)
         predicted = [l for l in CANONICAL_LABELS if any(c["predicted_label"] == l for c in conf)]
@@ -239,9 +252,11 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
     return [
         Table("by_type", "Error analysis by gadget type (hardest first)",
               ["run_id", "evaluation_id", "gold_type", "examples", "disagreement_rate", "model", "correct",
-               "accuracy"], acc_rows,
-              ["accuracy: the model's normalized type equals the gold's; disagreement_rate: examples of this "
-               "type where the models' normalized types differ"], wide=Wide("model", ("accuracy",), hide=("correct",)), group=2),
+               "accuracy", "accuracy_low", "accuracy_high"], acc_rows,
+              ["accuracy: the model's normalized type equals the gold's; _low/_high: 95% Wilson score interval; "
+               "disagreement_rate: examples of this type where the models' normalized types differ; (baseline): a "
+               "reference classifier fitted on the training split"],
+              wide=Wide("model", ("accuracy",), hide=("correct",)), group=2),
         Table("confusion", "Confusion matrices (rows: model and gold label; columns: predicted canonical label)",
               ["run_id", "evaluation_id", "model", "gold_label", "predicted_label", "n"], conf_rows,
               ["(other): a gadget type that normalizes to none of the six canonical labels, or no type at all"],
@@ -251,7 +266,12 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
 
 # ---------------------------------------------------------------- Q5
 def vote(db, sel: Sequence[Selected]) -> list[Table]:
+    from ..stats import wilson_of_rate
+
     rows = query(db, f"SELECT * FROM vote WHERE evaluation_id IN ({_ids(sel)})")
+    base = query(db, f"SELECT evaluation_id, baseline, COUNT(*) AS examples, AVG(matches_gold) AS accuracy "
+                     f"FROM baseline_predictions WHERE evaluation_id IN ({_ids(sel)}) "
+                     "GROUP BY evaluation_id, baseline ORDER BY baseline")
     out = []
     for s in sel:
         mine = {r["model"]: r for r in rows if r["evaluation_id"] == s.evaluation_id}
@@ -264,15 +284,21 @@ def vote(db, sel: Sequence[Selected]) -> list[Table]:
             gain = (mv["accuracy"] - r["accuracy"]) if m != "(majority vote)" else (
                 mv["accuracy"] - best if best is not None else None)
             out.append([s.run_id, s.evaluation_id, len(s.models), m, r["examples"], r["accuracy"],
-                        r["ties_or_no_majority"], gain])
-    notes = [TIE_RULE,
-             "vote_gain: majority-vote accuracy minus this model's (for the vote row: minus the best single model)"]
+                        *wilson_of_rate(r["accuracy"], r["examples"]), r["ties_or_no_majority"], gain])
+        for b in (b for b in base if b["evaluation_id"] == s.evaluation_id):
+            out.append([s.run_id, s.evaluation_id, len(s.models), f"(baseline) {b['baseline']}", b["examples"],
+                        b["accuracy"], *wilson_of_rate(b["accuracy"], b["examples"]), None,
+                        mv["accuracy"] - b["accuracy"]])
+    notes = [TIE_RULE, "_low/_high: 95% Wilson score interval; (baseline) rows: reference classifiers fitted on the "
+             "training split, never part of the vote",
+             "vote_gain: majority-vote accuracy minus this model's (for the vote row: minus the best single model; for a "
+             "baseline row: minus the baseline's)"]
     if any(len(s.models) < 3 for s in sel):
         notes.append("with two models a vote cannot break a disagreement: the tie rule returns the first model's "
                      "answer, so the vote equals that model wherever they disagree; it is meaningful with three or more")
     return [Table("vote", "Majority voting against each model",
-                  ["run_id", "evaluation_id", "models", "model", "examples", "accuracy", "ties_or_no_majority",
-                   "vote_gain"], out, notes, group=3)]
+                  ["run_id", "evaluation_id", "models", "model", "examples", "accuracy", "accuracy_low",
+                   "accuracy_high", "ties_or_no_majority", "vote_gain"], out, notes, group=3)]
 
 
 # ---------------------------------------------------------------- Q6
