@@ -10,7 +10,8 @@ import os
 import platform as _platform
 from dataclasses import dataclass
 
-RULE = "=" * 80
+from .console import RULE
+
 
 
 def _cpu_flags() -> set[str]:
@@ -24,20 +25,16 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def bf16_supported() -> bool:
-    """True when the CPU has native bf16 matmuls (AMX or AVX512-BF16)."""
-    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
-
-
-def bf16_reason() -> str:
+def bf16_support() -> tuple[bool, str]:
+    """Whether the CPU has native bf16 matmuls (AMX or AVX512-BF16), and the banner's reason."""
     flags = _cpu_flags()
     if "amx_bf16" in flags:
-        return "this CPU has AMX-BF16"
+        return True, "this CPU has AMX-BF16"
     if "avx512_bf16" in flags:
-        return "this CPU has AVX512-BF16, no AMX"
+        return True, "this CPU has AVX512-BF16, no AMX"
     if not flags:
-        return "the CPU's features are unknown here (no /proc/cpuinfo), so no bf16 matmul support is assumed"
-    return "this CPU has no bf16 matmul support (no AMX-BF16, no AVX512-BF16)"
+        return False, "the CPU's features are unknown here (no /proc/cpuinfo), so no bf16 matmul support is assumed"
+    return False, "this CPU has no bf16 matmul support (no AMX-BF16, no AVX512-BF16)"
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -49,7 +46,8 @@ def choose_precision(precision: str, device: str) -> tuple[str, str]:
     if precision != "auto":
         return precision, "asked for with --precision"
     if device == "cpu":
-        return ("bf16" if bf16_supported() else "fp32"), bf16_reason()
+        native, why = bf16_support()
+        return ("bf16" if native else "fp32"), why
     return ("bf16", "CUDA device") if device == "cuda" else ("fp32", f"{device} device")
 
 

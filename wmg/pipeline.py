@@ -515,24 +515,26 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
     def rates(rs: list[dict]) -> dict:
         n = len(rs)
         full = sum(r["agreement"]["full_agreement"] for r in rs)
-        fmt = {m: sum(all(r["format_checks"][m].values()) for r in rs) for m in names}
-        gold = {m: sum(bool(r["agreement"]["matches_gold"][m]) for r in rs) for m in names}
-        return {
-            "total_examples": n,
-            "full_agreements": full,
-            "full_agreement_rate": full / n if n else None,
-            "full_agreement_rate_interval": list(wilson(full, n)),
-            "model_format_accuracy": {m: k / n if n else None for m, k in fmt.items()},
-            "model_format_accuracy_interval": {m: list(wilson(k, n)) for m, k in fmt.items()},
-            "model_gold_type_accuracy": {m: k / n if n else None for m, k in gold.items()},
-            "model_gold_type_accuracy_interval": {m: list(wilson(k, n)) for m, k in gold.items()},
-            **_baseline_rates(rs, n),
-        }
+        out = {"total_examples": n, "full_agreements": full, "full_agreement_rate": full / n if n else None,
+               "full_agreement_rate_interval": list(wilson(full, n))}
+
+        def block(key: str, hits: dict[str, int]) -> None:  # a rate and its interval per model or baseline
+            out[key] = {m: k / n if n else None for m, k in hits.items()}
+            out[key + "_interval"] = {m: list(wilson(k, n)) for m, k in hits.items()}
+
+        block("model_format_accuracy", {m: sum(all(r["format_checks"][m].values()) for r in rs) for m in names})
+        block("model_gold_type_accuracy", {m: sum(bool(r["agreement"]["matches_gold"][m]) for r in rs)
+                                           for m in names})
+        baselines = list(rs[0].get("baseline_matches_gold", {})) if rs else []
+        if baselines:
+            block("baseline_gold_type_accuracy", {b: sum(bool(r["baseline_matches_gold"][b]) for r in rs)
+                                                  for b in baselines})
+        return out
 
     overall = rates(results)
     forms: dict[str, list[dict]] = {}
     for r in results:
-        forms.setdefault(instruction_form(r["instruction"]), []).append(r)
+        forms.setdefault(r["instruction_form"], []).append(r)
     n, full = overall["total_examples"], overall["full_agreements"]
     return {
         "total_examples": n,
@@ -551,17 +553,6 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
         **{k: v for k, v in overall.items() if k.startswith("baseline_")},
         "by_instruction_form": {f: rates(rs) for f, rs in sorted(forms.items())},
     }
-
-
-def _baseline_rates(rs: list[dict], n: int) -> dict:
-    from .stats import wilson
-
-    names = list(rs[0].get("baseline_matches_gold", {})) if rs else []
-    if not names:
-        return {}
-    hits = {b: sum(bool(r["baseline_matches_gold"][b]) for r in rs) for b in names}
-    return {"baseline_gold_type_accuracy": {b: k / n for b, k in hits.items()},
-            "baseline_gold_type_accuracy_interval": {b: list(wilson(k, n)) for b, k in hits.items()}}
 
 
 def write_report(path: str, summary: dict, results: list[dict]) -> str:

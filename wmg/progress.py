@@ -22,10 +22,6 @@ def configure(quiet: bool = False, logs_to_stderr: bool = False) -> None:
     _QUIET, _LOG_TO_STDERR = quiet, logs_to_stderr
 
 
-def is_quiet() -> bool:
-    return _QUIET
-
-
 def log_stream():
     return sys.stderr if _LOG_TO_STDERR else sys.stdout
 
@@ -67,9 +63,6 @@ class PlainProgress:
 
     def set_postfix(self, refresh: bool = True, **kw) -> None:
         self.postfix = " ".join(f"{k}={v}" for k, v in kw.items())
-
-    def write(self, msg: str, file=None) -> None:
-        print(msg, file=file or sys.stdout, flush=True)
 
     def close(self) -> None:
         if not self.closed and self.n:

@@ -89,7 +89,7 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
 
 # ---------------------------------------------------------------- Q2
 def models(db, sel: Sequence[Selected]) -> list[Table]:
-    from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired, wilson_of_rate
+    from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired, wilson, wilson_of_rate
     from ..store.repo import fill_missing_rouge
 
     filled = fill_missing_rouge(db, [s.evaluation_id for s in sel])
@@ -129,10 +129,9 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
         got = by_eval.get(s.evaluation_id, {})
         baselines = [b for b in got if b not in s.models]
         for b in baselines:  # a baseline row beside the models: gold-type accuracy only
-            n = len(got[b])
-            rate = sum(got[b].values()) / n
-            out.append([s.run_id, s.evaluation_id, b, "baseline", "baseline", None, n, None, None, None, rate,
-                        *wilson_of_rate(rate, n), None, None, None, None, None])
+            n, k = len(got[b]), sum(got[b].values())
+            out.append([s.run_id, s.evaluation_id, b, "baseline", "baseline", None, n, None, None, None, k / n,
+                        *wilson(k, n), None, None, None, None, None])
         systems = s.models + baselines
         for i, a in enumerate(systems):
             for b in systems[i + 1:]:
@@ -147,9 +146,8 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
             for m in systems:
                 mine = [v for e, v in got.get(m, {}).items() if form_of[e] == form]
                 if mine:
-                    rate = sum(mine) / len(mine)
-                    form_rows.append([s.run_id, s.evaluation_id, form, m, len(mine), rate,
-                                      *wilson_of_rate(rate, len(mine))])
+                    form_rows.append([s.run_id, s.evaluation_id, form, m, len(mine), sum(mine) / len(mine),
+                                      *wilson(sum(mine), len(mine))])
     pairs = Table("pairs", "Paired comparison of models and baselines on the same examples (gold-type accuracy)",
                   ["run_id", "evaluation_id", "model_a", "model_b", "examples", "accuracy_a", "accuracy_b",
                    "difference", "difference_low", "difference_high", "only_a_right", "only_b_right", "mcnemar_p"],
