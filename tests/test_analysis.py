@@ -36,7 +36,7 @@ def rows(table, **match):
 
 def test_agreement_kappas(store):
     t = run_json(store, "agreement", "--run-id", "1", "--run-id", "2")
-    pairs = t["pairwise"]
+    pairs = rows(t["pairwise"], instruction_form="all")
     # run 1: po = 1/4; pe = (1/4)(1/4) for readwrite only -> kappa = (0.25 - 0.0625) / 0.9375 = 0.2
     (p,) = rows(pairs, run_id=1)
     assert (p["model_a"], p["model_b"]) == ("m1", "m2")
@@ -47,7 +47,7 @@ def test_agreement_kappas(store):
     # run 2: a-b 0.28/0.88, a-c 0.24/0.84, b-c 0.16/0.76
     got = {(r["model_a"], r["model_b"]): r["cohen_kappa"] for r in rows(pairs, run_id=2)}
     assert got == pytest.approx({("a", "b"): 0.28 / 0.88, ("a", "c"): 0.24 / 0.84, ("b", "c"): 0.16 / 0.76})
-    fleiss = t["all_models"]
+    fleiss = rows(t["all_models"], instruction_form="all")
     (f1,) = rows(fleiss, run_id=1)
     assert f1["fleiss_kappa"] == pytest.approx((0.25 - 0.1875) / 0.8125)
     assert f1["full_agreement"] == pytest.approx(0.25)
@@ -56,14 +56,37 @@ def test_agreement_kappas(store):
     assert f2["expected_agreement"] == pytest.approx(47 / 225)
     assert f2["fleiss_kappa"] == pytest.approx(43 / 178)
     assert f2["full_agreement"] == pytest.approx(0.2) and f2["models"] == 3
+    # the SQL views give the same figures as the Python that resamples them
+    with sqlite3.connect(store) as conn:
+        view = dict(((r[0], r[1], r[2]), r[3]) for r in conn.execute(
+            "SELECT run_id, model_a, model_b, cohen_kappa FROM pairwise_agreement"))
+        fview = dict(conn.execute("SELECT run_id, fleiss_kappa FROM fleiss_kappa"))
+    assert {(r["run_id"], r["model_a"], r["model_b"]): r["cohen_kappa"] for r in pairs} == pytest.approx(view)
+    assert {r["run_id"]: r["fleiss_kappa"] for r in fleiss} == pytest.approx(fview)
+    for r in pairs + fleiss:  # a bootstrap interval around each kappa
+        k = "cohen_kappa" if "model_a" in r else "fleiss_kappa"
+        assert r[k + "_low"] <= r[k] + 1e-9 and r[k] - 1e-9 <= r[k + "_high"]
+    # per instruction form: the forms partition the examples
+    for run in (1, 2):
+        per_form = [r for r in rows(t["all_models"], run_id=run) if r["instruction_form"] != "all"]
+        assert sum(r["examples"] for r in per_form) == rows(fleiss, run_id=run)[0]["examples"]
 
 
 def test_vote_and_tie_rule(store):
     r = CliRunner().invoke(main, ["analyze", "vote", "--all-runs", "--db", store])
     assert r.exit_code == 0
     assert "a tie goes to the type of the model listed first" in r.output
-    t = run_json(store, "vote", "--all-runs")["only"]
+    every = run_json(store, "vote", "--all-runs")["only"]
+    t = rows(every, instruction_form="all")
     acc = {(x["run_id"], x["model"]): x["accuracy"] for x in t}
+    with sqlite3.connect(store) as conn:  # the view's figures, computed again per form in Python
+        assert dict(((r[0], r[1]), r[2]) for r in conn.execute("SELECT run_id, model, accuracy FROM vote")) \
+            == pytest.approx(acc)
+    for run, model in acc:  # the forms partition the examples
+        parts = [x for x in rows(every, run_id=run, model=model) if x["instruction_form"] != "all"]
+        whole = rows(t, run_id=run, model=model)[0]
+        assert sum(x["examples"] for x in parts) == whole["examples"]
+        assert sum(x["accuracy"] * x["examples"] for x in parts) == pytest.approx(whole["accuracy"] * whole["examples"])
     assert acc == pytest.approx({(1, "m1"): 0.75, (1, "m2"): 0.5, (1, "(majority vote)"): 0.75,
                                  (2, "a"): 0.6, (2, "b"): 0.6, (2, "c"): 0.8, (2, "(majority vote)"): 0.8})
     # run 1: three 1-1 ties, each settled for m1; run 2: one three-way split (settled for b, wrong)
@@ -84,14 +107,21 @@ def test_confidence_and_aurc(store):
     assert [(p["coverage"], p["risk"]) for p in rows(curve, run_id=1)] == [(0.25, 0.0), (1.0, 0.25)]
     flat = [v for p in rows(curve, run_id=2) for v in (p["agreement_level"], p["coverage"], p["risk"])]
     assert flat == pytest.approx([1.0, 0.2, 0.0, 2 / 3, 0.8, 0.0, 1 / 3, 1.0, 0.2], abs=1e-6)
-    area = {x["run_id"]: x["aurc"] for x in t["aurc"]}
+    area = {x["run_id"]: x["aurc"] for x in rows(t["aurc"], instruction_form="all")}
+    with sqlite3.connect(store) as conn:  # the Python that resamples it gives the view's figure
+        assert dict(conn.execute("SELECT run_id, aurc FROM aurc")) == pytest.approx(area)
+    assert all(x["aurc_low"] <= x["aurc"] + 1e-9 and x["aurc"] - 1e-9 <= x["aurc_high"] for x in t["aurc"])
     assert area == pytest.approx({1: 0.25 * 0.75, 2: 0.2 * 0.2})
 
 
 def test_by_type_and_confusion(store):
     t = run_json(store, "by-type", "--run-id", "1")
-    by = t["by_type"]
+    by = rows(t["by_type"], instruction_form="all")
     got = {(r["gold_type"], r["model"]): (r["examples"], r["accuracy"], r["disagreement_rate"]) for r in by}
+    with sqlite3.connect(store) as conn:  # the view's figures, computed again per form in Python
+        view = {(r[0], r[1]): (r[2], r[3], r[4]) for r in conn.execute(
+            "SELECT gold_type, model, examples, accuracy, disagreement_rate FROM error_by_type WHERE run_id = 1")}
+    assert got == view
     assert got == {(RW, "m1"): (1, 1.0, 0.0), (RW, "m2"): (1, 1.0, 0.0), (AR, "m1"): (1, 1.0, 1.0),
                    (AR, "m2"): (1, 0.0, 1.0), (CF, "m1"): (1, 0.0, 1.0), (CF, "m2"): (1, 1.0, 1.0),
                    (IO, "m1"): (1, 1.0, 1.0), (IO, "m2"): (1, 0.0, 1.0)}
@@ -158,7 +188,8 @@ def test_plots_are_png(store, tmp_path):
     r = CliRunner().invoke(main, ["plot", "--run-id", "1", "--run-id", "2", "--db", store, "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(["run1_loss_curves.png", "run1_eval1_label_accuracy.png", "run1_eval1_confusion_m1.png",
+    assert names == sorted(["run1_loss_curves.png", "run1_eval1_label_accuracy.png", "run1_eval1_form_accuracy.png",
+                            "run2_eval2_form_accuracy.png", "run1_eval1_confusion_m1.png",
                             "run1_eval1_confusion_m2.png", "run2_loss_curves.png", "run2_eval2_label_accuracy.png",
                             "run2_eval2_confusion_a.png", "run2_eval2_confusion_b.png", "run2_eval2_confusion_c.png",
                             "runs_trend.png"])
@@ -218,7 +249,8 @@ def test_agreement_rates_mean_the_same_in_both_tables(tmp_path):
     db = str(tmp_path / "r.db")
     make_run(db, ["m1", "m2"], [RW, AR], [(None, None), (RW, RW)], words=[10, 20], forms=["open", "open"])
     t = run_json(db, "agreement", "--run-id", "1")
-    (p,), (f,) = t["pairwise"], t["all_models"]
+    (p,), (f,) = rows(t["pairwise"], instruction_form="all"), rows(t["all_models"], instruction_form="all")
+    assert [r["instruction_form"] for r in t["pairwise"]] == ["all", "open"]
     assert p["full_agreement"] == f["full_agreement"] == 0.5  # only the second example: the same non-empty type
     assert p["observed_agreement"] == f["observed_agreement"] == 1.0  # two empty types count as equal
     with sqlite3.connect(db) as conn:

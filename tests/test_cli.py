@@ -69,6 +69,16 @@ def test_train_then_compare_writes_rows_and_report(trained):
             "model_format_accuracy"} <= set(s)
     assert s["total_examples"] == 3 and set(s["model_format_accuracy"]) == {"flan-t5-small", "distilgpt2"}
     assert s["full_agreement_rate"] + s["disagreement_rate"] == pytest.approx(1.0)
+    # every pair of systems (models and baselines) on the same examples, with the bootstrap recorded
+    pairs = {(p["system_a"], p["system_b"]): p for p in s["paired_gold_type"]}
+    assert set(pairs) == {("flan-t5-small", "distilgpt2"), ("flan-t5-small", "tfidf-logreg"),
+                          ("flan-t5-small", "majority-class"), ("distilgpt2", "tfidf-logreg"),
+                          ("distilgpt2", "majority-class"), ("tfidf-logreg", "majority-class")}
+    p = pairs[("flan-t5-small", "distilgpt2")]
+    assert p["difference"] == pytest.approx(s["model_gold_type_accuracy"]["flan-t5-small"]
+                                            - s["model_gold_type_accuracy"]["distilgpt2"])
+    assert p["difference_low"] <= p["difference"] <= p["difference_high"] and 0 <= p["mcnemar_p"] <= 1
+    assert s["bootstrap"]["resamples"] >= 2000 and isinstance(s["bootstrap"]["seed"], int)
     r0 = report["results"][0]
     assert {"example_id", "instruction", "excerpt", "gold_output", "predictions", "format_checks", "agreement"} <= set(r0)
     assert {"full_agreement", "unique_types", "gadget_types", "normalized_types",
@@ -91,8 +101,10 @@ def test_compare_again_on_other_data_and_runs_json(trained, small_data):
     r = CliRunner().invoke(main, ["runs", "--format", "json", "--db", db])
     assert r.exit_code == 0
     runs = json.loads(r.output)
-    assert [(x["run_id"], x["model"]) for x in runs] == [(1, "flan-t5-small"), (1, "distilgpt2")]
+    assert [(x["run_id"], x["model"]) for x in runs] == [(1, "flan-t5-small"), (1, "distilgpt2"),
+                                                         (1, "(baseline) tfidf-logreg"), (1, "(baseline) majority-class")]
     assert {x["evaluation_id"] for x in runs} == {2}
+    assert [x["init"] for x in runs] == ["scratch", "scratch", "baseline", "baseline"]
     r = CliRunner().invoke(main, ["show", "--run-id", "1", "--db", db])
     assert r.exit_code == 0 and "flan-t5-small" in r.output and "scratch" in r.output
 

@@ -72,4 +72,55 @@ def test_examples_option():
 def test_instruction_form():
     assert instruction_form("Identify weird machine READ/WRITE gadgets in the excerpt. Report ...") == "category"
     assert instruction_form("Identify any weird machine gadget in the excerpt. Report ...") == "open"
-    assert instruction_form("Find the gadget.") == "other"
+    assert instruction_form("Find the gadget.") == "paraphrase"
+
+
+# ---------------------------------------------------------------- K-fold studies
+def bundled():
+    from wmg.data import bundled_data
+
+    return load_jsonl(bundled_data())
+
+
+@pytest.mark.parametrize("folds, seed", [(5, 42), (3, 7), (10, 1)])
+def test_folds_hold_out_every_example_exactly_once_with_label_and_form_proportions_kept(folds, seed):
+    from collections import Counter
+
+    from wmg.data import fold_split
+
+    examples = bundled()
+    held = Counter()
+    strata = Counter((e.gold_type, instruction_form(e.instruction)) for e in examples)
+    sizes = []
+    for fold in range(1, folds + 1):
+        train, val = fold_split(examples, folds, fold, seed)
+        assert len(train) + len(val) == len(examples)
+        assert not {e.index for e in train} & {e.index for e in val}
+        held.update(e.index for e in val)
+        sizes.append(len(val))
+        in_fold = Counter((e.gold_type, instruction_form(e.instruction)) for e in val)
+        for key, n in strata.items():  # each label-and-form stratum split evenly, to within one
+            assert n // folds <= in_fold[key] <= -(-n // folds), (fold, key)
+        labels = Counter(e.gold_type for e in val)
+        for label, n in Counter(e.gold_type for e in examples).items():
+            assert abs(labels[label] / len(val) - n / len(examples)) < 0.04
+    assert set(held) == {e.index for e in examples} and set(held.values()) == {1}
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_folds_depend_on_the_seed_and_are_reproducible():
+    from wmg.data import fold_assignment
+
+    examples = bundled()
+    assert fold_assignment(examples, 5, 42) == fold_assignment(examples, 5, 42)
+    assert fold_assignment(examples, 5, 42) != fold_assignment(examples, 5, 43)
+
+
+@pytest.mark.parametrize("folds, fold, message", [(1, 1, "--folds must be at least 2"),
+                                                  (5, 6, "--fold must be between 1 and 5"),
+                                                  (5, 0, "--fold must be between 1 and 5")])
+def test_bad_fold_options(folds, fold, message):
+    from wmg.data import fold_split
+
+    with pytest.raises(DataError, match=message):
+        fold_split(bundled()[:20], folds, fold, 1)

@@ -68,7 +68,8 @@ def test_runs_figures_land_under_their_own_model_in_every_format(two_models):
     lines = invoke("runs", "--db", two_models).stdout.splitlines()
     zeta = next(l for l in lines if " zeta " in l)
     alpha = next(l for l in lines if " alpha " in l)
-    assert zeta.count("75.0% [") == 2 and "50.0% [" in alpha and "25.0% [" in alpha and "75.0% [" not in alpha
+    # format, gold type, and gold type on the open-form examples (every example of this store)
+    assert zeta.count("75.0% [") == 3 and "50.0% [" in alpha and "25.0% [" in alpha and "75.0% [" not in alpha
     # the same figures by model name in show, analyze models and analyze runs
     recs = [r for r in parse("json", invoke("show", "--run-id", 1, "--db", two_models, "--format", "json").stdout)
             if r["table"] == "models"]
@@ -80,7 +81,8 @@ def test_runs_figures_land_under_their_own_model_in_every_format(two_models):
 
 def test_wide_tables_are_long_records(two_models):
     recs = parse("json", invoke("analyze", "by-type", "--run-id", 1, "--db", two_models, "--format", "json").stdout)
-    acc = {(r["gold_type"], r["model"]): r["accuracy"] for r in recs if r["table"] == "by_type"}
+    acc = {(r["gold_type"], r["model"]): r["accuracy"] for r in recs
+           if r["table"] == "by_type" and r["instruction_form"] == "all"}
     assert acc[(IO, "alpha")] == 0.0 and acc[(RW, "zeta")] == 1.0
     # the person's view of the same table is wide: one column per model
     text = invoke("analyze", "by-type", "--run-id", 1, "--db", two_models, "--table", "by_type").stdout
@@ -89,7 +91,9 @@ def test_wide_tables_are_long_records(two_models):
     assert header.split()[-2:] == ["zeta", "alpha"]
     body = lines[lines.index(header) + 2:]
     body = body[:next(i for i, l in enumerate(body) if l.startswith("note:"))]
-    assert len(body) == 4  # one row per gold type, although the models' per-type counts differ
+    # one row per gold type and instruction form (all, then the one form of these examples),
+    # although the models' per-type counts differ
+    assert len(body) == 8 and "all" in body[0].split()[:3] and "open" in body[4].split()[:3]
     assert body[0].count("0.0% [0.0, ") == 2  # IO: both wrong (with intervals), the hardest first
     csv_conf = parse("csv", invoke("analyze", "by-type", "--run-id", 1, "--db", two_models, "--format", "csv",
                                    "--table", "confusion").stdout)

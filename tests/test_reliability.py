@@ -394,11 +394,8 @@ def _tables(path):
 
 @pytest.mark.parametrize("asset", OLD, ids=[p.stem for p in OLD])
 def test_old_database_upgrades_in_place_without_losing_data(asset, tmp_path):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from wmg.store.schema import Base
-    from wmg.store.session import current_revision, get_engine, head_revision
+    from conftest import schema_drift
+    from wmg.store.session import current_revision, head_revision
 
     db = str(tmp_path / "results.db")
     shutil.copy(asset, db)
@@ -414,8 +411,7 @@ def test_old_database_upgrades_in_place_without_losing_data(asset, tmp_path):
         new_cols = after[table][0]
         keep = [new_cols.index(c) for c in cols]
         assert [tuple(row[i] for i in keep) for row in after[table][1]] == rows, table
-    with get_engine(db).connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    assert schema_drift(db) == []
     # the upgraded store answers the analyses and takes new rows
     for cmd in (["show", "--run-id", "1"], ["analyze", "models", "--all-runs"], ["analyze", "runs"]):
         r = CliRunner().invoke(main, [*cmd, "--db", db])
@@ -656,3 +652,17 @@ def test_sigterm_during_a_comparison_marks_it_failed(store):
     assert q(db, "SELECT id, status, error FROM evaluations ORDER BY id")[-1][1:] == ("failed", "Terminated: ")
     after = _fingerprint(db)
     assert after["runs"] == before["runs"] and after["predictions"] == before["predictions"]
+
+
+def test_upgrade_names_the_paraphrase_form_and_adds_the_study_columns(tmp_path):
+    """0007: the third instruction form was stored as `other`; it is `paraphrase` now."""
+    db = str(tmp_path / "results.db")
+    shutil.copy(Path(__file__).parent / "fixtures" / "db" / "0006_baselines.db", db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE examples SET instruction_form = 'other' WHERE id IN (1, 2)")
+    r = CliRunner().invoke(main, ["runs", "--db", db])
+    assert r.exit_code == 0, r.output
+    assert q(db, "SELECT DISTINCT instruction_form FROM examples WHERE id IN (1, 2)") == [("paraphrase",)]
+    assert q(db, "SELECT COUNT(*) FROM examples WHERE instruction_form = 'other'") == [(0,)]
+    assert q(db, "SELECT DISTINCT study_id, fold FROM runs") == [(None, None)]
+    assert q(db, "SELECT COUNT(*) FROM system_accuracy WHERE kind = 'baseline' AND instruction_form = 'all'") == [(4,)]

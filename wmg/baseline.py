@@ -19,6 +19,11 @@ from .parse import gold_type
 BASELINES = ("tfidf-logreg", "majority-class")
 
 
+def in_order(names) -> list[str]:
+    """Baseline names in the order reports list them (BASELINES first, any other after, by name)."""
+    return sorted(set(names), key=lambda b: (BASELINES.index(b) if b in BASELINES else len(BASELINES), b))
+
+
 def _text(instruction: str, excerpt: str) -> str:
     return f"{instruction}\n{excerpt}"
 

@@ -90,6 +90,7 @@ class Id(click.ParamType):
 
 
 RUN_ID = Id("a run id", "RUN_ID")
+STUDY_ID = Id("a study id", "STUDY_ID")
 EVALUATION_ID = Id("an evaluation id", "EVALUATION_ID")
 
 
@@ -287,35 +288,62 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
               help="Print the agreement block of every validation example.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress: a bar on a terminal, a plain line every 30 s otherwise.")
+@click.option("--folds", type=click.IntRange(2), default=None, metavar="K",
+              help="Cross-validation: K runs, each holding out one fold of a partition stratified by label and "
+                   "instruction form (every example evaluated once), tied by a new study id.")
+@click.option("--fold", type=click.IntRange(1), default=None, metavar="I",
+              help="With --folds (or --study): make only fold I (1 to K), e.g. one fold per process or machine.")
+@click.option("--seeds", type=click.IntRange(1), default=1, show_default=True, metavar="N",
+              help="With --folds: repeat the K folds with N seeds (--seed, --seed+1, ...), each a new partition.")
+@click.option("--study", "study", type=STUDY_ID, default=None,
+              help="Continue a study with its own options: make (or resume) the runs it still lacks.")
 @click.option("--resume", "resume", type=RUN_ID, default=None,
               help="Continue an interrupted run from its last checkpoint, with its own data split and options "
                    "(only the comparison and display options may be given with it).")
 @db_option
-@output_options(("comparison", "run"))
+@output_options(("comparison", "run", "study", "study_pairs"))
 @handle_errors
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
-          baseline, max_new_tokens, no_repeat, report, show_examples, progress, resume, db, output):
+          baseline, max_new_tokens, no_repeat, report, show_examples, progress, folds, fold, seeds, study, resume, db,
+          output):
     """Train every model on one split of the data, then compare them.
 
     Prints the new run's id; every step, loss and prediction goes to the results store.
     A checkpoint is written every epoch and on Ctrl-C / SIGTERM; `--resume RUN_ID` continues from it.
     With --format json|csv the comparison's result (one record per model) is the only thing on stdout.
+
+    --folds K makes a study: K runs of this configuration, fold I held out by run I, then the
+    study's pooled analysis (`wmg analyze models --study ID` shows it again).
     """
     from . import device as dev
     from .config import resolve_models
-    from .pipeline import CompareOptions, TrainOptions, compare_run, resume_run, train_run
+    from .pipeline import CompareOptions, TrainOptions, compare_run, resume_run, start_study, train_run
 
-    if resume is not None:
-        ctx = click.get_current_context()
-        allowed = {"resume", "db", "compare", "baseline", "max_new_tokens", "no_repeat", "report", "show_examples", "progress",
-                   "fmt", "table", "out", "quiet", "as_json"}
+    ctx = click.get_current_context()
+
+    def refuse_options(what: str, allowed: set[str]) -> None:
+        allowed = allowed | {"db", "progress", "fmt", "table", "out", "quiet", "as_json"}
         given = [name for name in ctx.params if name not in allowed
                  and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
-            raise click.UsageError(f"--resume continues a run with its own options; do not give "
-                                   f"--{given[0].replace('_', '-')}")
+            raise click.UsageError(f"{what} with its own options; do not give --{given[0].replace('_', '-')}")
+
+    if (fold is not None or seeds > 1) and folds is None and study is None:
+        raise click.UsageError(f"--{'fold' if fold is not None else 'seeds'} needs --folds K (or --study ID)")
+    if study is not None:
+        refuse_options("--study continues a study", {"study", "fold", "show_examples"})
+        from .store import repo
+
+        st = repo.get_study(db, study)
+        tr = st.config["train"]
+        dev.setup(tr["device"], tr["platform"], echo, precision=tr["precision"])
+        _run_study(db, study, fold, output, show_examples, progress)
+        return
+    if resume is not None:
+        refuse_options("--resume continues a run", {"resume", "compare", "baseline", "max_new_tokens", "no_repeat",
+                                                    "report", "show_examples"})
         from .store import repo
 
         run = repo.get_run(db, resume)
@@ -345,6 +373,20 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                             device=device, platform=info.platform, workers=info.workers, precision=prec,
                             checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,
                             overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress)
+        if folds is not None:
+            if fold is not None and fold > folds:
+                raise click.BadParameter(f"{fold} is not between 1 and {folds}", param_hint="--fold")
+            if not compare:
+                raise click.UsageError("--folds makes a study, which compares every fold; drop --no-compare")
+            opts.folds = folds
+            sid = start_study(db, opts, folds, [seed + i for i in range(seeds)], {
+                "max_new_tokens": max_new_tokens, "precision": prec, "device": device, "no_repeat_ngram_size": no_repeat,
+                "report": report, "baseline": baseline})
+            echo(f"✓ Study {sid}: {folds} folds x {seeds} seed{'s' if seeds > 1 else ''} "
+                 f"({', '.join(str(seed + i) for i in range(seeds))}) recorded in the results store")
+            _run_study(db, sid, fold, output, show_examples and ctx.get_parameter_source("show_examples")
+                       == click.core.ParameterSource.COMMANDLINE, progress)
+            return
         run_id = train_run(db, opts, echo)
     echo("")
     echo(f"Run id: {run_id}")
@@ -358,6 +400,28 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
         from .console import Table
 
         output.emit([Table("run", "Run", ["run_id"], [[run_id]])])
+
+
+def _run_study(db, study_id: int, fold: int | None, output: Output, show_examples: bool, progress: bool) -> None:
+    """Make the study's missing runs, each compared as it finishes, then print the pooled analysis."""
+    from .analysis import select
+    from .analysis.questions import models as models_analysis
+    from .console import show_example, show_summary
+    from .pipeline import run_study
+
+    def shown(comparison):
+        if show_examples:
+            for i, r in enumerate(comparison.results):
+                show_example(echo, i, len(comparison.results), r, comparison.names)
+        show_summary(echo, comparison.summary, comparison.report_path)
+
+    study = run_study(db, study_id, echo, progress, fold, shown)
+    done = [r for r in study.runs if r.latest_evaluation is not None and r.latest_evaluation.status == "completed"]
+    echo("")
+    echo(f"Study {study_id}: {len(done)} of {study.folds * len(study.seeds)} runs trained and compared "
+         f"(runs {', '.join(str(r.id) for r in study.runs) or 'none'})")
+    output.emit(models_analysis(db, select(db, study_ids=[study_id]))[:2])
+    echo(f"Study id: {study_id}  (`wmg analyze models --study {study_id}` shows this again, with every fold)")
 
 
 # ---------------------------------------------------------------- compare / predict
@@ -542,18 +606,21 @@ def _selection_options(f):
                      help="A run to analyse (its latest comparison); repeatable."),
         click.option("--evaluation-id", "evaluation_ids", type=EVALUATION_ID, multiple=True,
                      help="A specific comparison to analyse instead of a run's latest; repeatable."),
+        click.option("--study", "study_ids", type=STUDY_ID, multiple=True,
+                     help="Every run of a study (`wmg train --folds K`), its folds pooled; repeatable."),
         click.option("--all-runs", is_flag=True, help="Every run with a completed comparison (none: an empty result)."),
     ]):
         f = opt(f)
     return f
 
 
-def _select(db, run_ids, all_runs, evaluation_ids):
+def _select(db, run_ids, all_runs, evaluation_ids, study_ids=()):
     from .analysis import select
 
-    if not (run_ids or all_runs or evaluation_ids):
-        raise click.UsageError("nothing selected: give --run-id N (repeatable), --evaluation-id N or --all-runs")
-    return select(db, run_ids, all_runs, evaluation_ids)
+    if not (run_ids or all_runs or evaluation_ids or study_ids):
+        raise click.UsageError("nothing selected: give --run-id N (repeatable), --evaluation-id N, --study ID "
+                               "or --all-runs")
+    return select(db, run_ids, all_runs, evaluation_ids, study_ids)
 
 
 @main.group(short_help="Research analyses over the results store.")
@@ -570,10 +637,10 @@ def _analysis_command(name: str, tables: tuple[str, ...], short: str, doc: str):
     @db_option
     @output_options(tables, quiet=False)
     @handle_errors
-    def command(run_ids, evaluation_ids, all_runs, db, output):
+    def command(run_ids, evaluation_ids, study_ids, all_runs, db, output):
         from .analysis.questions import QUESTIONS
 
-        output.emit(QUESTIONS[name](db, _select(db, run_ids, all_runs, evaluation_ids)))
+        output.emit(QUESTIONS[name](db, _select(db, run_ids, all_runs, evaluation_ids, study_ids)))
 
     return command
 
@@ -626,6 +693,8 @@ def analyze_runs(run_ids, all_runs, db, output):
 @click.option("--run-id", "run_ids", type=RUN_ID, multiple=True, help="A run to plot (its latest comparison); repeatable.")
 @click.option("--evaluation-id", "evaluation_ids", type=EVALUATION_ID, multiple=True,
               help="A specific comparison to plot.")
+@click.option("--study", "study_ids", type=STUDY_ID, multiple=True,
+              help="Every run of a study, and the study's pooled accuracy per instruction form.")
 @click.option("--all-runs", is_flag=True, help="Every run with a completed comparison.")
 @click.option("--out", default="plots", show_default=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Folder for the PNG files.")
@@ -633,13 +702,13 @@ def analyze_runs(run_ids, all_runs, db, output):
               help="How to list the files written: table, json or csv.")
 @db_option
 @handle_errors
-def plot(run_ids, evaluation_ids, all_runs, out, fmt, db):
+def plot(run_ids, evaluation_ids, study_ids, all_runs, out, fmt, db):
     """PNG figures: training loss curves of every model, per-label accuracy bars, the confusion matrix of
     each model, and across runs the agreement and accuracy trend."""
     from .analysis.plots import plot_all
     from .console import Table, emit
 
-    sel = _select(db, run_ids, all_runs, evaluation_ids)
+    sel = _select(db, run_ids, all_runs, evaluation_ids, study_ids)
     paths = plot_all(db, sel, out) if sel else []
     emit([Table("files", "Figures written", ["path"], [[str(p)] for p in paths])], fmt, echo=click.echo, warn=warn)
 

@@ -237,22 +237,32 @@ def runs_table(runs) -> Table:
     for r in runs:
         ev = r.latest_evaluation
         n = ev.n_examples if ev else None
+        n_open = ev.n_open if ev else None
         agree = ev.full_agreement_rate if ev else None
-        for m in r.models:
-            fmt = (ev.format_accuracy or {}).get(m.name) if ev else None
-            gold = (ev.gold_accuracy or {}).get(m.name) if ev else None
+        study = f"{r.study_id}/{r.fold}" if r.study_id is not None else None
+        systems = [(m.name, m.init, m.final_loss, m.final_val_loss, (ev.format_accuracy or {}).get(m.name) if ev
+                    else None, (ev.gold_accuracy or {}).get(m.name) if ev else None) for m in r.models]
+        systems += [(f"(baseline) {b}", "baseline", None, None, None, g)
+                    for b, g in ((ev.baseline_accuracy or {}).items() if ev else [])]
+        for name, init, loss, val_loss, fmt, gold in systems:
+            gold_open = (ev.gold_accuracy_open or {}).get(name.removeprefix("(baseline) ")) if ev else None
             rows.append([
-                r.id, r.created_at, r.status, r.n_train + r.n_validation, ev.id if ev else None, n,
-                agree, *wilson_of_rate(agree, n), m.name, m.init, m.final_loss, m.final_val_loss,
-                fmt, *wilson_of_rate(fmt, n), gold, *wilson_of_rate(gold, n),
+                r.id, r.created_at, r.status, study, r.n_train + r.n_validation, ev.id if ev else None, n,
+                agree, *wilson_of_rate(agree, n), name, init, loss, val_loss,
+                fmt, *wilson_of_rate(fmt, n), gold, *wilson_of_rate(gold, n), n_open or None, gold_open,
+                *wilson_of_rate(gold_open, n_open),
             ])
-    return Table("runs", "Runs", ["run_id", "created_at", "status", "examples", "evaluation_id", "evaluated",
-                                  "agreement_rate", "agreement_rate_low", "agreement_rate_high", "model", "init",
-                                  "final_loss", "final_val_loss", "format_accuracy", "format_accuracy_low",
+    return Table("runs", "Runs", ["run_id", "created_at", "status", "study_fold", "examples", "evaluation_id",
+                                  "evaluated", "agreement_rate", "agreement_rate_low", "agreement_rate_high", "model",
+                                  "init", "final_loss", "final_val_loss", "format_accuracy", "format_accuracy_low",
                                   "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
-                                  "gold_accuracy_high"], rows,
+                                  "gold_accuracy_high", "evaluated_open", "gold_accuracy_open",
+                                  "gold_accuracy_open_low", "gold_accuracy_open_high"], rows,
                  ["figures from each run's latest comparison of `evaluated` examples; agreement_rate: every model "
-                  "gave the same non-empty normalized type; _low/_high: 95% Wilson score interval"], group=9)
+                  "gave the same non-empty normalized type; _low/_high: 95% Wilson score interval",
+                  "_open: the examples whose instruction names no category (the model must decide); (baseline): a "
+                  "reference classifier fitted on the run's training split, gold type only; study_fold: study id / "
+                  "fold of a `wmg train --folds` run"], group=10)
 
 
 def _rate_and_interval(rate, ev) -> list:
@@ -263,13 +273,15 @@ def _rate_and_interval(rate, ev) -> list:
 
 def show_tables(r) -> list[Table]:
     """`wmg show`: the run as field/value pairs, one record per model, and the recorded options."""
+    from .stats import wilson_of_rate
+
     ev = r.latest_evaluation
     fields: list[tuple[str, Any]] = [
         ("run_id", r.id), ("status", r.status), ("created_at", r.created_at), ("error", r.error),
         ("data_path", r.data_path), ("data_sha256", r.data_sha256), ("n_train", r.n_train),
         ("n_validation", r.n_validation), ("seed", r.seed), ("init_requested", r.init_requested),
         ("device", r.device), ("platform", r.platform), ("train_seconds", r.train_seconds),
-        ("checkpoint_dir", r.checkpoint_dir), ("resumes", r.resumes),
+        ("checkpoint_dir", r.checkpoint_dir), ("resumes", r.resumes), ("study_id", r.study_id), ("fold", r.fold),
     ]
     if r.status == "running" and r.pid:
         fields += [("pid", r.pid), ("host", r.host)]
@@ -279,6 +291,17 @@ def show_tables(r) -> list[Table]:
                ("full_agreement_rate", ev.full_agreement_rate if ev else None)]
     lo, hi = _rate_and_interval(ev.full_agreement_rate if ev else None, ev)[1:]
     fields += [("full_agreement_rate_low", lo), ("full_agreement_rate_high", hi)]
+    for b, g in ((ev.baseline_accuracy or {}).items() if ev else []):
+        lo, hi = _rate_and_interval(g, ev)[1:]
+        fields += [(f"baseline_{b}_gold_accuracy", g), (f"baseline_{b}_gold_accuracy_low", lo),
+                   (f"baseline_{b}_gold_accuracy_high", hi)]
+    if ev and ev.n_open:
+        fields += [("evaluation_examples_open", ev.n_open)]
+        for name, g in ev.gold_accuracy_open.items():
+            lo, hi = wilson_of_rate(g, ev.n_open)
+            name = f"baseline_{name}" if name in (ev.baseline_accuracy or {}) else name
+            fields += [(f"{name}_gold_accuracy_open", g), (f"{name}_gold_accuracy_open_low", lo),
+                       (f"{name}_gold_accuracy_open_high", hi)]
     run = Table("run", f"Run {r.id}", ["field", "value"], [[k, v] for k, v in fields],
                 [] if ev else [f"no comparison yet: run `wmg compare --run-id {r.id}`"])
     hp_keys = ("learning_rate", "epochs", "micro_batch_size", "grad_accum", "schedule", "warmup_ratio",

@@ -142,14 +142,52 @@ def split(examples: list[Example], eval_split: float, seed: int) -> tuple[list[E
     return train, val
 
 
+def fold_split(examples: list[Example], folds: int, fold: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """Fold `fold` (1 to K) of a stratified K-fold partition: the examples of that fold are held
+    out, the rest train. Every example is held out in exactly one fold.
+
+    Stratified by gold label and instruction form: each stratum is shuffled with `seed`, the
+    strata are laid end to end, and the sequence is dealt to the folds in turn, so every fold
+    holds each stratum's count divided by K (to within one) and the fold sizes differ by at most one."""
+    if folds < 2:
+        raise DataError("--folds must be at least 2")
+    if not 1 <= fold <= folds:
+        raise DataError(f"--fold must be between 1 and {folds}")
+    if len(examples) < folds:
+        raise DataError(f"{folds} folds need at least {folds} examples, the data has {len(examples)}")
+    assignment = fold_assignment(examples, folds, seed)
+    val = [e for e, f in zip(examples, assignment) if f == fold]
+    train = [e for e, f in zip(examples, assignment) if f != fold]
+    random.Random(seed + 1).shuffle(train)  # training order as `split` gives it: shuffled, not grouped by label
+    return train, val
+
+
+def fold_assignment(examples: list[Example], folds: int, seed: int) -> list[int]:
+    """The fold (1 to K) of every example, in the examples' order (see `fold_split`)."""
+    strata: dict[tuple, list[int]] = {}
+    for i, e in enumerate(examples):
+        strata.setdefault((e.gold_type or "", instruction_form(e.instruction)), []).append(i)
+    rng = random.Random(seed)
+    order: list[int] = []
+    for key in sorted(strata):
+        members = strata[key]
+        rng.shuffle(members)
+        order += members
+    out = [0] * len(examples)
+    for pos, i in enumerate(order):
+        out[i] = pos % folds + 1
+    return out
+
+
 _CATEGORY_FORM = re.compile(r"(?i)^\s*identify\s+weird\s+machine\s+(.+?)\s+gadgets?\s+in\s+the\s+excerpt")
 _OPEN_FORM = re.compile(r"(?i)^\s*identify\s+any\s+weird\s+machine\s+gadgets?\s+in\s+the\s+excerpt")
 
 
 def instruction_form(instruction: str) -> str:
-    """`category` (names the gadget category), `open` (the label must be inferred) or `other`."""
+    """`category` (names the gadget category), `open` (the label must be inferred) or `paraphrase`
+    (any other wording; some paraphrases name the category, some do not)."""
     if _OPEN_FORM.match(instruction):
         return "open"
     if _CATEGORY_FORM.match(instruction):
         return "category"
-    return "other"
+    return "paraphrase"

@@ -20,7 +20,7 @@ from . import __version__
 from .agreement import agreement
 from .console import banner
 from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
-from .data import Example, instruction_form, load_jsonl, split, subsample
+from .data import Example, fold_split, instruction_form, load_jsonl, split, subsample
 from .interrupt import RunInterrupted
 from .parse import canonical_label, parse_output
 from .progress import above_bar
@@ -97,6 +97,8 @@ class TrainOptions:
     overrides: dict = field(default_factory=dict)  # hyperparameters given on the command line
     sources: dict = field(default_factory=dict)  # model name -> local folder of pretrained weights
     progress: bool = True
+    folds: int | None = None  # with `fold`: hold out fold `fold` (1 to K) of a stratified K-fold partition
+    fold: int | None = None
 
 
 def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Example]]:
@@ -109,7 +111,12 @@ def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Ex
         echo(f"✓ Subsampled to {len(chosen)} examples (seed {opts.seed})")
     else:
         echo(f"✓ Using all {len(chosen)} examples")
-    train, val = split(chosen, opts.eval_split, opts.seed)
+    if opts.folds:
+        train, val = fold_split(chosen, opts.folds, opts.fold, opts.seed)
+        echo(f"✓ Fold {opts.fold} of {opts.folds} (stratified by label and instruction form, seed {opts.seed}) "
+             "held out")
+    else:
+        train, val = split(chosen, opts.eval_split, opts.seed)
     echo(f"✓ Train: {len(train)} | Validation: {len(val)}")
     return train, val
 
@@ -246,7 +253,7 @@ def expected_inits(specs: list[ModelSpec], opts: TrainOptions) -> dict[str, str]
     return {s.name: "pretrained" if pretrained_available(s, opts.sources.get(s.name)) else "scratch" for s in specs}
 
 
-def train_run(db, opts: TrainOptions, echo: Echo = print) -> int:
+def train_run(db, opts: TrainOptions, echo: Echo = print, study_id: int | None = None) -> int:
     """Train every model of a new run; returns the run id. The run is marked failed or
     interrupted if anything stops it."""
     from .interrupt import process_identity
@@ -263,9 +270,9 @@ def train_run(db, opts: TrainOptions, echo: Echo = print) -> int:
     run_config = {k: v for k, v in vars(opts).items() if k not in ("progress",)}
     run_id, model_ids = repo.create_run(
         db, data_path=str(opts.data), data_sha256=file_sha256(opts.data), examples_requested=opts.examples,
-        eval_split=opts.eval_split, seed=opts.seed, init_requested=opts.init, device=opts.device,
-        platform=opts.platform, config=run_config, versions=versions(), models=configs, train=train, validation=val,
-        owner=process_identity())
+        eval_split=len(val) / (len(train) + len(val)) if opts.folds else opts.eval_split, seed=opts.seed,
+        init_requested=opts.init, device=opts.device, platform=opts.platform, config=run_config, versions=versions(),
+        models=configs, train=train, validation=val, owner=process_identity(), study_id=study_id, fold=opts.fold)
     echo(f"✓ Run {run_id} recorded in the results store")
     ckpt_root = _checkpoint_root(opts.checkpoints, run_id).resolve()  # a resume may start elsewhere
     repo.set_checkpoint_dir(db, run_id, str(ckpt_root))
@@ -346,6 +353,67 @@ def resume_run(db, run_id: int, echo: Echo = print, progress: bool = True) -> re
     _train_models(db, run_id, specs, infos, {m.name: m.id for m in run.models}, opts, train, val,
                   Path(run.checkpoint_dir), run.train_seconds or 0.0, echo)
     return repo.get_run(db, run_id)
+
+
+# ---------------------------------------------------------------- studies
+def start_study(db, opts: TrainOptions, folds: int, seeds: list[int], compare: dict) -> int:
+    """Record a study: K folds x N seeds of one configuration. Its runs are made by `run_study`."""
+    load_jsonl(opts.data)  # a bad data file is refused before anything is stored
+    config = {"train": {k: v for k, v in vars(opts).items() if k not in ("progress", "fold", "seed")},
+              "compare": compare}
+    return repo.create_study(db, data_path=str(opts.data), data_sha256=file_sha256(opts.data), folds=folds,
+                             seeds=seeds, config=config)
+
+
+def run_study(db, study_id: int, echo: Echo = print, progress: bool = True, only_fold: int | None = None,
+              on_comparison: Callable[[Comparison], None] | None = None) -> repo.StudyInfo:
+    """Make every missing run of a study (or of one fold), in (seed, fold) order: each an ordinary
+    run, trained and compared. A run of the study that was interrupted is resumed; one that is
+    trained but not compared is compared; one running in another process is left to it."""
+    from dataclasses import fields
+
+    from .interrupt import process_alive
+
+    repo.reap_dead_runs(db, process_alive)
+    study = repo.get_study(db, study_id)
+    if only_fold is not None and not 1 <= only_fold <= study.folds:
+        raise ConfigError(f"--fold must be between 1 and {study.folds} (study {study_id} has {study.folds} folds)")
+    if file_sha256(study.config["train"]["data"]) != study.data_sha256:
+        raise ConfigError(f"{study.config['train']['data']} has changed since study {study_id} began "
+                          "(its SHA-256 differs); a study's folds must all come from the same data")
+    names = {f.name for f in fields(TrainOptions)}
+    cmp = study.config["compare"]
+    todo = [(seed, fold) for seed in study.seeds for fold in range(1, study.folds + 1)
+            if only_fold is None or fold == only_fold]
+    for n, (seed, fold) in enumerate(todo, 1):
+        run = next((r for r in repo.get_study(db, study_id).runs if r.seed == seed and r.fold == fold), None)
+        banner(echo, f"STUDY {study_id}: FOLD {fold} OF {study.folds}, SEED {seed} ({n} of {len(todo)})")
+        if run is not None and run.status == "running":
+            echo(f"✓ Run {run.id} is being trained by pid {run.pid} on {run.host}; left to it")
+            continue
+        if run is not None and run.status == "completed" and run.latest_evaluation is not None \
+                and run.latest_evaluation.status == "completed":
+            echo(f"✓ Run {run.id} is trained and compared")
+            continue
+        if run is None:
+            opts = TrainOptions(**{k: v for k, v in study.config["train"].items() if k in names})
+            opts.seed, opts.fold, opts.progress = seed, fold, progress
+            run_id = train_run(db, opts, echo, study_id=study_id)
+        else:
+            run_id = run.id
+            if run.status != "completed":
+                resume_run(db, run_id, echo, progress)
+        report = cmp.get("report")
+        if report:
+            p = Path(report)
+            report = str(p.with_name(f"{p.stem}.study{study_id}.fold{fold}.seed{seed}{p.suffix}"))
+        comparison = compare_run(db, CompareOptions(
+            run_id=run_id, max_new_tokens=cmp["max_new_tokens"], precision=cmp["precision"], device=cmp["device"],
+            no_repeat_ngram_size=cmp["no_repeat_ngram_size"], report=report, progress=progress,
+            baseline=cmp["baseline"]), echo)
+        if on_comparison is not None:
+            on_comparison(comparison)
+    return repo.get_study(db, study_id)
 
 
 # ---------------------------------------------------------------- comparison
@@ -531,7 +599,15 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
                                                   for b in baselines})
         return out
 
+    from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired
+
     overall = rates(results)
+    hits = {m: [int(bool(r["agreement"]["matches_gold"][m])) for r in results] for m in names}
+    for b in (list(results[0].get("baseline_matches_gold", {})) if results else []):
+        hits[b] = [int(bool(r["baseline_matches_gold"][b])) for r in results]
+    systems = list(hits)
+    pairs = [{"system_a": a, "system_b": b, **paired(hits[a], hits[b])}
+             for i, a in enumerate(systems) for b in systems[i + 1:]] if results else []
     forms: dict[str, list[dict]] = {}
     for r in results:
         forms.setdefault(r["instruction_form"], []).append(r)
@@ -552,6 +628,9 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
         "interval": "95% Wilson score interval [low, high]",
         **{k: v for k, v in overall.items() if k.startswith("baseline_")},
         "by_instruction_form": {f: rates(rs) for f, rs in sorted(forms.items())},
+        "paired_gold_type": pairs,
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
+                      "interval": "percentile, 95%, resampling examples (the paired differences)"},
     }
 
 

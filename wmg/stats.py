@@ -59,6 +59,105 @@ def bootstrap_diff(a: Sequence[int | bool], b: Sequence[int | bool], resamples: 
     return float(low), float(high)
 
 
+def bootstrap(statistic, n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+              confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of `statistic(indices)` over n examples resampled with
+    replacement (kappas, AURC, pooled means). Resamples where the statistic is undefined (None
+    or NaN) are left out; (None, None) when fewer than half of them are defined."""
+    import math
+
+    import numpy as np
+
+    if n <= 0:
+        return None, None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        v = statistic(rng.integers(0, n, size=n))
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            values.append(v)
+    if len(values) < resamples / 2:
+        return None, None
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None with fewer than two values)."""
+    import statistics
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _kappa(po: float | None, pe: float | None) -> float | None:
+    return (po - pe) / (1 - pe) if po is not None and pe < 1 else None
+
+
+def cohen_parts(a: Sequence, b: Sequence) -> tuple[float | None, float | None]:
+    """Observed and expected agreement of two raters' categories on the same items (expected
+    from each rater's own category frequencies)."""
+    from collections import Counter
+
+    n = len(a)
+    if n == 0:
+        return None, None
+    ca, cb = Counter(a), Counter(b)
+    return sum(x == y for x, y in zip(a, b)) / n, sum(ca[c] * cb[c] for c in ca) / (n * n)
+
+
+def cohen_kappa(a: Sequence, b: Sequence) -> float | None:
+    """Cohen's kappa (None: no items, or expected agreement is 1)."""
+    return _kappa(*cohen_parts(a, b))
+
+
+def fleiss_parts(items: Sequence[Sequence]) -> tuple[float | None, float | None]:
+    """Fleiss' mean per-item agreement and expected agreement; `items` holds each item's
+    categories, one per rater (the same number of raters, at least two, for every item)."""
+    from collections import Counter
+
+    if not items or len(items[0]) < 2:
+        return None, None
+    m = len(items[0])
+    totals: Counter = Counter()
+    p_bar = 0.0
+    for cats in items:
+        c = Counter(cats)
+        totals.update(c)
+        p_bar += (sum(k * k for k in c.values()) - m) / (m * (m - 1))
+    return p_bar / len(items), sum((t / (len(items) * m)) ** 2 for t in totals.values())
+
+
+def fleiss_kappa(items: Sequence[Sequence]) -> float | None:
+    """Fleiss' kappa (None: no items, or expected agreement is 1)."""
+    return _kappa(*fleiss_parts(items))
+
+
+def aurc(levels: Sequence[float], correct: Sequence[int | bool]) -> float | None:
+    """Area under the risk-coverage curve of a vote: examples ordered by agreement level (highest
+    first), one point per level covering every example at or above it, step integration of
+    risk over coverage (as the `aurc` view computes it)."""
+    from collections import defaultdict
+
+    n = len(levels)
+    if n == 0:
+        return None
+    by: dict[float, list[int]] = defaultdict(list)
+    for lv, ok in zip(levels, correct):
+        by[round(float(lv), 6)].append(int(bool(ok)))
+    area, covered, right, last = 0.0, 0, 0, 0.0
+    for lv in sorted(by, reverse=True):
+        covered += len(by[lv])
+        right += sum(by[lv])
+        coverage = covered / n
+        area += (1 - right / covered) * (coverage - last)
+        last = coverage
+    return area
+
+
 def paired(a: Sequence[int | bool], b: Sequence[int | bool]) -> dict:
     """Everything `wmg analyze models` says about two systems on the same examples."""
     n = len(a)

@@ -21,6 +21,9 @@ class Selected:
     run_id: int
     evaluation_id: int
     models: list[str]
+    study_id: int | None = None  # set when selected through --study
+    fold: int | None = None
+    seed: int | None = None
 
 
 class AnalysisError(StoreError):
@@ -38,16 +41,31 @@ def _ids(sel: Sequence[Selected]) -> str:
 
 
 def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
-           evaluation_ids: Iterable[int] = ()) -> list[Selected]:
-    """The evaluations to analyse: each run's latest comparison, or the ones named.
+           evaluation_ids: Iterable[int] = (), study_ids: Iterable[int] = ()) -> list[Selected]:
+    """The evaluations to analyse: each run's latest comparison, or the ones named; with a
+    study, the latest completed comparison of each of its runs (a study still running gives
+    the folds done so far, and the analyses say how many).
 
     Unknown runs, runs without a comparison and runs whose latest comparison failed
     are errors, not silently skipped.
     """
-    run_ids, evaluation_ids = list(run_ids), list(evaluation_ids)
-    if not (run_ids or all_runs or evaluation_ids):
-        raise AnalysisError("nothing selected: give --run-id N (repeatable), --evaluation-id N or --all-runs")
+    run_ids, evaluation_ids, study_ids = list(run_ids), list(evaluation_ids), list(study_ids)
+    if not (run_ids or all_runs or evaluation_ids or study_ids):
+        raise AnalysisError("nothing selected: give --run-id N (repeatable), --evaluation-id N, --study ID "
+                            "or --all-runs")
     chosen: list[tuple[int, int]] = []
+    in_study: dict[int, tuple[int, int, int]] = {}  # evaluation -> (study, fold, seed)
+    for sid in study_ids:
+        if not query(db, "SELECT id FROM studies WHERE id = :s", s=sid):
+            raise AnalysisError(f"no study with id {sid}")
+        rows = query(db, "SELECT r.id AS run_id, r.fold, r.seed, MAX(e.id) AS eid FROM runs r "
+                         "JOIN evaluations e ON e.run_id = r.id AND e.status = 'completed' AND e.source = 'validation' "
+                         "WHERE r.study_id = :s GROUP BY r.id, r.fold, r.seed ORDER BY r.seed, r.fold", s=sid)
+        if not rows:
+            raise AnalysisError(f"study {sid} has no compared run yet: `wmg train --study {sid}` makes its runs")
+        for r in rows:
+            chosen.append((r["run_id"], r["eid"]))
+            in_study[r["eid"]] = (sid, r["fold"], r["seed"])
     for eid in evaluation_ids:
         row = query(db, "SELECT id, run_id, status, error FROM evaluations WHERE id = :i", i=eid)
         if not row:
@@ -82,5 +100,5 @@ def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
                 "WHERE p.evaluation_id = :e ORDER BY m.position", e=eid)]
         if not models:
             raise AnalysisError(f"evaluation {eid} of run {rid} has no predictions")
-        out.append(Selected(rid, eid, models))
+        out.append(Selected(rid, eid, models, *in_study.get(eid, (None, None, None))))
     return out

@@ -45,25 +45,85 @@ def loss_curves(db, run_id: int, out: Path) -> Path | None:
     return path
 
 
-def label_accuracy(db, sel: Selected, out: Path) -> Path:
+def _error_bars(rates_counts):
+    """Wilson intervals as matplotlib's (below, above) distances."""
+    from ..stats import wilson
+
+    below, above = [], []
+    for k, n in rates_counts:
+        low, high = wilson(k, n) if n else (0.0, 0.0)
+        rate = k / n if n else 0.0
+        below.append(rate - low)
+        above.append(high - rate)
+    return [below, above]
+
+
+def _systems(db, evaluation_ids: Sequence[int], models: Sequence[str]) -> list[str]:
+    from ..baseline import in_order
+
+    return list(models) + in_order(r["baseline"] for r in query(
+        db, f"SELECT DISTINCT baseline FROM baseline_predictions WHERE evaluation_id IN "
+            f"({','.join(str(int(e)) for e in evaluation_ids) or 'NULL'})"))
+
+
+def _grouped_bars(ax, groups: list[str], systems: list[str], models: Sequence[str], counts: dict) -> None:
+    """Bars of gold-type accuracy per group and system with 95% Wilson error bars; baselines hatched."""
     import numpy as np
 
-    plt = _plt()
-    rows = query(db, "SELECT gold_type, model, accuracy FROM error_by_type WHERE evaluation_id = :e",
-                 e=sel.evaluation_id)
-    labels = sorted({r["gold_type"] for r in rows})
-    acc = {(r["gold_type"], r["model"]): r["accuracy"] for r in rows}
-    x = np.arange(len(labels))
-    width = 0.8 / max(1, len(sel.models))
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(labels)), 4.5))
-    for i, m in enumerate(sel.models):
-        ax.bar(x + i * width - 0.4 + width / 2, [acc.get((l, m), 0) or 0 for l in labels], width, label=m)
-    ax.set_xticks(x, [l.replace(" gadget", "").replace("/", "/\n") for l in labels], fontsize=8)
-    ax.set(ylim=(0, 1.05), ylabel="gold-type accuracy",
-           title=f"Run {sel.run_id}, evaluation {sel.evaluation_id}: accuracy per gold label")
-    ax.legend(fontsize=8)
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(systems))
+    for i, m in enumerate(systems):
+        kn = [counts.get((g, m), (0, 0)) for g in groups]
+        ax.bar(x + i * width - 0.4 + width / 2, [k / n if n else 0 for k, n in kn], width,
+               yerr=_error_bars(kn), capsize=2, label=m if m in models else f"{m} (baseline)",
+               hatch=None if m in models else "//", alpha=1 if m in models else 0.55, edgecolor="black", linewidth=0.4)
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set(ylim=(0, 1.05), ylabel="gold-type accuracy")
+    ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
+
+
+def label_accuracy(db, sel: Selected, out: Path) -> Path:
+    plt = _plt()
+    rows = query(db, "SELECT COALESCE(x.gold_type, '(none)') AS g, p.model AS m, SUM(p.matches_gold) AS k, COUNT(*) AS n "
+                     "FROM predictions p JOIN examples x ON x.id = p.example_id WHERE p.evaluation_id = :e "
+                     "GROUP BY 1, 2 UNION ALL "
+                     "SELECT COALESCE(x.gold_type, '(none)'), b.baseline, SUM(b.matches_gold), COUNT(*) "
+                     "FROM baseline_predictions b JOIN examples x ON x.id = b.example_id WHERE b.evaluation_id = :e "
+                     "GROUP BY 1, 2", e=sel.evaluation_id)
+    labels = sorted({r["g"] for r in rows})
+    counts = {(r["g"].replace(" gadget", "").replace("/", "/\n"), r["m"]): (r["k"], r["n"]) for r in rows}
+    systems = _systems(db, [sel.evaluation_id], sel.models)
+    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(labels)), 4.5))
+    _grouped_bars(ax, [l.replace(" gadget", "").replace("/", "/\n") for l in labels], systems, sel.models, counts)
+    ax.set_title(f"Run {sel.run_id}, evaluation {sel.evaluation_id}: accuracy per gold label (95% Wilson intervals)",
+                 fontsize=10)
     path = out / f"run{sel.run_id}_eval{sel.evaluation_id}_label_accuracy.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def form_accuracy(db, selected: Sequence[Selected], out: Path, name: str, title: str) -> Path | None:
+    """Accuracy overall and per instruction form, models beside the baselines, pooled over the
+    selected evaluations (one evaluation, or every fold of a study), with 95% Wilson intervals."""
+    plt = _plt()
+    ids = ",".join(str(int(s.evaluation_id)) for s in selected)
+    rows = query(db, f"SELECT system, instruction_form, SUM(correct) AS k, SUM(examples) AS n FROM system_accuracy "
+                     f"WHERE evaluation_id IN ({ids}) GROUP BY system, instruction_form")
+    if not rows:
+        return None
+    counts = {(r["instruction_form"], r["system"]): (r["k"], r["n"]) for r in rows}
+    order = ["all", "category", "open", "paraphrase"]
+    groups = [f for f in order if any(k[0] == f for k in counts)]
+    models = list(dict.fromkeys(m for s in selected for m in s.models))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = {g: f"{g}\n({max(counts.get((g, m), (0, 0))[1] for m in models)} ex)" for g in groups}
+    _grouped_bars(ax, [labels[g] for g in groups], _systems(db, [s.evaluation_id for s in selected], models),
+                  models, {(labels[g], m): v for (g, m), v in counts.items() if g in labels})
+    ax.set_title(title + "\n95% Wilson intervals; open: the instruction names no category", fontsize=9)
+    path = out / name
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -119,6 +179,12 @@ def runs_trend(db, out: Path) -> Path | None:
     for m in dict.fromkeys(r["model"] for r in rows):
         pts = [(r["run_id"], r["gold_accuracy"]) for r in rows if r["model"] == m]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "--s", label=f"{m} gold-type accuracy")
+    base = query(db, "SELECT l.run_id, s.accuracy FROM system_accuracy s JOIN latest_evaluations l "
+                     "ON l.id = s.evaluation_id WHERE s.system = 'tfidf-logreg' AND s.instruction_form = 'all' "
+                     "ORDER BY l.run_id")
+    if base:
+        ax.plot([b["run_id"] for b in base], [b["accuracy"] for b in base], ":^", color="gray",
+                label="tfidf-logreg baseline")
     ax.set_xticks(runs, [f"{r}\n{next(x['examples'] for x in rows if x['run_id'] == r)} ex" for r in runs],
                   fontsize=8)
     ax.set(ylim=(-0.02, 1.02), xlabel="run (examples)", ylabel="rate", title="Agreement and accuracy across runs")
@@ -143,7 +209,20 @@ def plot_all(db, sel: Sequence[Selected], out_dir: str | Path) -> list[Path]:
         if p:
             paths.append(p)
         paths.append(label_accuracy(db, s, out))
+        p = form_accuracy(db, [s], out, f"run{s.run_id}_eval{s.evaluation_id}_form_accuracy.png",
+                          f"Run {s.run_id}, evaluation {s.evaluation_id}")
+        if p:
+            paths.append(p)
         paths += confusion(db, s, out)
+    studies: dict[int, list[Selected]] = {}
+    for s in sel:
+        if s.study_id is not None:
+            studies.setdefault(s.study_id, []).append(s)
+    for sid, ss in studies.items():
+        p = form_accuracy(db, ss, out, f"study{sid}_form_accuracy.png",
+                          f"Study {sid}: {len(ss)} runs pooled (every example once per seed)")
+        if p:
+            paths.append(p)
     p = runs_trend(db, out)
     if p:
         paths.append(p)

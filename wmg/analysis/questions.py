@@ -159,54 +159,178 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
                   ["run_id", "evaluation_id", "instruction_form", "model", "examples", "gold_accuracy",
                    "gold_accuracy_low", "gold_accuracy_high"], form_rows,
                   ["category: the instruction names the gold category (the answer is given away); open: the model "
-                   "must decide; other: paraphrases, some of which name it; _low/_high: 95% Wilson score interval"],
+                   "must decide; paraphrase: other wordings, some of which name it; _low/_high: 95% Wilson score interval"],
                   group=3)
-    return [Table("models", "Architecture comparison", cols, out, notes, group=2), pairs, forms]
+    tables = [Table("models", "Architecture comparison", cols, out, notes, group=2), pairs, forms]
+    return _study_tables(db, sel, by_eval, form_of) + tables
+
+
+FORMS = ("all", "category", "open", "paraphrase")
+
+
+def _study_tables(db, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
+    """A study's predictions pooled over its folds (every example evaluated once per seed): each
+    system's accuracy over all of them with its Wilson interval, the spread of the per-fold
+    figures, and paired tests on the pooled examples; overall and per instruction form."""
+    import json
+
+    from ..baseline import in_order
+    from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap, mean_sd, paired, wilson
+
+    studies: dict[int, list[Selected]] = defaultdict(list)
+    for s in sel:
+        if s.study_id is not None:
+            studies[s.study_id].append(s)
+    if not studies:
+        return []
+    info = {r["id"]: r for r in query(db, f"SELECT id, folds, seeds_json FROM studies WHERE id IN "
+                                          f"({','.join(str(int(i)) for i in studies)})")}
+    ids = _ids([s for ss in studies.values() for s in ss])
+    fmt: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
+    for r in query(db, f"SELECT evaluation_id, example_id, model, format_ok FROM predictions "
+                       f"WHERE evaluation_id IN ({ids})"):
+        fmt[r["evaluation_id"]][r["model"]][r["example_id"]] = int(bool(r["format_ok"]))
+    line_of = {r["id"]: r["source_line"] for r in query(
+        db, f"SELECT x.id, x.source_line FROM examples x JOIN evaluations e ON e.run_id = x.run_id "
+            f"WHERE e.id IN ({ids}) AND x.split = 'validation' AND x.evaluation_id IS NULL")}
+    rows, pair_rows = [], []
+    for sid, ss in studies.items():
+        folds, seeds = info[sid]["folds"], json.loads(info[sid]["seeds_json"])
+        models = list(dict.fromkeys(m for s in ss for m in s.models))
+        baselines = in_order(b for s in ss for b in by_eval.get(s.evaluation_id, {}) if b not in models)
+        systems = models + baselines
+        groups = [(seed, [s for s in ss if s.seed == seed]) for seed in seeds if any(s.seed == seed for s in ss)]
+
+        def hits(group, m, form, table=by_eval):  # [(evaluation, example, 0/1)] pooled over the folds
+            return [(s.evaluation_id, e, v) for s in group for e, v in table.get(s.evaluation_id, {}).get(m, {}).items()
+                    if form == "all" or form_of.get(e) == form]
+
+        for seed, group in groups:
+            for form in FORMS:
+                for m in systems:
+                    got = hits(group, m, form)
+                    if not got:
+                        continue
+                    k, n = sum(v for *_, v in got), len(got)
+                    fold_mean, fold_sd = mean_sd([sum(v for ev, _, v in got if ev == s.evaluation_id)
+                                                  / max(1, sum(1 for ev, *_ in got if ev == s.evaluation_id))
+                                                  for s in group if any(ev == s.evaluation_id for ev, *_ in got)])
+                    f = hits(group, m, form, fmt) if m in models else []
+                    fk = sum(v for *_, v in f)
+                    rows.append([sid, seed, form, m, "model" if m in models else "baseline", len(group), folds, n,
+                                 k / n, *wilson(k, n), fold_mean, fold_sd,
+                                 fk / len(f) if f else None, *(wilson(fk, len(f)) if f else (None, None))])
+            for form in ("all", "open"):
+                for i, a in enumerate(systems):
+                    for b in systems[i + 1:]:
+                        ha = {(ev, e): v for ev, e, v in hits(group, a, form)}
+                        hb = {(ev, e): v for ev, e, v in hits(group, b, form)}
+                        keys = sorted(set(ha) & set(hb))
+                        if not keys:
+                            continue
+                        p = paired([ha[k] for k in keys], [hb[k] for k in keys])
+                        pair_rows.append([sid, seed, form, a, b, p["examples"], sum(ha[k] for k in keys) / len(keys),
+                                          sum(hb[k] for k in keys) / len(keys), p["difference"], p["difference_low"],
+                                          p["difference_high"], p["a_only_right"], p["b_only_right"], p["mcnemar_p"]])
+        if len(groups) > 1:  # every seed together: an example's score is its mean over the seeds
+            for form in FORMS:
+                for m in systems:
+                    per_line: dict[int, list[int]] = defaultdict(list)
+                    for _, group in groups:
+                        for _, e, v in hits(group, m, form):
+                            per_line[line_of.get(e, e)].append(v)
+                    if not per_line:
+                        continue
+                    means = [sum(v) / len(v) for v in per_line.values()]
+                    low, high = bootstrap(lambda idx: float(sum(means[i] for i in idx) / len(idx)), len(means))
+                    seed_mean, seed_sd = mean_sd([r[8] for r in rows if r[0] == sid and r[1] != "all" and r[2] == form
+                                                 and r[3] == m])
+                    rows.append([sid, "all", form, m, "model" if m in models else "baseline",
+                                 sum(len(g) for _, g in groups), folds, len(means), sum(means) / len(means), low, high,
+                                 seed_mean, seed_sd, None, None, None])
+    order = {f: i for i, f in enumerate(FORMS)}
+    rows.sort(key=lambda r: (r[0], str(r[1]) == "all", str(r[1]), order[r[2]]))
+    study = Table(
+        "study", "Study: predictions pooled over the folds (every example evaluated once per seed)",
+        ["study_id", "seed", "instruction_form", "system", "kind", "folds_done", "folds", "examples", "gold_accuracy",
+         "gold_accuracy_low", "gold_accuracy_high", "fold_mean", "fold_sd", "format_accuracy", "format_accuracy_low",
+         "format_accuracy_high"], rows,
+        ["gold_accuracy over every pooled example, _low/_high its 95% Wilson score interval; fold_mean/fold_sd: mean "
+         "and sample standard deviation of the per-fold accuracies (the spread that comes from which examples are "
+         "held out); open: the instruction does not name the category, the figure to read",
+         "kind baseline: a reference classifier fitted on each fold's training split (tfidf-logreg: word 1-2-gram "
+         "TF-IDF + logistic regression; majority-class)",
+         f"seed all: each example's mean over the seeds; interval: percentile bootstrap over examples "
+         f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); fold_mean/fold_sd there: over the seeds' "
+         "pooled accuracies"],
+        group=3)
+    pairs = Table(
+        "study_pairs", "Study: paired comparison on the pooled examples (gold-type accuracy)",
+        ["study_id", "seed", "instruction_form", "model_a", "model_b", "examples", "accuracy_a", "accuracy_b",
+         "difference", "difference_low", "difference_high", "only_a_right", "only_b_right", "mcnemar_p"], pair_rows,
+        [f"difference = accuracy_a - accuracy_b; _low/_high: percentile bootstrap over examples "
+         f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); mcnemar_p: exact McNemar test on the "
+         "examples exactly one of the two got right"], group=3)
+    return [study, pairs]
 
 
 # ---------------------------------------------------------------- Q3
 def confidence(db, sel: Sequence[Selected]) -> list[Table]:
-    rows = query(db, f"SELECT * FROM confidence WHERE evaluation_id IN ({_ids(sel)})")
-    by = defaultdict(dict)
-    for r in rows:
-        by[(r["run_id"], r["evaluation_id"], r["model"])][r["full_agreement"]] = (r["accuracy"], r["examples"])
-    from ..stats import wilson_of_rate
+    from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, aurc, bootstrap, wilson
 
-    cols = ["run_id", "evaluation_id", "model", "agree_examples", "accuracy_when_all_agree",
+    _, hits, form, agr, _ = _per_example(db, sel)
+    out, area_rows, curve_rows = [], [], []
+    for s in sel:
+        got, ag = hits.get(s.evaluation_id, {}), agr.get(s.evaluation_id, {})
+        systems = s.models + ["(majority vote)"] + [f"(baseline) {b}" for b in _baselines_in(got, s.models)]
+        for f, examples in _forms_of(sorted(ag), form):
+            for m in systems:
+                def hit(e):
+                    if m == "(majority vote)":
+                        return int(bool(ag[e]["majority_matches_gold"]))
+                    return got.get(e, {}).get(m.removeprefix("(baseline) "))
+
+                split = {1: [], 0: []}
+                for e in examples:
+                    h = hit(e)
+                    if h is not None:
+                        split[int(bool(ag[e]["full_agreement"]))].append(h)
+                a, d = split[1], split[0]
+                ra = sum(a) / len(a) if a else None
+                rd = sum(d) / len(d) if d else None
+                out.append([s.run_id, s.evaluation_id, f, m, len(a), ra, *wilson(sum(a), len(a)), len(d), rd,
+                            *wilson(sum(d), len(d)), ra - rd if a and d else None])
+            if len(s.models) >= 2:
+                levels = [ag[e]["majority_count"] / ag[e]["n_models"] for e in examples]
+                right = [int(bool(ag[e]["majority_matches_gold"])) for e in examples]
+                low, high = bootstrap(lambda idx: aurc([levels[j] for j in idx], [right[j] for j in idx]),
+                                      len(examples))
+                area_rows.append([s.run_id, s.evaluation_id, f, len(s.models), len(examples), aurc(levels, right),
+                                  low, high, len(set(round(lv, 6) for lv in levels)), 1 - sum(right) / len(right)])
+        if len(s.models) >= 2:
+            pts = query(db, "SELECT agreement_level, covered, total, coverage, risk FROM risk_coverage "
+                            "WHERE evaluation_id = :e ORDER BY coverage", e=s.evaluation_id)
+            curve_rows += [[s.run_id, s.evaluation_id, p["agreement_level"], p["covered"], p["total"],
+                            p["coverage"], p["risk"]] for p in pts]
+    cols = ["run_id", "evaluation_id", "instruction_form", "model", "agree_examples", "accuracy_when_all_agree",
             "accuracy_when_all_agree_low", "accuracy_when_all_agree_high", "disagree_examples", "accuracy_when_not",
             "accuracy_when_not_low", "accuracy_when_not_high", "difference"]
-    out = []
-    for s in sel:
-        for m in s.models + ["(majority vote)"]:
-            g = by.get((s.run_id, s.evaluation_id, m), {})
-            a, d = g.get(1, (None, 0)), g.get(0, (None, 0))
-            diff = a[0] - d[0] if a[0] is not None and d[0] is not None else None
-            out.append([s.run_id, s.evaluation_id, m, a[1], a[0], *wilson_of_rate(a[0], a[1]), d[1], d[0],
-                        *wilson_of_rate(d[0], d[1]), diff])
     t1 = Table("confidence", "Agreement as confidence: accuracy where all models agree vs where they do not", cols,
                out, ["accuracy: the normalized type equals the gold's; _low/_high: 95% Wilson score interval; "
-                     + TIE_RULE], group=2)
-    curve_rows, area_rows = [], []
-    for s in sel:
-        if len(s.models) < 2:
-            continue
-        pts = query(db, "SELECT agreement_level, covered, total, coverage, risk FROM risk_coverage "
-                        "WHERE evaluation_id = :e ORDER BY coverage", e=s.evaluation_id)
-        curve_rows += [[s.run_id, s.evaluation_id, p["agreement_level"], p["covered"], p["total"], p["coverage"],
-                        p["risk"]] for p in pts]
-        a = query(db, "SELECT aurc, points FROM aurc WHERE evaluation_id = :e", e=s.evaluation_id)
-        base = query(db, "SELECT 1.0 - AVG(majority_matches_gold) AS r FROM agreements WHERE evaluation_id = :e",
-                     e=s.evaluation_id)[0]["r"]
-        area_rows.append([s.run_id, s.evaluation_id, len(s.models), a[0]["aurc"] if a else None,
-                          a[0]["points"] if a else 0, base])
+                     + TIE_RULE, "(baseline) rows: a reference classifier's accuracy on the examples the models "
+                     "agree on and on the rest (are the agreed examples simply easier?); never part of the agreement"],
+               group=3)
     t2 = Table("risk_coverage", "Risk-coverage of the majority vote, ordered by agreement",
                ["run_id", "evaluation_id", "agreement_level", "covered", "total", "coverage", "risk"], curve_rows,
                ["agreement level = (models giving the majority type) / models; each point covers every example "
                 "at or above its level; risk = 1 - majority-vote accuracy on the covered examples"])
-    t3 = Table("aurc", "AURC (area under the risk-coverage curve; lower is better)",
-               ["run_id", "evaluation_id", "models", "aurc", "points", "risk_at_full_coverage"], area_rows,
+    t3 = Table("aurc", "AURC (area under the risk-coverage curve; lower is better), overall and per instruction form",
+               ["run_id", "evaluation_id", "instruction_form", "models", "examples", "aurc", "aurc_low", "aurc_high",
+                "points", "risk_at_full_coverage"], area_rows,
                ["step integration: sum of risk x coverage gained at each level; equal to the full-coverage risk "
-                "when agreement carries no information, lower when agreeing examples are more often right"])
+                "when agreement carries no information, lower when agreeing examples are more often right",
+                f"_low/_high: percentile bootstrap over examples ({BOOTSTRAP_RESAMPLES} resamples, seed "
+                f"{BOOTSTRAP_SEED})"], group=3)
     return [t1, t2, t3]
 
 
@@ -215,27 +339,28 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
     from ..parse import CANONICAL_LABELS
     from ..stats import wilson
 
-    rows = query(db, f"SELECT * FROM error_by_type WHERE evaluation_id IN ({_ids(sel)})")
+    _, hits, form, agr, gold = _per_example(db, sel)
     acc_rows, conf_rows = [], []
     for s in sel:
-        mine = [r for r in rows if r["evaluation_id"] == s.evaluation_id]
-        labels = sorted({r["gold_type"] for r in mine})
-        cell = {(r["gold_type"], r["model"]): r for r in mine}
-        total = {label: sum((cell[(label, m)]["accuracy"] or 0) for m in s.models if (label, m) in cell)
-                 for label in labels}
-        base = query(db, "SELECT COALESCE(x.gold_type, '(none)') AS gold_type, b.baseline, COUNT(*) AS examples, "
-                         "SUM(b.matches_gold) AS correct FROM baseline_predictions b JOIN examples x ON x.id = b.example_id "
-                         "WHERE b.evaluation_id = :e GROUP BY 1, 2 ORDER BY 2", e=s.evaluation_id)
-        for label in sorted(labels, key=lambda l: (total[l], l)):  # hardest first
-            rate = next(cell[(label, m)]["disagreement_rate"] for m in s.models if (label, m) in cell)
-            for m in s.models:
-                r = cell.get((label, m))
-                if r is not None:
-                    acc_rows.append([s.run_id, s.evaluation_id, label, r["examples"], rate, m, r["correct"],
-                                     r["accuracy"], *wilson(r["correct"], r["examples"])])
-            for b in (b for b in base if b["gold_type"] == label):
-                acc_rows.append([s.run_id, s.evaluation_id, label, b["examples"], rate, f"(baseline) {b['baseline']}",
-                                 b["correct"], b["correct"] / b["examples"], *wilson(b["correct"], b["examples"])])
+        got, ag = hits.get(s.evaluation_id, {}), agr.get(s.evaluation_id, {})
+        systems = s.models + _baselines_in(got, s.models)
+        for f, examples in _forms_of(sorted(ag), form):
+            labels: dict[str, list[int]] = defaultdict(list)
+            for e in examples:
+                labels[gold[e]].append(e)
+
+            def cell(label, m):
+                vals = [got[e][m] for e in labels[label] if m in got.get(e, {})]
+                return sum(vals), len(vals)
+
+            hardness = {label: sum(k / n for k, n in (cell(label, m) for m in s.models) if n) for label in labels}
+            for label in sorted(labels, key=lambda l: (hardness[l], l)):  # hardest first
+                rate = sum(1 - int(bool(ag[e]["full_agreement"])) for e in labels[label]) / len(labels[label])
+                for m in systems:
+                    k, n = cell(label, m)
+                    if n:
+                        acc_rows.append([s.run_id, s.evaluation_id, f, label, n, rate,
+                                         m if m in s.models else f"(baseline) {m}", k, k / n, *wilson(k, n)])
         conf = query(db, "SELECT model, gold_label, predicted_label, n FROM confusion WHERE evaluation_id = :e",
                      e=s.evaluation_id)
         predicted = [l for l in CANONICAL_LABELS if any(c["predicted_label"] == l for c in conf)]
@@ -248,13 +373,13 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
             conf_rows += [[s.run_id, s.evaluation_id, m, g, p, counts.get((g, p), 0)]
                           for g in gold_labels for p in predicted]
     return [
-        Table("by_type", "Error analysis by gadget type (hardest first)",
-              ["run_id", "evaluation_id", "gold_type", "examples", "disagreement_rate", "model", "correct",
-               "accuracy", "accuracy_low", "accuracy_high"], acc_rows,
+        Table("by_type", "Error analysis by gadget type (hardest first), overall and per instruction form",
+              ["run_id", "evaluation_id", "instruction_form", "gold_type", "examples", "disagreement_rate", "model",
+               "correct", "accuracy", "accuracy_low", "accuracy_high"], acc_rows,
               ["accuracy: the model's normalized type equals the gold's; _low/_high: 95% Wilson score interval; "
                "disagreement_rate: examples of this type where the models' normalized types differ; (baseline): a "
                "reference classifier fitted on the training split"],
-              wide=Wide("model", ("accuracy",), hide=("correct",)), group=2),
+              wide=Wide("model", ("accuracy",), hide=("correct",)), group=3),
         Table("confusion", "Confusion matrices (rows: model and gold label; columns: predicted canonical label)",
               ["run_id", "evaluation_id", "model", "gold_label", "predicted_label", "n"], conf_rows,
               ["(other): a gadget type that normalizes to none of the six canonical labels, or no type at all"],
@@ -264,29 +389,32 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
 
 # ---------------------------------------------------------------- Q5
 def vote(db, sel: Sequence[Selected]) -> list[Table]:
-    from ..stats import wilson_of_rate
+    from ..stats import wilson
 
-    rows = query(db, f"SELECT * FROM vote WHERE evaluation_id IN ({_ids(sel)})")
-    base = query(db, f"SELECT evaluation_id, baseline, COUNT(*) AS examples, AVG(matches_gold) AS accuracy "
-                     f"FROM baseline_predictions WHERE evaluation_id IN ({_ids(sel)}) "
-                     "GROUP BY evaluation_id, baseline ORDER BY baseline")
+    _, hits, form, agr, _ = _per_example(db, sel)
     out = []
     for s in sel:
-        mine = {r["model"]: r for r in rows if r["evaluation_id"] == s.evaluation_id}
-        mv = mine["(majority vote)"]
-        best = max((mine[m]["accuracy"] for m in s.models if m in mine), default=None)
-        for m in s.models + ["(majority vote)"]:
-            r = mine.get(m)
-            if r is None:
-                continue
-            gain = (mv["accuracy"] - r["accuracy"]) if m != "(majority vote)" else (
-                mv["accuracy"] - best if best is not None else None)
-            out.append([s.run_id, s.evaluation_id, len(s.models), m, r["examples"], r["accuracy"],
-                        *wilson_of_rate(r["accuracy"], r["examples"]), r["ties_or_no_majority"], gain])
-        for b in (b for b in base if b["evaluation_id"] == s.evaluation_id):
-            out.append([s.run_id, s.evaluation_id, len(s.models), f"(baseline) {b['baseline']}", b["examples"],
-                        b["accuracy"], *wilson_of_rate(b["accuracy"], b["examples"]), None,
-                        mv["accuracy"] - b["accuracy"]])
+        got, ag = hits.get(s.evaluation_id, {}), agr.get(s.evaluation_id, {})
+        baselines = _baselines_in(got, s.models)
+        for f, examples in _forms_of(sorted(ag), form):
+            def rate(system):
+                if system == "(majority vote)":
+                    vals = [int(bool(ag[e]["majority_matches_gold"])) for e in examples]
+                else:
+                    vals = [got[e][system] for e in examples if system in got.get(e, {})]
+                return (sum(vals) / len(vals), len(vals), sum(vals)) if vals else (None, 0, 0)
+
+            mv = rate("(majority vote)")[0]
+            best = max((r for r in (rate(m)[0] for m in s.models) if r is not None), default=None)
+            ties = sum(ag[e]["majority_count"] * 2 <= ag[e]["n_models"] for e in examples)
+            for m in s.models + ["(majority vote)"] + baselines:
+                acc, n, k = rate(m)
+                if not n:
+                    continue
+                gain = (mv - best if best is not None else None) if m == "(majority vote)" else mv - acc
+                out.append([s.run_id, s.evaluation_id, f, len(s.models), m if m in s.models or m == "(majority vote)"
+                            else f"(baseline) {m}", n, acc, *wilson(k, n), ties if m == "(majority vote)" else None,
+                            gain])
     notes = [TIE_RULE, "_low/_high: 95% Wilson score interval; (baseline) rows: reference classifiers fitted on the "
              "training split, never part of the vote",
              "vote_gain: majority-vote accuracy minus this model's (for the vote row: minus the best single model; for a "
@@ -294,9 +422,9 @@ def vote(db, sel: Sequence[Selected]) -> list[Table]:
     if any(len(s.models) < 3 for s in sel):
         notes.append("with two models a vote cannot break a disagreement: the tie rule returns the first model's "
                      "answer, so the vote equals that model wherever they disagree; it is meaningful with three or more")
-    return [Table("vote", "Majority voting against each model",
-                  ["run_id", "evaluation_id", "models", "model", "examples", "accuracy", "accuracy_low",
-                   "accuracy_high", "ties_or_no_majority", "vote_gain"], out, notes, group=3)]
+    return [Table("vote", "Majority voting against each model, overall and per instruction form",
+                  ["run_id", "evaluation_id", "instruction_form", "models", "model", "examples", "accuracy",
+                   "accuracy_low", "accuracy_high", "ties_or_no_majority", "vote_gain"], out, notes, group=4)]
 
 
 # ---------------------------------------------------------------- Q6
@@ -305,27 +433,90 @@ AGREEMENT_TERMS = ("full_agreement: share of examples where every model gave the
                    "an empty type counting as a category of its own (what the kappa is computed from)")
 
 
+def _per_example(db, sel: Sequence[Selected]):
+    """Per evaluation and example, for the statistics the views cannot resample or split by form:
+    types[e][x][model] (normalized type), hits[e][x][system] (1 when the gold type; models and
+    baselines), form[x] (instruction form), agr[e][x] (the agreement row) and gold[x] (gold type)."""
+    types: dict[int, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+    hits: dict[int, dict[int, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    form: dict[int, str] = {}
+    gold: dict[int, str] = {}
+    for r in query(db, f"SELECT p.evaluation_id, p.example_id, p.model, p.normalized_type, p.matches_gold, "
+                       f"x.instruction_form, COALESCE(x.gold_type, '(none)') AS gold_type "
+                       f"FROM predictions p JOIN examples x ON x.id = p.example_id "
+                       f"WHERE p.evaluation_id IN ({_ids(sel)})"):
+        types[r["evaluation_id"]][r["example_id"]][r["model"]] = r["normalized_type"] or ""
+        hits[r["evaluation_id"]][r["example_id"]][r["model"]] = int(bool(r["matches_gold"]))
+        form[r["example_id"]], gold[r["example_id"]] = r["instruction_form"], r["gold_type"]
+    for r in query(db, f"SELECT evaluation_id, example_id, baseline, matches_gold FROM baseline_predictions "
+                       f"WHERE evaluation_id IN ({_ids(sel)})"):
+        hits[r["evaluation_id"]][r["example_id"]][r["baseline"]] = int(bool(r["matches_gold"]))
+    agr: dict[int, dict[int, dict]] = defaultdict(dict)
+    for r in query(db, f"SELECT evaluation_id, example_id, full_agreement, majority_count, n_models, "
+                       f"majority_matches_gold FROM agreements WHERE evaluation_id IN ({_ids(sel)})"):
+        agr[r["evaluation_id"]][r["example_id"]] = r
+    return types, hits, form, agr, gold
+
+
+def _baselines_in(hits_of_eval: dict, models: Sequence[str]) -> list[str]:
+    from ..baseline import in_order
+
+    return in_order(b for h in hits_of_eval.values() for b in h if b not in models)
+
+
+def _forms_of(examples, form) -> list[tuple[str, list]]:
+    """("all", every example) and each instruction form present, in FORMS order."""
+    out = [("all", list(examples))]
+    for f in FORMS[1:]:
+        mine = [e for e in examples if form.get(e) == f]
+        if mine:
+            out.append((f, mine))
+    return out
+
+
 def agreement(db, sel: Sequence[Selected]) -> list[Table]:
-    pairs = query(db, f"SELECT * FROM pairwise_agreement WHERE evaluation_id IN ({_ids(sel)}) "
-                      "ORDER BY run_id, evaluation_id, model_a, model_b")
-    order = {(s.evaluation_id, m): i for s in sel for i, m in enumerate(s.models)}
-    pairs.sort(key=lambda r: (r["run_id"], r["evaluation_id"], order.get((r["evaluation_id"], r["model_a"])),
-                              order.get((r["evaluation_id"], r["model_b"]))))
-    t1 = Table("pairwise", "Pairwise agreement (Cohen's kappa on normalized types)",
-               ["run_id", "evaluation_id", "model_a", "model_b", "examples", "full_agreement", "observed_agreement",
-                "expected_agreement", "cohen_kappa"],
-               [[r["run_id"], r["evaluation_id"], r["model_a"], r["model_b"], r["examples"], r["full_agreement"],
-                 r["observed_agreement"], r["expected_agreement"], r["cohen_kappa"]] for r in pairs],
+    from ..stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap, cohen_kappa, cohen_parts, fleiss_kappa,
+                         fleiss_parts, wilson)
+
+    types, _, form, _, _ = _per_example(db, sel)
+    pair_rows, all_rows = [], []
+    for s in sel:
+        got = types.get(s.evaluation_id, {})
+        for f, examples in _forms_of(sorted(got), form):
+            items = [got[e] for e in examples if all(m in got[e] for m in s.models)]
+            n = len(items)
+            for i, a in enumerate(s.models):
+                for b in s.models[i + 1:]:
+                    xa, xb = [it[a] for it in items], [it[b] for it in items]
+                    same = sum(x == y for x, y in zip(xa, xb))
+                    full = sum(x == y and x != "" for x, y in zip(xa, xb))
+                    _, pe = cohen_parts(xa, xb)
+                    kappa = cohen_kappa(xa, xb)
+                    low, high = bootstrap(lambda idx: cohen_kappa([xa[j] for j in idx], [xb[j] for j in idx]), n)
+                    pair_rows.append([s.run_id, s.evaluation_id, f, a, b, n, full / n, *wilson(full, n), same / n,
+                                      *wilson(same, n), pe, kappa, low, high])
+            if len(s.models) >= 2 and items:
+                cats = [[it[m] for m in s.models] for it in items]
+                full = sum(len(set(c)) == 1 and c[0] != "" for c in cats)
+                p_bar, p_e = fleiss_parts(cats)
+                low, high = bootstrap(lambda idx: fleiss_kappa([cats[j] for j in idx]), n)
+                all_rows.append([s.run_id, s.evaluation_id, f, len(s.models), n, full / n, *wilson(full, n),
+                                 p_bar, p_e, fleiss_kappa(cats), low, high])
+    boot = (f"_low/_high of a kappa: percentile bootstrap over examples ({BOOTSTRAP_RESAMPLES} resamples, seed "
+            f"{BOOTSTRAP_SEED}); of a rate: 95% Wilson score interval")
+    t1 = Table("pairwise", "Pairwise agreement (Cohen's kappa on normalized types), overall and per instruction form",
+               ["run_id", "evaluation_id", "instruction_form", "model_a", "model_b", "examples", "full_agreement",
+                "full_agreement_low", "full_agreement_high", "observed_agreement", "observed_agreement_low",
+                "observed_agreement_high", "expected_agreement", "cohen_kappa", "cohen_kappa_low", "cohen_kappa_high"],
+               pair_rows,
                [AGREEMENT_TERMS, "kappa = (observed - expected) / (1 - expected), expected from each model's own "
-                "type frequencies; undefined (-) when expected agreement is 1"])
-    fl = query(db, f"SELECT * FROM fleiss_kappa WHERE evaluation_id IN ({_ids(sel)}) ORDER BY run_id, evaluation_id")
-    t2 = Table("all_models", "Agreement of all models (Fleiss' kappa)",
-               ["run_id", "evaluation_id", "models", "examples", "full_agreement", "observed_agreement",
-                "expected_agreement", "fleiss_kappa"],
-               [[r["run_id"], r["evaluation_id"], r["models"], r["examples"], r["full_agreement"],
-                 r["observed_agreement"], r["expected_agreement"], r["fleiss_kappa"]] for r in fl],
-               [AGREEMENT_TERMS + "; for more than two models observed_agreement is Fleiss' mean pairwise "
-                "agreement per example"])
+                "type frequencies; undefined (-) when expected agreement is 1", boot], group=3)
+    t2 = Table("all_models", "Agreement of all models (Fleiss' kappa), overall and per instruction form",
+               ["run_id", "evaluation_id", "instruction_form", "models", "examples", "full_agreement",
+                "full_agreement_low", "full_agreement_high", "observed_agreement", "expected_agreement",
+                "fleiss_kappa", "fleiss_kappa_low", "fleiss_kappa_high"],
+               all_rows, [AGREEMENT_TERMS + "; for more than two models observed_agreement is Fleiss' mean pairwise "
+                          "agreement per example", boot], group=3)
     sem = query(db, f"SELECT * FROM semantic_agreement WHERE evaluation_id IN ({_ids(sel)}) "
                     "ORDER BY run_id, evaluation_id, judgment_set_id")
     t3 = Table("semantic", "Semantic agreement per judge, beside string agreement",
@@ -364,15 +555,41 @@ def runs(db, run_ids: Sequence[int] | None = None) -> list[Table]:
 
     configs = {rid: config(rs) for rid, rs in by_run.items()}
     varying = [c for c in CONFIG_COLUMNS if len({str(cfg[c]) for cfg in configs.values()}) > 1] or list(CONFIG_COLUMNS)
-    cols = ["run_id", "status"] + varying + ["agreement_rate", "model", "format_accuracy", "gold_accuracy"]
-    out = [[rid, r["status"]] + [configs[rid][c] for c in varying]
-           + [r["agreement_rate"], r["model"], r["format_accuracy"], r["gold_accuracy"]]
-           for rid, rs in by_run.items() for r in rs]
+    from ..stats import wilson_of_rate
+
+    evals = [rs[0]["evaluation_id"] for rs in by_run.values() if rs[0]["evaluation_id"] is not None]
+    acc = defaultdict(dict)  # evaluation -> (system, form) -> (accuracy, examples, kind)
+    for a in query(db, f"SELECT evaluation_id, system, kind, instruction_form, accuracy, examples "
+                       f"FROM system_accuracy WHERE evaluation_id IN ({','.join(map(str, evals)) or 'NULL'})"):
+        acc[a["evaluation_id"]][(a["system"], a["instruction_form"])] = (a["accuracy"], a["examples"], a["kind"])
+    from ..baseline import in_order
+
+    cols = ["run_id", "status"] + varying + ["agreement_rate", "agreement_rate_low", "agreement_rate_high", "model",
+                                             "format_accuracy", "format_accuracy_low", "format_accuracy_high",
+                                             "gold_accuracy",
+                                             "gold_accuracy_low", "gold_accuracy_high", "gold_accuracy_open",
+                                             "gold_accuracy_open_low", "gold_accuracy_open_high"]
+    out = []
+    for rid, rs in by_run.items():
+        ev = acc.get(rs[0]["evaluation_id"], {})
+        systems = [(r["model"], r["format_accuracy"]) for r in rs]
+        systems += [(name, None) for name in in_order(name for (name, form), v in ev.items()
+                                                      if form == "all" and v[2] == "baseline")]
+        n = max((v[1] for (_, form), v in ev.items() if form == "all"), default=0)
+        for name, fmt in systems:
+            overall, open_ = ev.get((name, "all"), (None, 0, None)), ev.get((name, "open"), (None, 0, None))
+            shown = name if overall[2] != "baseline" else f"(baseline) {name}"
+            out.append([rid, rs[0]["status"]] + [configs[rid][c] for c in varying]
+                       + [rs[0]["agreement_rate"], *wilson_of_rate(rs[0]["agreement_rate"], n), shown, fmt,
+                          *wilson_of_rate(fmt, n), overall[0], *wilson_of_rate(overall[0], overall[1]),
+                          open_[0], *wilson_of_rate(open_[0], open_[1])])
     notes = [f"configuration columns shown: those that differ between the runs ({', '.join(varying)})"
              if len(varying) < len(CONFIG_COLUMNS) else "no configuration differs, so all of it is shown",
-             "results are from each run's latest completed comparison"]
+             "results are from each run's latest completed comparison; _low/_high: 95% Wilson score interval; "
+             "_open: examples whose instruction names no category; (baseline): a reference classifier fitted on "
+             "the run's training split"]
     return [Table("runs", "Runs: how results move with the configuration", cols, out, notes,
-                  group=len(varying) + 3)]
+                  group=len(varying) + 5)]
 
 
 QUESTIONS = {

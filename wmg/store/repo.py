@@ -9,6 +9,7 @@ from typing import Any, Iterable, Sequence
 
 from sqlalchemy import func, select, update
 
+from ..baseline import in_order
 from ..data import Example as DataExample
 from ..data import instruction_form
 from ..parse import normalize_type
@@ -68,6 +69,20 @@ class RunInfo:
     resumes: int = 0
     host: str | None = None
     pid: int | None = None
+    study_id: int | None = None
+    fold: int | None = None  # the study's fold (1 to K) this run holds out
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    id: int
+    created_at: datetime
+    data_path: str
+    data_sha256: str
+    folds: int
+    seeds: list[int]
+    config: dict
+    runs: list[RunInfo] = field(default_factory=list)  # in (seed, fold) order
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,9 @@ class EvaluationInfo:
     error: str | None
     format_accuracy: dict[str, float] = field(default_factory=dict)
     gold_accuracy: dict[str, float] = field(default_factory=dict)
+    baseline_accuracy: dict[str, float] = field(default_factory=dict)  # reference baselines' gold-type accuracy
+    n_open: int = 0  # examples whose instruction is in the open form (names no category)
+    gold_accuracy_open: dict[str, float] = field(default_factory=dict)  # models and baselines, open form only
 
 
 @dataclass(frozen=True)
@@ -152,9 +170,22 @@ def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
         select(t.Prediction.model, func.avg(t.Prediction.format_ok), func.avg(t.Prediction.matches_gold))
         .where(t.Prediction.evaluation_id == e.id).group_by(t.Prediction.model)
     ).all()
+    base = s.execute(select(t.BaselinePrediction.baseline, func.avg(t.BaselinePrediction.matches_gold))
+                     .where(t.BaselinePrediction.evaluation_id == e.id).group_by(t.BaselinePrediction.baseline)).all()
+    is_open = t.Example.instruction_form == "open"
+    open_rows = s.execute(
+        select(t.Prediction.model, func.count(), func.avg(t.Prediction.matches_gold))
+        .join(t.Example, t.Example.id == t.Prediction.example_id)
+        .where(t.Prediction.evaluation_id == e.id, is_open).group_by(t.Prediction.model)).all()
+    open_base = s.execute(
+        select(t.BaselinePrediction.baseline, func.avg(t.BaselinePrediction.matches_gold))
+        .join(t.Example, t.Example.id == t.BaselinePrediction.example_id)
+        .where(t.BaselinePrediction.evaluation_id == e.id, is_open).group_by(t.BaselinePrediction.baseline)).all()
     return EvaluationInfo(e.id, e.run_id, e.created_at, e.status, e.source, e.n_examples, e.full_agreements,
                           e.full_agreement_rate, e.report_path, e.seconds, e.error,
-                          {m: float(f) for m, f, _ in rows}, {m: float(g) for m, _, g in rows})
+                          {m: float(f) for m, f, _ in rows}, {m: float(g) for m, _, g in rows},
+                          {b: float(dict(base)[b]) for b in in_order(dict(base))}, max((n for _, n, _ in open_rows), default=0),
+                          {**{m: float(g) for m, _, g in open_rows}, **{b: float(g) for b, g in open_base}})
 
 
 def _latest_eval(s, run_id: int, completed_only: bool = False) -> t.Evaluation | None:
@@ -171,7 +202,8 @@ def _run_info(s, r: t.Run) -> RunInfo:
                    r.n_train, r.n_validation, r.eval_split, r.seed, r.init_requested, r.device, r.platform,
                    json.loads(r.config_json), json.loads(r.versions_json), r.train_seconds, r.error,
                    [_model_info(m) for m in models], _eval_info(s, ev) if ev else None,
-                   checkpoint_dir=r.checkpoint_dir, resumes=r.resumes or 0, host=r.host, pid=r.pid)
+                   checkpoint_dir=r.checkpoint_dir, resumes=r.resumes or 0, host=r.host, pid=r.pid,
+                   study_id=r.study_id, fold=r.fold)
 
 
 def _example_row(run_id: int, split: str, position: int, ex: DataExample, evaluation_id: int | None = None):
@@ -203,13 +235,17 @@ def create_run(db: str | None, *, data_path: str, data_sha256: str, examples_req
                eval_split: float, seed: int, init_requested: str, device: str, platform: str,
                config: dict, versions: dict, models: Sequence[tuple[Any, dict]],
                train: Sequence[DataExample], validation: Sequence[DataExample],
-               owner: tuple[str, int, int | None] | None = None) -> tuple[int, dict[str, int]]:
+               owner: tuple[str, int, int | None] | None = None, study_id: int | None = None,
+               fold: int | None = None) -> tuple[int, dict[str, int]]:
     """The run, its models (pending) and its split, written as `running` in one transaction.
     `owner` is the (host, pid, pid start time) of the process that trains it."""
     host, pid, start = owner or (None, None, None)
     with session_scope(db) as s:
+        if study_id is not None and s.execute(
+                select(t.Run.id).where(t.Run.study_id == study_id, t.Run.fold == fold, t.Run.seed == seed)).first():
+            raise StoreError(f"study {study_id} already has a run for fold {fold}, seed {seed}")
         run = t.Run(created_at=now(), status="running", data_path=data_path, data_sha256=data_sha256,
-                    host=host, pid=pid, process_start=start,
+                    host=host, pid=pid, process_start=start, study_id=study_id, fold=fold,
                     examples_requested=examples_requested, n_train=len(train), n_validation=len(validation),
                     eval_split=eval_split, seed=seed, models=",".join(spec.name for spec, _ in models),
                     init_requested=init_requested, device=device, platform=platform,
@@ -323,6 +359,31 @@ def get_run(db: str | None, run_id: int) -> RunInfo:
         if r is None:
             raise StoreError(f"no run with id {run_id}")
         return _run_info(s, r)
+
+
+@retry_locked
+def create_study(db: str | None, *, data_path: str, data_sha256: str, folds: int, seeds: Sequence[int],
+                 config: dict) -> int:
+    with session_scope(db) as s:
+        st = t.Study(created_at=now(), data_path=data_path, data_sha256=data_sha256, folds=folds,
+                     seeds_json=json.dumps(list(seeds)), config_json=json.dumps(config, sort_keys=True))
+        s.add(st)
+        s.flush()
+        return st.id
+
+
+@retry_locked
+def get_study(db: str | None, study_id: int) -> StudyInfo:
+    with session_scope(db, write=False) as s:
+        st = s.get(t.Study, study_id)
+        if st is None:
+            raise StoreError(f"no study with id {study_id}")
+        runs = s.scalars(select(t.Run).where(t.Run.study_id == study_id).order_by(t.Run.id)).all()
+        seeds = json.loads(st.seeds_json)
+        infos = sorted((_run_info(s, r) for r in runs),
+                       key=lambda r: (seeds.index(r.seed) if r.seed in seeds else len(seeds), r.fold or 0, r.id))
+        return StudyInfo(st.id, st.created_at, st.data_path, st.data_sha256, st.folds, seeds,
+                         json.loads(st.config_json), infos)
 
 
 @retry_locked

@@ -29,6 +29,21 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+class Study(Base):
+    """Runs tied together: K stratified folds (each example evaluated once) repeated with N seeds.
+    Each (seed, fold) is an ordinary run carrying the study's id."""
+
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    data_path: Mapped[str] = mapped_column(Text, nullable=False)
+    data_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    folds: Mapped[int] = mapped_column(Integer, nullable=False)
+    seeds_json: Mapped[str] = mapped_column(Text, nullable=False)  # the seeds, in order
+    config_json: Mapped[str] = mapped_column(Text, nullable=False)  # the training and comparison options
+    __table_args__ = (CheckConstraint("folds >= 2", name="folds"),)
+
+
 class Run(Base):
     """One `wmg train` invocation: the data, the split, the models and how it ended."""
 
@@ -59,6 +74,8 @@ class Run(Base):
     process_start: Mapped[int | None] = mapped_column(BigInteger)  # tells a reused pid apart (Linux)
     checkpoint_dir: Mapped[str | None] = mapped_column(Text)  # checkpoints/run-<id>[-n]
     resumes: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    fold: Mapped[int | None] = mapped_column(Integer)  # the study's fold (1 to K) this run holds out
     __table_args__ = (CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),)
 
 
@@ -158,7 +175,7 @@ class Example(Base):
     gold_output: Mapped[str] = mapped_column(Text, nullable=False)
     gold_type: Mapped[str | None] = mapped_column(Text)
     gold_normalized: Mapped[str] = mapped_column(Text, nullable=False)
-    instruction_form: Mapped[str] = mapped_column(String(16), nullable=False)  # category | open | other
+    instruction_form: Mapped[str] = mapped_column(String(16), nullable=False)  # category | open | paraphrase
     excerpt_words: Mapped[int] = mapped_column(Integer, nullable=False)
     __table_args__ = (
         CheckConstraint("split IN ('train', 'validation', 'external')", name="split"),

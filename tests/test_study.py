@@ -1,0 +1,128 @@
+"""K-fold studies end to end with tiny models: `wmg train --folds K`, one fold at a time, the
+study continued with `--study`, and the pooled analysis."""
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from wmg.cli import main
+
+TINY = ["--tiny", "--epochs", "1", "--batch-size", "4", "--max-new-tokens", "16", "--no-progress",
+        "--no-show-examples", "--platform", "windows"]
+
+
+def q(db, sql, *args):
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def by_table(records):
+    """--format json: one list of records, each naming its table."""
+    out = {}
+    for r in records:
+        out.setdefault(r["table"], []).append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, ):
+    """Fold 2 of a 3-fold study alone, then the study continued to the end."""
+    from conftest import SMALL
+
+    work = tmp_path_factory.mktemp("study")
+    db = str(work / "results.db")
+    common = ["--db", db, "--checkpoints", work / "ckpt", "--report", work / "report.json"]
+    first = invoke("train", "--data", SMALL, "--folds", 3, "--fold", 2, *common, *TINY, "--quiet")
+    assert first.exit_code == 0, first.output
+    assert q(db, "SELECT fold FROM runs") == [(2,)]
+    rest = invoke("train", "--study", 1, "--db", db, "--no-progress", "--format", "json")
+    assert rest.exit_code == 0, rest.output
+    return db, work, by_table(json.loads(rest.stdout))
+
+
+def test_every_example_is_evaluated_exactly_once_across_the_folds(study):
+    db, work, _ = study
+    assert q(db, "SELECT COUNT(*) FROM studies") == [(1,)]
+    assert sorted(q(db, "SELECT fold, seed, status FROM runs")) == [(1, 42, "completed"), (2, 42, "completed"),
+                                                                    (3, 42, "completed")]
+    held = q(db, "SELECT x.source_line FROM examples x JOIN runs r ON r.id = x.run_id "
+                 "WHERE x.split = 'validation' AND x.evaluation_id IS NULL")
+    assert sorted(h[0] for h in held) == list(range(12))
+    per_eval = q(db, "SELECT e.run_id, COUNT(*) FROM agreements a JOIN evaluations e ON e.id = a.evaluation_id "
+                     "GROUP BY e.run_id")
+    assert sorted(n for _, n in per_eval) == [4, 4, 4]
+    for run_id, in q(db, "SELECT id FROM runs"):  # each fold trains on the other folds only
+        train = {r[0] for r in q(db, "SELECT source_line FROM examples WHERE run_id = ? AND split = 'train'", run_id)}
+        val = {r[0] for r in q(db, "SELECT source_line FROM examples WHERE run_id = ? AND split = 'validation'", run_id)}
+        assert len(train) == 8 and not train & val
+    reports = sorted(p.name for p in work.glob("report.study1.fold*.json"))
+    assert reports == ["report.study1.fold1.seed42.json", "report.study1.fold2.seed42.json",
+                       "report.study1.fold3.seed42.json"]
+
+
+def test_pooled_figures_are_the_counts_over_every_fold(study):
+    db, _, out = study
+    pooled = {(r["instruction_form"], r["system"]): r for r in out["study"]}
+    for model in ("flan-t5-small", "distilgpt2"):
+        right, n = q(db, "SELECT SUM(matches_gold), COUNT(*) FROM predictions WHERE model = ?", model)[0]
+        row = pooled[("all", model)]
+        assert row["examples"] == n == 12 and row["gold_accuracy"] == pytest.approx(right / n)
+        assert row["gold_accuracy_low"] <= row["gold_accuracy"] <= row["gold_accuracy_high"]
+        assert row["folds_done"] == row["folds"] == 3
+        open_n = q(db, "SELECT COUNT(*) FROM predictions p JOIN examples x ON x.id = p.example_id "
+                       "WHERE p.model = ? AND x.instruction_form = 'open'", model)[0][0]
+        assert pooled[("open", model)]["examples"] == open_n
+    right, n = q(db, "SELECT SUM(matches_gold), COUNT(*) FROM baseline_predictions WHERE baseline = 'tfidf-logreg'")[0]
+    assert pooled[("all", "tfidf-logreg")]["kind"] == "baseline"
+    assert pooled[("all", "tfidf-logreg")]["gold_accuracy"] == pytest.approx(right / n)
+    fold_rates = [r[0] for r in q(db, "SELECT AVG(matches_gold) FROM predictions WHERE model = 'distilgpt2' "
+                                      "GROUP BY evaluation_id")]
+    assert pooled[("all", "distilgpt2")]["fold_mean"] == pytest.approx(sum(fold_rates) / 3)
+    view = {(r[0], r[1]): (r[2], r[3]) for r in q(db, "SELECT instruction_form, system, examples, accuracy "
+                                                      "FROM study_accuracy WHERE study_id = 1")}
+    assert view == {k: (r["examples"], pytest.approx(r["gold_accuracy"])) for k, r in pooled.items()}
+    pairs = {(r["instruction_form"], r["model_a"], r["model_b"]) for r in out["study_pairs"]}
+    assert ("all", "flan-t5-small", "distilgpt2") in pairs and ("open", "distilgpt2", "tfidf-logreg") in pairs
+    assert all(0 <= r["mcnemar_p"] <= 1 for r in out["study_pairs"])
+
+
+def test_analyze_models_study_and_a_finished_study_is_left_alone(study):
+    db, _, out = study
+    r = invoke("analyze", "models", "--study", 1, "--db", db, "--format", "json")
+    assert r.exit_code == 0, r.output
+    again = by_table(json.loads(r.stdout))
+    assert again["study"] == out["study"]
+    assert len({row["evaluation_id"] for row in again["models"]}) == 3  # every fold's own rows follow
+    before = q(db, "SELECT COUNT(*) FROM runs")
+    r = invoke("train", "--study", 1, "--db", db, "--no-progress", "--quiet")
+    assert r.exit_code == 0 and q(db, "SELECT COUNT(*) FROM runs") == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fold", "2"], "--fold needs --folds K"),
+    (["--seeds", "2"], "--seeds needs --folds K"),
+    (["--folds", "3", "--fold", "4"], "4 is not between 1 and 3"),
+    (["--study", "7"], "no study with id 7"),
+    (["--study", "1", "--epochs", "2"], "do not give --epochs"),
+])
+def test_bad_study_options_are_one_line_errors(study, args, message):
+    from conftest import SMALL
+
+    db, _, _ = study
+    r = invoke("train", "--data", SMALL, "--db", db, "--tiny", *args) if "--study" not in args else \
+        invoke("train", "--db", db, *args)
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
+
+
+def test_plot_of_a_study(study, tmp_path):
+    db, _, _ = study
+    r = invoke("plot", "--study", 1, "--db", db, "--out", tmp_path, "--format", "json")
+    assert r.exit_code == 0, r.output
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert "study1_form_accuracy.png" in names and len([n for n in names if n.endswith("_form_accuracy.png")]) == 4
+    assert (tmp_path / "study1_form_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
