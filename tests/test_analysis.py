@@ -228,7 +228,7 @@ def test_bad_selections(store, tmp_path):
     assert "not a run id" in err("models", "--run-id", "x")
 
 
-def test_readme_queries_run(store):
+def test_readme_queries_run(store, tmp_path):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Querying results.db", 1)[1].split("\n## ", 1)[0]
     queries = re.findall(r'sqlite3[^"]*"(.*?)"', section, re.S)
@@ -236,7 +236,14 @@ def test_readme_queries_run(store):
     r = CliRunner().invoke(main, ["judge", "--run-id", "2", "--judge", "rules",
                                   "--db", store, "--no-progress"])
     assert r.exit_code == 0, r.output
-    with sqlite3.connect(store) as conn:
+    copy = str(tmp_path / "with_study.db")  # the study query needs a study: both runs as its two folds
+    with sqlite3.connect(store) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)  # the WAL's pages too
+    with sqlite3.connect(copy) as conn:
+        conn.execute("INSERT INTO studies (id, created_at, data_path, data_sha256, folds, seeds_json, config_json) "
+                     "VALUES (1, '2026-11-28', 'd.jsonl', 'x', 2, '[42]', '{}')")
+        conn.execute("UPDATE runs SET study_id = 1, fold = id, seed = 42")
+    with sqlite3.connect(copy) as conn:
         for sql in queries:
             assert conn.execute(sql).fetchall(), sql  # every query answers on the test store
 

@@ -25,7 +25,7 @@ def by_table(records):
     """--format json: one list of records, each naming its table."""
     out = {}
     for r in records:
-        out.setdefault(r["table"], []).append(r)
+        out.setdefault(r.get("table", "only"), []).append(r)
     return out
 
 
@@ -126,3 +126,33 @@ def test_plot_of_a_study(study, tmp_path):
     names = {p.name for p in tmp_path.glob("*.png")}
     assert "study1_form_accuracy.png" in names and len([n for n in names if n.endswith("_form_accuracy.png")]) == 4
     assert (tmp_path / "study1_form_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_analysis_pools_the_study(study):
+    """vote, agreement, confidence and by-type add the study's pooled rows (no run, no evaluation)."""
+    from wmg.stats import cohen_kappa
+
+    db, _, _ = study
+
+    def pooled(cmd, table):
+        r = invoke("analyze", cmd, "--study", 1, "--db", db, "--format", "json")
+        assert r.exit_code == 0, r.output
+        recs = by_table(json.loads(r.stdout))[table]
+        assert {x["study_id"] for x in recs} == {1}
+        return [x for x in recs if x["run_id"] is None and x["instruction_form"] == "all"]
+
+    vote = {x["model"]: x for x in pooled("vote", "only")}
+    right, n = q(db, "SELECT SUM(majority_matches_gold), COUNT(*) FROM agreements")[0]
+    assert vote["(majority vote)"]["examples"] == n == 12
+    assert vote["(majority vote)"]["accuracy"] == pytest.approx(right / n)
+    pairs = q(db, "SELECT a.normalized_type, b.normalized_type FROM predictions a JOIN predictions b "
+                  "ON a.example_id = b.example_id AND a.evaluation_id = b.evaluation_id "
+                  "WHERE a.model = 'flan-t5-small' AND b.model = 'distilgpt2'")
+    (kappa,) = pooled("agreement", "pairwise")
+    assert kappa["examples"] == 12 and kappa["observed_agreement"] == pytest.approx(
+        sum(a == b for a, b in pairs) / 12)
+    assert kappa["cohen_kappa"] == cohen_kappa([a for a, _ in pairs], [b for _, b in pairs])
+    (area,) = pooled("confidence", "aurc")
+    assert area["examples"] == 12
+    by = pooled("by-type", "by_type")
+    assert sum(x["examples"] for x in by if x["model"] == "distilgpt2") == 12

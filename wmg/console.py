@@ -128,8 +128,12 @@ def widen(t: Table) -> tuple[list[str], list[list[Any]]]:
 
 
 def merge_intervals(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[list[Any]]]:
-    """For people: a rate and its `_low`/`_high` columns become one cell, `73.6% [60.4, 83.6]`."""
+    """For people: a rate and its `_low`/`_high` columns become one cell, `73.6% [60.4, 83.6]`; a
+    statistic that is not a rate (a kappa, an AURC) keeps its scale, `0.412 [0.215, 0.598]`."""
     from .stats import pct
+
+    def statistic(x, low, high) -> str:
+        return f"{x:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
 
     cols = list(columns)
     triples = [(i, cols.index(c + "_low"), cols.index(c + "_high")) for i, c in enumerate(cols)
@@ -142,7 +146,8 @@ def merge_intervals(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tu
         r = list(r)
         for i, lo, hi in triples:
             if isinstance(r[i], (int, float)) and not isinstance(r[i], bool):
-                r[i] = pct(r[i], r[lo], r[hi])
+                scale = statistic if any(k in cols[i] for k in ("kappa", "aurc")) else pct
+                r[i] = scale(r[i], r[lo], r[hi])
         out.append([v for j, v in enumerate(r) if j not in drop])
     return [c for j, c in enumerate(cols) if j not in drop], out
 

@@ -280,7 +280,9 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
 
     _, hits, form, agr, _ = _per_example(db, sel)
     out, area_rows, curve_rows = [], [], []
-    for s in sel:
+    units = _units(sel, hits, agr)
+    lead = len(_lead_columns(units))
+    for s in units:
         got, ag = hits.get(s.evaluation_id, {}), agr.get(s.evaluation_id, {})
         systems = s.models + ["(majority vote)"] + [f"(baseline) {b}" for b in _baselines_in(got, s.models)]
         for f, examples in _forms_of(sorted(ag), form):
@@ -298,39 +300,40 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
                 a, d = split[1], split[0]
                 ra = sum(a) / len(a) if a else None
                 rd = sum(d) / len(d) if d else None
-                out.append([s.run_id, s.evaluation_id, f, m, len(a), ra, *wilson(sum(a), len(a)), len(d), rd,
+                out.append([*_lead(units, s), f, m, len(a), ra, *wilson(sum(a), len(a)), len(d), rd,
                             *wilson(sum(d), len(d)), ra - rd if a and d else None])
             if len(s.models) >= 2:
                 levels = [ag[e]["majority_count"] / ag[e]["n_models"] for e in examples]
                 right = [int(bool(ag[e]["majority_matches_gold"])) for e in examples]
                 low, high = bootstrap(lambda idx: aurc([levels[j] for j in idx], [right[j] for j in idx]),
                                       len(examples))
-                area_rows.append([s.run_id, s.evaluation_id, f, len(s.models), len(examples), aurc(levels, right),
+                area_rows.append([*_lead(units, s), f, len(s.models), len(examples), aurc(levels, right),
                                   low, high, len(set(round(lv, 6) for lv in levels)), 1 - sum(right) / len(right)])
-        if len(s.models) >= 2:
+        if len(s.models) >= 2 and s.evaluation_id > 0:
             pts = query(db, "SELECT agreement_level, covered, total, coverage, risk FROM risk_coverage "
                             "WHERE evaluation_id = :e ORDER BY coverage", e=s.evaluation_id)
             curve_rows += [[s.run_id, s.evaluation_id, p["agreement_level"], p["covered"], p["total"],
                             p["coverage"], p["risk"]] for p in pts]
-    cols = ["run_id", "evaluation_id", "instruction_form", "model", "agree_examples", "accuracy_when_all_agree",
+    cols = [*_lead_columns(units), "instruction_form", "model", "agree_examples", "accuracy_when_all_agree",
             "accuracy_when_all_agree_low", "accuracy_when_all_agree_high", "disagree_examples", "accuracy_when_not",
             "accuracy_when_not_low", "accuracy_when_not_high", "difference"]
     t1 = Table("confidence", "Agreement as confidence: accuracy where all models agree vs where they do not", cols,
                out, ["accuracy: the normalized type equals the gold's; _low/_high: 95% Wilson score interval; "
                      + TIE_RULE, "(baseline) rows: a reference classifier's accuracy on the examples the models "
-                     "agree on and on the rest (are the agreed examples simply easier?); never part of the agreement"],
-               group=3)
+                     "agree on and on the rest (are the agreed examples simply easier?); never part of the agreement",
+                     *([POOLED_NOTE] if lead > 2 else [])],
+               group=lead + 1)
     t2 = Table("risk_coverage", "Risk-coverage of the majority vote, ordered by agreement",
                ["run_id", "evaluation_id", "agreement_level", "covered", "total", "coverage", "risk"], curve_rows,
                ["agreement level = (models giving the majority type) / models; each point covers every example "
                 "at or above its level; risk = 1 - majority-vote accuracy on the covered examples"])
     t3 = Table("aurc", "AURC (area under the risk-coverage curve; lower is better), overall and per instruction form",
-               ["run_id", "evaluation_id", "instruction_form", "models", "examples", "aurc", "aurc_low", "aurc_high",
+               [*_lead_columns(units), "instruction_form", "models", "examples", "aurc", "aurc_low", "aurc_high",
                 "points", "risk_at_full_coverage"], area_rows,
                ["step integration: sum of risk x coverage gained at each level; equal to the full-coverage risk "
                 "when agreement carries no information, lower when agreeing examples are more often right",
                 f"_low/_high: percentile bootstrap over examples ({BOOTSTRAP_RESAMPLES} resamples, seed "
-                f"{BOOTSTRAP_SEED})"], group=3)
+                f"{BOOTSTRAP_SEED})", *([POOLED_NOTE] if lead > 2 else [])], group=lead + 1)
     return [t1, t2, t3]
 
 
@@ -341,7 +344,9 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
 
     _, hits, form, agr, gold = _per_example(db, sel)
     acc_rows, conf_rows = [], []
-    for s in sel:
+    units = _units(sel, hits, agr)
+    lead = len(_lead_columns(units))
+    for s in units:
         got, ag = hits.get(s.evaluation_id, {}), agr.get(s.evaluation_id, {})
         systems = s.models + _baselines_in(got, s.models)
         for f, examples in _forms_of(sorted(ag), form):
@@ -359,10 +364,12 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
                 for m in systems:
                     k, n = cell(label, m)
                     if n:
-                        acc_rows.append([s.run_id, s.evaluation_id, f, label, n, rate,
+                        acc_rows.append([*_lead(units, s), f, label, n, rate,
                                          m if m in s.models else f"(baseline) {m}", k, k / n, *wilson(k, n)])
-        conf = query(db, "SELECT model, gold_label, predicted_label, n FROM confusion WHERE evaluation_id = :e",
-                     e=s.evaluation_id)
+        ids = [s.evaluation_id] if s.evaluation_id > 0 else [x.evaluation_id for x in sel
+                                                              if (x.study_id, x.seed) == (s.study_id, s.seed)]
+        conf = query(db, f"SELECT model, gold_label, predicted_label, SUM(n) AS n FROM confusion "
+                         f"WHERE evaluation_id IN ({','.join(map(str, ids))}) GROUP BY model, gold_label, predicted_label")
         predicted = [l for l in CANONICAL_LABELS if any(c["predicted_label"] == l for c in conf)]
         predicted += sorted({c["predicted_label"] for c in conf} - set(predicted) - {"(other)"})
         if any(c["predicted_label"] == "(other)" for c in conf):
@@ -370,20 +377,21 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
         gold_labels = sorted({c["gold_label"] for c in conf})
         for m in s.models:
             counts = {(c["gold_label"], c["predicted_label"]): c["n"] for c in conf if c["model"] == m}
-            conf_rows += [[s.run_id, s.evaluation_id, m, g, p, counts.get((g, p), 0)]
+            conf_rows += [[*_lead(units, s), m, g, p, counts.get((g, p), 0)]
                           for g in gold_labels for p in predicted]
+    pooled = [POOLED_NOTE] if lead > 2 else []
     return [
         Table("by_type", "Error analysis by gadget type (hardest first), overall and per instruction form",
-              ["run_id", "evaluation_id", "instruction_form", "gold_type", "examples", "disagreement_rate", "model",
+              [*_lead_columns(units), "instruction_form", "gold_type", "examples", "disagreement_rate", "model",
                "correct", "accuracy", "accuracy_low", "accuracy_high"], acc_rows,
               ["accuracy: the model's normalized type equals the gold's; _low/_high: 95% Wilson score interval; "
                "disagreement_rate: examples of this type where the models' normalized types differ; (baseline): a "
-               "reference classifier fitted on the training split"],
-              wide=Wide("model", ("accuracy",), hide=("correct",)), group=3),
+               "reference classifier fitted on the training split", *pooled],
+              wide=Wide("model", ("accuracy",), hide=("correct",)), group=lead + 1),
         Table("confusion", "Confusion matrices (rows: model and gold label; columns: predicted canonical label)",
-              ["run_id", "evaluation_id", "model", "gold_label", "predicted_label", "n"], conf_rows,
-              ["(other): a gadget type that normalizes to none of the six canonical labels, or no type at all"],
-              wide=Wide("predicted_label", ("n",)), group=3),
+              [*_lead_columns(units), "model", "gold_label", "predicted_label", "n"], conf_rows,
+              ["(other): a gadget type that normalizes to none of the six canonical labels, or no type at all",
+               *pooled], wide=Wide("predicted_label", ("n",)), group=lead + 1),
     ]
 
 
@@ -393,7 +401,9 @@ def vote(db, sel: Sequence[Selected]) -> list[Table]:
 
     _, hits, form, agr, _ = _per_example(db, sel)
     out = []
-    for s in sel:
+    units = _units(sel, hits, agr)
+    lead = len(_lead_columns(units))
+    for s in units:
         got, ag = hits.get(s.evaluation_id, {}), agr.get(s.evaluation_id, {})
         baselines = _baselines_in(got, s.models)
         for f, examples in _forms_of(sorted(ag), form):
@@ -412,7 +422,7 @@ def vote(db, sel: Sequence[Selected]) -> list[Table]:
                 if not n:
                     continue
                 gain = (mv - best if best is not None else None) if m == "(majority vote)" else mv - acc
-                out.append([s.run_id, s.evaluation_id, f, len(s.models), m if m in s.models or m == "(majority vote)"
+                out.append([*_lead(units, s), f, len(s.models), m if m in s.models or m == "(majority vote)"
                             else f"(baseline) {m}", n, acc, *wilson(k, n), ties if m == "(majority vote)" else None,
                             gain])
     notes = [TIE_RULE, "_low/_high: 95% Wilson score interval; (baseline) rows: reference classifiers fitted on the "
@@ -422,9 +432,11 @@ def vote(db, sel: Sequence[Selected]) -> list[Table]:
     if any(len(s.models) < 3 for s in sel):
         notes.append("with two models a vote cannot break a disagreement: the tie rule returns the first model's "
                      "answer, so the vote equals that model wherever they disagree; it is meaningful with three or more")
+    if lead > 2:
+        notes.append(POOLED_NOTE)
     return [Table("vote", "Majority voting against each model, overall and per instruction form",
-                  ["run_id", "evaluation_id", "instruction_form", "models", "model", "examples", "accuracy",
-                   "accuracy_low", "accuracy_high", "ties_or_no_majority", "vote_gain"], out, notes, group=4)]
+                  [*_lead_columns(units), "instruction_form", "models", "model", "examples", "accuracy",
+                   "accuracy_low", "accuracy_high", "ties_or_no_majority", "vote_gain"], out, notes, group=lead + 2)]
 
 
 # ---------------------------------------------------------------- Q6
@@ -458,6 +470,40 @@ def _per_example(db, sel: Sequence[Selected]):
     return types, hits, form, agr, gold
 
 
+def _units(sel: Sequence[Selected], *per_eval: dict) -> list[Selected]:
+    """The selected evaluations, then for each study and seed one pooled unit over its folds (every
+    example once): its per-example data merged, in each `per_eval` dict, under a key of its own
+    (a negative number, never an evaluation id). A pooled unit has no run and no evaluation."""
+    units = list(sel)
+    groups: dict[tuple[int, int], list[Selected]] = defaultdict(list)
+    for s in sel:
+        if s.study_id is not None:
+            groups[(s.study_id, s.seed)].append(s)
+    for n, ((sid, seed), ss) in enumerate(sorted(groups.items()), 1):
+        for table in per_eval:
+            merged: dict = {}
+            for s in ss:
+                merged.update(table.get(s.evaluation_id, {}))
+            table[-n] = merged
+        units.append(Selected(None, -n, list(dict.fromkeys(m for s in ss for m in s.models)), sid, None, seed))
+    return units
+
+
+def _lead_columns(units: Sequence[Selected]) -> list[str]:
+    return (["study_id", "seed"] if any(u.study_id is not None for u in units) else []) + ["run_id", "evaluation_id"]
+
+
+def _lead(units: Sequence[Selected], u: Selected) -> list:
+    """A row's leading cells: study and seed where the selection holds a study; run and evaluation
+    (empty for a study's pooled rows)."""
+    head = [u.study_id, u.seed] if any(x.study_id is not None for x in units) else []
+    return head + ([u.run_id, u.evaluation_id] if u.evaluation_id > 0 else [None, None])
+
+
+POOLED_NOTE = ("rows with a study_id and no run: the study's folds pooled (every example once per seed), "
+               "their intervals over all of its examples")
+
+
 def _baselines_in(hits_of_eval: dict, models: Sequence[str]) -> list[str]:
     from ..baseline import in_order
 
@@ -480,7 +526,9 @@ def agreement(db, sel: Sequence[Selected]) -> list[Table]:
 
     types, _, form, _, _ = _per_example(db, sel)
     pair_rows, all_rows = [], []
-    for s in sel:
+    units = _units(sel, types)
+    lead = len(_lead_columns(units))
+    for s in units:
         got = types.get(s.evaluation_id, {})
         for f, examples in _forms_of(sorted(got), form):
             items = [got[e] for e in examples if all(m in got[e] for m in s.models)]
@@ -493,30 +541,31 @@ def agreement(db, sel: Sequence[Selected]) -> list[Table]:
                     _, pe = cohen_parts(xa, xb)
                     kappa = cohen_kappa(xa, xb)
                     low, high = bootstrap(lambda idx: cohen_kappa([xa[j] for j in idx], [xb[j] for j in idx]), n)
-                    pair_rows.append([s.run_id, s.evaluation_id, f, a, b, n, full / n, *wilson(full, n), same / n,
+                    pair_rows.append([*_lead(units, s), f, a, b, n, full / n, *wilson(full, n), same / n,
                                       *wilson(same, n), pe, kappa, low, high])
             if len(s.models) >= 2 and items:
                 cats = [[it[m] for m in s.models] for it in items]
                 full = sum(len(set(c)) == 1 and c[0] != "" for c in cats)
                 p_bar, p_e = fleiss_parts(cats)
                 low, high = bootstrap(lambda idx: fleiss_kappa([cats[j] for j in idx]), n)
-                all_rows.append([s.run_id, s.evaluation_id, f, len(s.models), n, full / n, *wilson(full, n),
+                all_rows.append([*_lead(units, s), f, len(s.models), n, full / n, *wilson(full, n),
                                  p_bar, p_e, fleiss_kappa(cats), low, high])
     boot = (f"_low/_high of a kappa: percentile bootstrap over examples ({BOOTSTRAP_RESAMPLES} resamples, seed "
             f"{BOOTSTRAP_SEED}); of a rate: 95% Wilson score interval")
     t1 = Table("pairwise", "Pairwise agreement (Cohen's kappa on normalized types), overall and per instruction form",
-               ["run_id", "evaluation_id", "instruction_form", "model_a", "model_b", "examples", "full_agreement",
+               [*_lead_columns(units), "instruction_form", "model_a", "model_b", "examples", "full_agreement",
                 "full_agreement_low", "full_agreement_high", "observed_agreement", "observed_agreement_low",
                 "observed_agreement_high", "expected_agreement", "cohen_kappa", "cohen_kappa_low", "cohen_kappa_high"],
                pair_rows,
                [AGREEMENT_TERMS, "kappa = (observed - expected) / (1 - expected), expected from each model's own "
-                "type frequencies; undefined (-) when expected agreement is 1", boot], group=3)
+                "type frequencies; undefined (-) when expected agreement is 1", boot,
+                *([POOLED_NOTE] if lead > 2 else [])], group=lead + 1)
     t2 = Table("all_models", "Agreement of all models (Fleiss' kappa), overall and per instruction form",
-               ["run_id", "evaluation_id", "instruction_form", "models", "examples", "full_agreement",
+               [*_lead_columns(units), "instruction_form", "models", "examples", "full_agreement",
                 "full_agreement_low", "full_agreement_high", "observed_agreement", "expected_agreement",
                 "fleiss_kappa", "fleiss_kappa_low", "fleiss_kappa_high"],
                all_rows, [AGREEMENT_TERMS + "; for more than two models observed_agreement is Fleiss' mean pairwise "
-                          "agreement per example", boot], group=3)
+                          "agreement per example", boot, *([POOLED_NOTE] if lead > 2 else [])], group=lead + 1)
     sem = query(db, f"SELECT * FROM semantic_agreement WHERE evaluation_id IN ({_ids(sel)}) "
                     "ORDER BY run_id, evaluation_id, judgment_set_id")
     t3 = Table("semantic", "Semantic agreement per judge, beside string agreement",
