@@ -81,6 +81,15 @@ def test_train_then_compare_writes_rows_and_report(trained):
     assert s["bootstrap"]["resamples"] >= 2000 and isinstance(s["bootstrap"]["seed"], int)
     r0 = report["results"][0]
     assert {"example_id", "instruction", "excerpt", "gold_output", "predictions", "format_checks", "agreement"} <= set(r0)
+    # the location check, stored and reported alike, is the parser's on the stored location and excerpt
+    from wmg.parse import location_in_excerpt
+
+    for location, excerpt, stored in q(db, "SELECT p.location, x.input, p.location_in_excerpt FROM predictions p "
+                                           "JOIN examples x ON x.id = p.example_id"):
+        want = location_in_excerpt(location, excerpt)
+        assert stored == (None if want is None else int(want))
+    assert set(r0["location_in_excerpt"]) == {"flan-t5-small", "distilgpt2"}
+    assert set(s["model_location_in_excerpt"]) == {"flan-t5-small", "distilgpt2"}
     assert {"full_agreement", "unique_types", "gadget_types", "normalized_types",
             "unique_normalized_types", "majority_type"} <= set(r0["agreement"])
     stored = q(db, "SELECT raw_text FROM predictions p JOIN examples x ON x.id = p.example_id "

@@ -99,3 +99,14 @@ def test_instructions_that_give_the_answer_away_are_counted(tmp_path):
     assert [(n, named) for n, named, _ in rep.mismatched_categories] == [(2, "Composition gadget")]
     r = CliRunner().invoke(main, ["data", "check", str(p)])
     assert "line 2: names 'Composition gadget'" in r.output
+
+
+def test_a_location_that_is_not_a_span_of_its_excerpt_is_a_finding(tmp_path):
+    good = json.loads(BUNDLED.read_text().splitlines()[0])
+    loc = good["output"].split("; location: ")[1].split(";")[0]
+    lines = [json.dumps(good), json.dumps(dict(good, output=good["output"].replace(loc, loc.upper())))]
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    rep = check(p)
+    assert rep.valid == 2 and rep.location_not_in_excerpt == [2]
+    assert any("1 locations are not an exact span of their excerpt (lines 2)" in f for f in rep.findings())

@@ -55,3 +55,34 @@ def test_canonical_label():
     assert canonical_label("control flow") == "Control-Flow gadget"
     assert canonical_label("BOOL tag") is None
     assert canonical_label(None) is None
+
+
+def test_location_in_excerpt_is_an_exact_span_up_to_whitespace():
+    from wmg.parse import location_in_excerpt
+
+    excerpt = "The block MOV copies\n the source   to the destination every scan."
+    assert location_in_excerpt("MOV copies the source", excerpt) is True  # whitespace runs are one space
+    assert location_in_excerpt("  copies the source to  ", excerpt) is True
+    assert location_in_excerpt("mov copies the source", excerpt) is False  # case matters
+    assert location_in_excerpt("MOV copies a source", excerpt) is False
+    assert location_in_excerpt("the destination every scan!", excerpt) is False
+    assert location_in_excerpt(None, excerpt) is None and location_in_excerpt("  ", excerpt) is None
+
+
+def test_every_gold_location_of_the_bundled_data_is_a_span():
+    from wmg.data import bundled_data, load_jsonl
+    from wmg.parse import location_in_excerpt, parse_output
+
+    examples = load_jsonl(bundled_data())
+    assert all(location_in_excerpt(parse_output(e.output).location, e.input) for e in examples)
+
+
+def test_comparison_rows_carry_the_location_check():
+    from wmg.pipeline import example_rows
+
+    excerpt = "JMP jumps to the label LBL 5 when the rung is true."
+    texts = {"a": "gadget_type: Control-Flow gadget; location: jumps to the label LBL 5; explanation: x",
+             "b": "gadget_type: Control-Flow gadget; location: jumps to label 5; explanation: x",
+             "c": "gadget_type: Control-Flow gadget"}
+    _, _, rows, _ = example_rows(1, "Control-Flow gadget", texts, {m: (5, 0.1) for m in texts}, None, excerpt)
+    assert {r.model: r.location_in_excerpt for r in rows} == {"a": True, "b": False, "c": None}

@@ -666,3 +666,20 @@ def test_upgrade_names_the_paraphrase_form_and_adds_the_study_columns(tmp_path):
     assert q(db, "SELECT COUNT(*) FROM examples WHERE instruction_form = 'other'") == [(0,)]
     assert q(db, "SELECT DISTINCT study_id, fold FROM runs") == [(None, None)]
     assert q(db, "SELECT COUNT(*) FROM system_accuracy WHERE kind = 'baseline' AND instruction_form = 'all'") == [(4,)]
+
+
+def test_upgrade_fills_in_location_in_excerpt_for_stored_predictions(tmp_path):
+    """0008: the check is computed for the predictions a store already holds."""
+    db = str(tmp_path / "results.db")
+    shutil.copy(Path(__file__).parent / "fixtures" / "db" / "0007_studies.db", db)
+    with sqlite3.connect(db) as conn:
+        (pid_in, ex_in), (pid_out, _), (pid_none, _) = conn.execute(
+            "SELECT id, example_id FROM predictions ORDER BY id LIMIT 3").fetchall()
+        excerpt = conn.execute("SELECT input FROM examples WHERE id = ?", (ex_in,)).fetchone()[0]
+        span = "  ".join(excerpt.split()[2:6])  # four words of the excerpt, spaced differently
+        conn.execute("UPDATE predictions SET location = ? WHERE id = ?", (span, pid_in))
+        conn.execute("UPDATE predictions SET location = 'words that are nowhere in it' WHERE id = ?", (pid_out,))
+    r = CliRunner().invoke(main, ["runs", "--db", db])
+    assert r.exit_code == 0, r.output
+    got = dict(q(db, "SELECT id, location_in_excerpt FROM predictions WHERE id IN (?, ?, ?)", pid_in, pid_out, pid_none))
+    assert got == {pid_in: 1, pid_out: 0, pid_none: None}

@@ -108,6 +108,7 @@ def test_analyze_models_study_and_a_finished_study_is_left_alone(study):
     (["--seeds", "2"], "--seeds needs --folds K"),
     (["--folds", "3", "--fold", "4"], "4 is not between 1 and 3"),
     (["--study", "7"], "no study with id 7"),
+    (["--folds", "3", "--eval-split", "0.2"], "--eval-split does not apply with --folds"),
     (["--study", "1", "--epochs", "2"], "do not give --epochs"),
 ])
 def test_bad_study_options_are_one_line_errors(study, args, message):

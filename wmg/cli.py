@@ -374,6 +374,9 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                             checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,
                             overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress)
         if folds is not None:
+            if ctx.get_parameter_source("eval_split") == click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError("--eval-split does not apply with --folds: run i holds out fold i (1/K of "
+                                       "the examples)")
             if fold is not None and fold > folds:
                 raise click.BadParameter(f"{fold} is not between 1 and {folds}", param_hint="--fold")
             if not compare:
@@ -415,7 +418,11 @@ def _run_study(db, study_id: int, fold: int | None, output: Output, show_example
                 show_example(echo, i, len(comparison.results), r, comparison.names)
         show_summary(echo, comparison.summary, comparison.report_path)
 
-    study = run_study(db, study_id, echo, progress, fold, shown)
+    try:
+        study = run_study(db, study_id, echo, progress, fold, shown)
+    except RunInterrupted as exc:
+        raise RunInterrupted(f"{exc} (or continue the whole study with `wmg train --study {study_id}`)",
+                             exc.signal_name) from None
     done = [r for r in study.runs if r.latest_evaluation is not None and r.latest_evaluation.status == "completed"]
     echo("")
     echo(f"Study {study_id}: {len(done)} of {study.folds * len(study.seeds)} runs trained and compared "
@@ -650,7 +657,7 @@ for _name, _tables, _short, _doc in [
      "Examples where the models disagree, side by side with the gold type; whether disagreement "
      "correlates with excerpt length (point-biserial and Spearman, with p) and with the "
      "instruction form (category vs open, Fisher's exact test)."),
-    ("models", ("models", "pairs", "by_form"), "Architecture comparison, paired tests, by form.",
+    ("models", ("models", "pairs", "by_form", "study", "study_pairs"), "Architecture comparison, paired tests, by form.",
      "Architecture comparison: per model format and gold-type accuracy with 95% Wilson intervals, ROUGE-1/ROUGE-L "
      "F1, final loss, training seconds, parameters and init; for every pair of models on the same examples the "
      "difference in gold-type accuracy with a bootstrap interval and McNemar's exact test; gold-type accuracy "

@@ -138,9 +138,12 @@ def merge_intervals(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tu
     cols = list(columns)
     triples = [(i, cols.index(c + "_low"), cols.index(c + "_high")) for i, c in enumerate(cols)
                if c + "_low" in cols and c + "_high" in cols]
-    if not triples:
+    # a rate's mean and standard deviation over folds or seeds: `63.2% ± 4.1`
+    spreads = [(i, cols.index(c[:-5] + "_sd")) for i, c in enumerate(cols) if c.endswith("_mean")
+               and c[:-5] + "_sd" in cols]
+    if not triples and not spreads:
         return cols, [list(r) for r in rows]
-    drop = {j for _, lo, hi in triples for j in (lo, hi)}
+    drop = {j for _, lo, hi in triples for j in (lo, hi)} | {sd for _, sd in spreads}
     out = []
     for r in rows:
         r = list(r)
@@ -148,8 +151,12 @@ def merge_intervals(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tu
             if isinstance(r[i], (int, float)) and not isinstance(r[i], bool):
                 scale = statistic if any(k in cols[i] for k in ("kappa", "aurc")) else pct
                 r[i] = scale(r[i], r[lo], r[hi])
+        for i, sd in spreads:
+            if isinstance(r[i], (int, float)):
+                r[i] = f"{r[i]:.1%}" + (f" ± {r[sd] * 100:.1f}" if r[sd] is not None else "")
         out.append([v for j, v in enumerate(r) if j not in drop])
-    return [c for j, c in enumerate(cols) if j not in drop], out
+    names = {i: cols[i].removesuffix("_mean") + "_mean_sd" for i, _ in spreads}
+    return [names.get(j, c) for j, c in enumerate(cols) if j not in drop], out
 
 
 def render_table(t: Table) -> str:
@@ -338,6 +345,10 @@ def _short(text: str, n: int = 160) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def _span_check(in_excerpt: bool | None) -> str:
+    return "" if in_excerpt is None else f" location_in_excerpt={'ok' if in_excerpt else 'no'}"
+
+
 def _checks(checks: dict[str, bool]) -> str:
     return " ".join(f"{k}={'ok' if v else 'missing'}" for k, v in checks.items())
 
@@ -369,7 +380,8 @@ def show_example(echo, i: int, total: int, r: dict, names: Sequence[str]) -> Non
     echo("  Format checks:")
     for m in names:
         checks = r["format_checks"][m]
-        echo(f"    {'✓' if all(checks.values()) else '✗'} {m}: {_checks(checks)}")
+        span = _span_check((r.get("location_in_excerpt") or {}).get(m))
+        echo(f"    {'✓' if all(checks.values()) else '✗'} {m}: {_checks(checks)}{span}")
 
 
 def show_summary(echo, summary: dict, report_path: str | None) -> None:
@@ -390,6 +402,11 @@ def show_summary(echo, summary: dict, report_path: str | None) -> None:
     echo("  Format accuracy by model:")
     for m, v in summary["model_format_accuracy"].items():
         echo(f"    - {m}: {pct(v, *summary.get('model_format_accuracy_interval', {}).get(m, [None, None]))}")
+    spans = summary.get("model_location_in_excerpt") or {}
+    if spans:
+        echo("  Location an exact span of the excerpt (of the well-formed outputs):")
+        for m, v in spans.items():
+            echo(f"    - {m}: {pct(v, *summary['model_location_in_excerpt_interval'][m])}")
     echo("  Gold-type accuracy by model (normalized type equals the gold's):")
     for m, v in summary["model_gold_type_accuracy"].items():
         lo_hi = summary.get("model_gold_type_accuracy_interval", {}).get(m, [None, None])
@@ -425,19 +442,24 @@ def comparison_table(summary: dict) -> Table:
             fi = s.get("model_format_accuracy_interval", {}).get(m, [None, None])
             gi = s.get("model_gold_type_accuracy_interval", {}).get(m, [None, None])
             ai = s.get("full_agreement_rate_interval") or [None, None]
+            li = s.get("model_location_in_excerpt_interval", {}).get(m, [None, None])
             rows.append([summary["run_id"], summary["evaluation_id"], form, m, summary["model_init"].get(m),
                          s["total_examples"], s["model_format_accuracy"][m], *fi,
+                         (s.get("model_location_in_excerpt") or {}).get(m), *li,
                          s["model_gold_type_accuracy"][m], *gi, s["full_agreement_rate"], *ai])
         for b, v in (s.get("baseline_gold_type_accuracy") or {}).items():
             rows.append([summary["run_id"], summary["evaluation_id"], form, b, "baseline", s["total_examples"],
-                         None, None, None, v, *s["baseline_gold_type_accuracy_interval"][b], None, None, None])
+                         None, None, None, None, None, None, v, *s["baseline_gold_type_accuracy_interval"][b],
+                         None, None, None])
     return Table("comparison", "Comparison", ["run_id", "evaluation_id", "instruction_form", "model", "init",
                                               "examples", "format_accuracy", "format_accuracy_low",
-                                              "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
+                                              "format_accuracy_high", "location_in_excerpt", "location_in_excerpt_low",
+                                              "location_in_excerpt_high", "gold_accuracy", "gold_accuracy_low",
                                               "gold_accuracy_high", "full_agreement_rate", "full_agreement_rate_low",
                                               "full_agreement_rate_high"], rows,
                  ["_low/_high: 95% Wilson score interval; init 'baseline': a reference baseline fitted on the "
-                  "training split (gold type only, never part of the models' agreement)"], group=3)
+                  "training split (gold type only, never part of the models' agreement); location_in_excerpt: "
+                  "share of the well-formed outputs whose location is an exact span of the excerpt"], group=3)
 
 
 # ---------------------------------------------------------------- one custom excerpt
@@ -449,12 +471,14 @@ def prediction_tables(result: dict) -> list[Table]:
         p = parsed[m]
         checks = p["format_checks"]
         rows.append([m, result["predictions"][m], p["gadget_type"], p["location"], p["explanation"],
-                     p["normalized_type"], all(checks.values()), *checks.values(), agr["full_agreement"],
-                     agr["majority_type"], agr["majority_count"]])
+                     p["normalized_type"], all(checks.values()), *checks.values(), p.get("location_in_excerpt"),
+                     agr["full_agreement"], agr["majority_type"], agr["majority_count"]])
     first = parsed[names[0]]["format_checks"] if names else {}
     return [Table("predictions", "Predictions", ["model", "output", "gadget_type", "location", "explanation",
                                                  "normalized_type", "format_ok", *[f"has_{k}" for k in first],
-                                                 "full_agreement", "majority_type", "majority_count"], rows)]
+                                                 "location_in_excerpt", "full_agreement", "majority_type",
+                                                 "majority_count"], rows,
+                  ["location_in_excerpt: the location is an exact span of the excerpt (empty: no location)"])]
 
 
 def show_prediction(echo, result: dict) -> None:
@@ -465,7 +489,7 @@ def show_prediction(echo, result: dict) -> None:
         p = result["parsed"][m]
         echo(f"[{m}] {result['predictions'][m] or '(empty)'}")
         echo(f"    gadget_type: {p['gadget_type']} | location: {p['location']} | explanation: {p['explanation']}")
-        echo(f"    format checks: {_checks(p['format_checks'])}")
+        echo(f"    format checks: {_checks(p['format_checks'])}{_span_check(p.get('location_in_excerpt'))}")
     echo("")
     echo(f"Full agreement: {'✓ YES' if agr['full_agreement'] else '✗ NO'}; unique types: {agr['unique_types']}; "
          f"majority: {agr['majority_type']} ({agr['majority_count']}/{len(names)})")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import REQUIRED, instruction_form
-from .parse import CANONICAL_LABELS, named_labels
+from .parse import CANONICAL_LABELS, location_in_excerpt, named_labels
 
 OUTPUT_RE = re.compile(r"^gadget_type: ([^;]+); location: ([^;]+); explanation: ([^;]+)$")
 NEAR_DUPLICATE = 0.5
@@ -48,6 +48,7 @@ class Report:
     shared_sentences: list[tuple[int, int, str]] = field(default_factory=list)
     mismatched_categories: list[tuple[int, str, str]] = field(default_factory=list)
     names_gold: Counter = field(default_factory=Counter)  # instruction form -> lines naming their gold label
+    location_not_in_excerpt: list[int] = field(default_factory=list)  # lines whose location is no span of the excerpt
     max_jaccard: float = 0.0
 
     def findings(self) -> list[str]:
@@ -71,6 +72,10 @@ class Report:
         bad = sum(not llo <= w <= lhi for w in self.location_words)
         if bad:
             out.append(f"{bad} locations outside {llo}..{lhi} words")
+        if self.location_not_in_excerpt:
+            shown = ", ".join(map(str, self.location_not_in_excerpt[:10]))
+            out.append(f"{len(self.location_not_in_excerpt)} locations are not an exact span of their excerpt "
+                       f"(lines {shown}{', ...' if len(self.location_not_in_excerpt) > 10 else ''})")
         for lineno, named, label in self.mismatched_categories[:5]:
             out.append(f"line {lineno}: the instruction names {named!r} but the label is {label!r}")
         if len(self.mismatched_categories) > 5:
@@ -94,6 +99,7 @@ class Report:
             "instructions_naming_gold": sum(self.names_gold.values()),
             "instructions_naming_gold_by_form": dict(self.names_gold),
             "instructions_naming_another_label": len(self.mismatched_categories),
+            "locations_not_in_excerpt": len(self.location_not_in_excerpt),
             "excerpt_words": {"min": w[0] if w else None, "p25": q(0.25), "median": q(0.5), "p75": q(0.75),
                               "max": w[-1] if w else None, "mean": round(sum(w) / len(w), 1) if w else None},
             "near_duplicates": [{"lines": [a, b], "jaccard": round(j, 3)} for a, b, j in self.near_duplicates],
@@ -161,6 +167,8 @@ def check(path: str | Path) -> Report:
                 rep.mismatched_categories.append((lineno, other, label))
         rep.excerpt_words.append(len(obj["input"].split()))
         rep.location_words.append(len(location.split()))
+        if not location_in_excerpt(location, obj["input"]):
+            rep.location_not_in_excerpt.append(lineno)
         texts.append((lineno, obj["input"]))
     _overlaps(rep, texts)
     return rep
@@ -202,6 +210,8 @@ def render(rep: Report) -> str:
                f"of {rep.valid} ({by_form}); naming another label: {d['instructions_naming_another_label']}")
     for lineno, named, label in rep.mismatched_categories[:20]:
         out.append(f"  line {lineno}: names {named!r}, labelled {label!r}")
+    out.append(f"locations that are an exact span of their excerpt: {rep.valid - len(rep.location_not_in_excerpt)} "
+               f"of {rep.valid}")
     e = d["excerpt_words"]
     out.append(f"excerpt words: min {e['min']}, p25 {e['p25']}, median {e['median']}, p75 {e['p75']}, "
                f"max {e['max']}, mean {e['mean']}")
@@ -229,6 +239,7 @@ def tables(rep: Report):
                 ["shared_sentences", len(rep.shared_sentences)],
                 ["instructions_naming_gold", d["instructions_naming_gold"]],
                 ["instructions_naming_another_label", d["instructions_naming_another_label"]],
+                ["locations_not_in_excerpt", d["locations_not_in_excerpt"]],
                 ["bounds_not_met", len(d["findings"])]]
     return [
         Table("summary", f"Dataset {rep.path}", ["metric", "value"], summary),

@@ -102,5 +102,15 @@ def canonical_label(gadget_type: str | None) -> str | None:
     return CANONICAL_NORMALIZED.get(normalize_type(gadget_type))
 
 
+def location_in_excerpt(location: str | None, excerpt: str) -> bool | None:
+    """Whether a location is an exact span of the excerpt (whitespace runs count as one space,
+    nothing else is forgiven: case, punctuation and every character must match); None when
+    there is no location to check."""
+    if not location or not location.strip():
+        return None
+    squash = lambda t: " ".join(t.split())  # noqa: E731
+    return squash(location) in squash(excerpt)
+
+
 def gold_type(output: str) -> str | None:
     return parse_output(output).gadget_type

@@ -22,7 +22,7 @@ from .console import banner
 from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
 from .data import Example, fold_split, instruction_form, load_jsonl, split, subsample
 from .interrupt import RunInterrupted
-from .parse import canonical_label, parse_output
+from .parse import canonical_label, location_in_excerpt, parse_output
 from .progress import above_bar
 from .prompts import causal_answer, seq2seq_prompt
 from .rouge import rouge_f1
@@ -489,12 +489,12 @@ def score(models: list[str], example_gold: str | None, texts: dict[str, str]):
 
 
 def example_rows(example_id: int, gold_type: str | None, texts: dict[str, str],
-                 stats: dict[str, tuple[int, float]], gold_output: str | None = None):
+                 stats: dict[str, tuple[int, float]], gold_output: str | None = None, excerpt: str | None = None):
     """Parse and score one example's outputs and build its store rows.
 
     `stats` gives each model's (new tokens, generation seconds); ROUGE against
-    `gold_output` is computed when it is given. Returns (parsed, agreement,
-    prediction rows, agreement row).
+    `gold_output` is computed when it is given, and whether each location is a span of
+    `excerpt` when that is. Returns (parsed, agreement, prediction rows, agreement row).
     """
     names = list(texts)
     parsed, agr = score(names, gold_type, texts)
@@ -504,7 +504,8 @@ def example_rows(example_id: int, gold_type: str | None, texts: dict[str, str],
         rouge = rouge_f1(texts[m], gold_output) if gold_output is not None else ()
         preds.append(repo.PredictionRow(
             example_id, m, texts[m], p.gadget_type, p.location, p.explanation, p.normalized_type,
-            canonical_label(p.gadget_type), p.format_checks, agr.matches_gold[m], *stats[m], *rouge))
+            canonical_label(p.gadget_type), p.format_checks, agr.matches_gold[m], *stats[m], *rouge,
+            location_in_excerpt=location_in_excerpt(p.location, excerpt) if excerpt is not None else None))
     agr_row = repo.AgreementRow(
         example_id, len(names), agr.full_agreement, agr.unique_types, agr.unique_normalized_types,
         agr.majority_type, agr.majority_normalized, agr.majority_count, agr.majority_matches_gold)
@@ -531,7 +532,7 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
         for i, x in enumerate(examples):
             texts = {m: gens[m][i].text for m in names}
             stats = {m: (gens[m][i].new_tokens, gens[m][i].seconds) for m in names}
-            parsed, agr, rows, agr_row = example_rows(x.id, x.gold_type, texts, stats, x.gold_output)
+            parsed, agr, rows, agr_row = example_rows(x.id, x.gold_type, texts, stats, x.gold_output, x.input)
             preds += rows
             agrs.append(agr_row)
             results.append({
@@ -540,6 +541,7 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
                 "excerpt": x.input, "gold_output": x.gold_output,
                 "gold_type": x.gold_type, "predictions": texts,
                 "format_checks": {m: parsed[m].format_checks for m in names},
+                "location_in_excerpt": {row.model: row.location_in_excerpt for row in rows},
                 "agreement": agr.to_dict(),
             })
         base_rows = _baselines(db, run, examples, results, echo) if opts.baseline else []
@@ -591,6 +593,11 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
             out[key + "_interval"] = {m: list(wilson(k, n)) for m, k in hits.items()}
 
         block("model_format_accuracy", {m: sum(all(r["format_checks"][m].values()) for r in rs) for m in names})
+        # of the well-formed outputs, how many copied their location from the excerpt
+        formed = {m: [r for r in rs if all(r["format_checks"][m].values())] for m in names}
+        spans = {m: sum(bool(r["location_in_excerpt"][m]) for r in formed[m]) for m in names}
+        out["model_location_in_excerpt"] = {m: spans[m] / len(formed[m]) if formed[m] else None for m in names}
+        out["model_location_in_excerpt_interval"] = {m: list(wilson(spans[m], len(formed[m]))) for m in names}
         block("model_gold_type_accuracy", {m: sum(bool(r["agreement"]["matches_gold"][m]) for r in rs)
                                            for m in names})
         baselines = list(rs[0].get("baseline_matches_gold", {})) if rs else []
@@ -625,6 +632,8 @@ def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id:
         "full_agreement_rate_interval": overall["full_agreement_rate_interval"],
         "model_format_accuracy_interval": overall["model_format_accuracy_interval"],
         "model_gold_type_accuracy_interval": overall["model_gold_type_accuracy_interval"],
+        "model_location_in_excerpt": overall["model_location_in_excerpt"],
+        "model_location_in_excerpt_interval": overall["model_location_in_excerpt_interval"],
         "interval": "95% Wilson score interval [low, high]",
         **{k: v for k, v in overall.items() if k.startswith("baseline_")},
         "by_instruction_form": {f: rates(rs) for f, rs in sorted(forms.items())},
@@ -655,5 +664,6 @@ def predict(db, run_id: int, instruction: str, excerpt: str, opts: CompareOption
     parsed, agr = score(names, None, texts)
     return {"predictions": texts,
             "parsed": {m: {**vars(parsed[m]), "normalized_type": parsed[m].normalized_type,
-                           "format_checks": parsed[m].format_checks} for m in names},
+                           "format_checks": parsed[m].format_checks,
+                           "location_in_excerpt": location_in_excerpt(parsed[m].location, excerpt)} for m in names},
             "agreement": {k: v for k, v in agr.to_dict().items() if k not in ("matches_gold", "gold_normalized")}}

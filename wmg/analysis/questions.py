@@ -98,14 +98,18 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
     order = {(s.evaluation_id, m): i for s in sel for i, m in enumerate(s.models)}
     rows.sort(key=lambda r: (r["run_id"], r["evaluation_id"], order.get((r["evaluation_id"], r["model"]), 99)))
     cols = ["run_id", "evaluation_id", "model", "type", "init", "parameters", "examples", "format_accuracy",
-            "format_accuracy_low", "format_accuracy_high", "gold_accuracy", "gold_accuracy_low", "gold_accuracy_high",
+            "format_accuracy_low", "format_accuracy_high", "location_in_excerpt", "location_in_excerpt_low",
+            "location_in_excerpt_high", "gold_accuracy", "gold_accuracy_low", "gold_accuracy_high",
             "rouge1_f1", "rougeL_f1", "final_loss", "val_loss", "train_seconds"]
     out = [[r["run_id"], r["evaluation_id"], r["model"], r["model_type"], r["init"], r["parameters"], r["examples"],
             r["format_accuracy"], *wilson_of_rate(r["format_accuracy"], r["examples"]),
+            r["location_in_excerpt"], *wilson(r["location_spans"] or 0, r["well_formed"] or 0),
             r["gold_accuracy"], *wilson_of_rate(r["gold_accuracy"], r["examples"]), r["rouge1_f1"], r["rouge_l_f1"],
             r["final_loss"], r["final_val_loss"], r["train_seconds"]] for r in rows]
     notes = ["type 'baseline': a reference classifier fitted on the run's training split (tfidf-logreg: word 1-2-gram "
              "TF-IDF + logistic regression; majority-class), scored on the gold type only",
+             "location_in_excerpt: share of the well-formed outputs whose location is an exact span of the excerpt "
+             "(the dataset's locations all are)",
              "gold_accuracy: the normalized gadget type equals the gold's; _low/_high: 95% Wilson score interval; "
              "ROUGE F1 of the whole output against the gold output (rouge-score, stemmed); final_loss: mean training "
              "loss of the last epoch"]
@@ -130,7 +134,8 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
         baselines = [b for b in got if b not in s.models]
         for b in baselines:  # a baseline row beside the models: gold-type accuracy only
             n, k = len(got[b]), sum(got[b].values())
-            out.append([s.run_id, s.evaluation_id, b, "baseline", "baseline", None, n, None, None, None, k / n,
+            out.append([s.run_id, s.evaluation_id, b, "baseline", "baseline", None, n, None, None, None,
+                        None, None, None, k / n,
                         *wilson(k, n), None, None, None, None, None])
         systems = s.models + baselines
         for i, a in enumerate(systems):
@@ -187,9 +192,12 @@ def _study_tables(db, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
                                           f"({','.join(str(int(i)) for i in studies)})")}
     ids = _ids([s for ss in studies.values() for s in ss])
     fmt: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
-    for r in query(db, f"SELECT evaluation_id, example_id, model, format_ok FROM predictions "
+    span: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))  # of well-formed outputs
+    for r in query(db, f"SELECT evaluation_id, example_id, model, format_ok, location_in_excerpt FROM predictions "
                        f"WHERE evaluation_id IN ({ids})"):
         fmt[r["evaluation_id"]][r["model"]][r["example_id"]] = int(bool(r["format_ok"]))
+        if r["format_ok"]:
+            span[r["evaluation_id"]][r["model"]][r["example_id"]] = int(bool(r["location_in_excerpt"]))
     line_of = {r["id"]: r["source_line"] for r in query(
         db, f"SELECT x.id, x.source_line FROM examples x JOIN evaluations e ON e.run_id = x.run_id "
             f"WHERE e.id IN ({ids}) AND x.split = 'validation' AND x.evaluation_id IS NULL")}
@@ -217,9 +225,12 @@ def _study_tables(db, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
                                                   for s in group if any(ev == s.evaluation_id for ev, *_ in got)])
                     f = hits(group, m, form, fmt) if m in models else []
                     fk = sum(v for *_, v in f)
+                    sp = hits(group, m, form, span) if m in models else []
+                    sk = sum(v for *_, v in sp)
                     rows.append([sid, seed, form, m, "model" if m in models else "baseline", len(group), folds, n,
                                  k / n, *wilson(k, n), fold_mean, fold_sd,
-                                 fk / len(f) if f else None, *(wilson(fk, len(f)) if f else (None, None))])
+                                 fk / len(f) if f else None, *(wilson(fk, len(f)) if f else (None, None)),
+                                 sk / len(sp) if sp else None, *(wilson(sk, len(sp)) if sp else (None, None))])
             for form in ("all", "open"):
                 for i, a in enumerate(systems):
                     for b in systems[i + 1:]:
@@ -247,17 +258,18 @@ def _study_tables(db, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
                                                  and r[3] == m])
                     rows.append([sid, "all", form, m, "model" if m in models else "baseline",
                                  sum(len(g) for _, g in groups), folds, len(means), sum(means) / len(means), low, high,
-                                 seed_mean, seed_sd, None, None, None])
+                                 seed_mean, seed_sd, None, None, None, None, None, None])
     order = {f: i for i, f in enumerate(FORMS)}
     rows.sort(key=lambda r: (r[0], str(r[1]) == "all", str(r[1]), order[r[2]]))
     study = Table(
         "study", "Study: predictions pooled over the folds (every example evaluated once per seed)",
         ["study_id", "seed", "instruction_form", "system", "kind", "folds_done", "folds", "examples", "gold_accuracy",
          "gold_accuracy_low", "gold_accuracy_high", "fold_mean", "fold_sd", "format_accuracy", "format_accuracy_low",
-         "format_accuracy_high"], rows,
+         "format_accuracy_high", "location_in_excerpt", "location_in_excerpt_low", "location_in_excerpt_high"], rows,
         ["gold_accuracy over every pooled example, _low/_high its 95% Wilson score interval; fold_mean/fold_sd: mean "
          "and sample standard deviation of the per-fold accuracies (the spread that comes from which examples are "
-         "held out); open: the instruction does not name the category, the figure to read",
+         "held out); open: the instruction does not name the category, the figure to read; location_in_excerpt: "
+         "share of the well-formed outputs whose location is an exact span of the excerpt",
          "kind baseline: a reference classifier fitted on each fold's training split (tfidf-logreg: word 1-2-gram "
          "TF-IDF + logistic regression; majority-class)",
          f"seed all: each example's mean over the seeds; interval: percentile bootstrap over examples "

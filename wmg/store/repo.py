@@ -135,6 +135,7 @@ class PredictionRow:
     generation_seconds: float
     rouge1_f1: float | None = None
     rouge_l_f1: float | None = None
+    location_in_excerpt: bool | None = None  # the location is an exact span of the excerpt (None: no location)
 
 
 @dataclass(frozen=True)
@@ -452,7 +453,7 @@ def complete_evaluation(db: str | None, evaluation_id: int, predictions: Sequenc
             fmt_gadget_type=p.format_checks["gadget_type"], fmt_location=p.format_checks["location"],
             fmt_explanation=p.format_checks["explanation"], format_ok=all(p.format_checks.values()),
             matches_gold=p.matches_gold, new_tokens=p.new_tokens, generation_seconds=p.generation_seconds,
-            rouge1_f1=p.rouge1_f1, rouge_l_f1=p.rouge_l_f1,
+            rouge1_f1=p.rouge1_f1, rouge_l_f1=p.rouge_l_f1, location_in_excerpt=p.location_in_excerpt,
         ) for p in predictions)
         s.add_all(t.Agreement(
             evaluation_id=evaluation_id, example_id=a.example_id, n_models=a.n_models,

@@ -208,6 +208,8 @@ class Prediction(Base):
     generation_seconds: Mapped[float] = mapped_column(Float, nullable=False)
     rouge1_f1: Mapped[float | None] = mapped_column(Float)  # against the gold output (rouge-score, stemmed)
     rouge_l_f1: Mapped[float | None] = mapped_column(Float)
+    # the location is an exact span of the excerpt (whitespace runs as one space); NULL: no location
+    location_in_excerpt: Mapped[bool | None] = mapped_column(Boolean)
     __table_args__ = (
         UniqueConstraint("evaluation_id", "example_id", "run_model_id"),
         Index("ix_predictions_example_id", "example_id"),
