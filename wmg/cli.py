@@ -427,7 +427,7 @@ def _run_study(db, study_id: int, fold: int | None, output: Output, show_example
     echo("")
     echo(f"Study {study_id}: {len(done)} of {study.folds * len(study.seeds)} runs trained and compared "
          f"(runs {', '.join(str(r.id) for r in study.runs) or 'none'})")
-    output.emit(models_analysis(db, select(db, study_ids=[study_id]))[:2])
+    output.emit([t for t in models_analysis(db, select(db, study_ids=[study_id])) if t.name.startswith("study")])
     echo(f"Study id: {study_id}  (`wmg analyze models --study {study_id}` shows this again, with every fold)")
 
 

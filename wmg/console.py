@@ -252,12 +252,12 @@ def runs_table(runs) -> Table:
         n_open = ev.n_open if ev else None
         agree = ev.full_agreement_rate if ev else None
         study = f"{r.study_id}/{r.fold}" if r.study_id is not None else None
-        systems = [(m.name, m.init, m.final_loss, m.final_val_loss, (ev.format_accuracy or {}).get(m.name) if ev
-                    else None, (ev.gold_accuracy or {}).get(m.name) if ev else None) for m in r.models]
-        systems += [(f"(baseline) {b}", "baseline", None, None, None, g)
+        systems = [(m.name, m.name, m.init, m.final_loss, m.final_val_loss, (ev.format_accuracy or {}).get(m.name)
+                    if ev else None, (ev.gold_accuracy or {}).get(m.name) if ev else None) for m in r.models]
+        systems += [(b, f"(baseline) {b}", "baseline", None, None, None, g)
                     for b, g in ((ev.baseline_accuracy or {}).items() if ev else [])]
-        for name, init, loss, val_loss, fmt, gold in systems:
-            gold_open = (ev.gold_accuracy_open or {}).get(name.removeprefix("(baseline) ")) if ev else None
+        for key, name, init, loss, val_loss, fmt, gold in systems:
+            gold_open = (ev.gold_accuracy_open or {}).get(key) if ev else None
             rows.append([
                 r.id, r.created_at, r.status, study, r.n_train + r.n_validation, ev.id if ev else None, n,
                 agree, *wilson_of_rate(agree, n), name, init, loss, val_loss,
@@ -399,23 +399,19 @@ def show_summary(echo, summary: dict, report_path: str | None) -> None:
     echo(f"  Full agreement: {summary['full_agreements']} ({pct(summary['full_agreement_rate'], *ci)})")
     echo(f"  Disagreements: {n - summary['full_agreements']} ({summary['disagreement_rate']:.1%})")
     echo("")
-    echo("  Format accuracy by model:")
-    for m, v in summary["model_format_accuracy"].items():
-        echo(f"    - {m}: {pct(v, *summary.get('model_format_accuracy_interval', {}).get(m, [None, None]))}")
-    spans = summary.get("model_location_in_excerpt") or {}
-    if spans:
-        echo("  Location an exact span of the excerpt (of the well-formed outputs):")
-        for m, v in spans.items():
-            echo(f"    - {m}: {pct(v, *summary['model_location_in_excerpt_interval'][m])}")
-    echo("  Gold-type accuracy by model (normalized type equals the gold's):")
-    for m, v in summary["model_gold_type_accuracy"].items():
-        lo_hi = summary.get("model_gold_type_accuracy_interval", {}).get(m, [None, None])
-        echo(f"    - {m}: {pct(v, *lo_hi)}  [init={summary['model_init'].get(m)}]")
-    base = summary.get("baseline_gold_type_accuracy") or {}
-    if base:
-        echo("  Reference baselines, fitted on the training split (gold type only):")
-        for b, v in base.items():
-            echo(f"    - {b}: {pct(v, *summary['baseline_gold_type_accuracy_interval'][b])}")
+    def rates(title: str, key: str, suffix=lambda name: "") -> None:  # one line per model or baseline
+        values = summary.get(key) or {}
+        if values:
+            echo(title)
+            for name, v in values.items():
+                echo(f"    - {name}: {pct(v, *summary.get(key + '_interval', {}).get(name, [None, None]))}"
+                     f"{suffix(name)}")
+
+    rates("  Format accuracy by model:", "model_format_accuracy")
+    rates("  Location an exact span of the excerpt (of the well-formed outputs):", "model_location_in_excerpt")
+    rates("  Gold-type accuracy by model (normalized type equals the gold's):", "model_gold_type_accuracy",
+          lambda m: f"  [init={summary['model_init'].get(m)}]")
+    rates("  Reference baselines, fitted on the training split (gold type only):", "baseline_gold_type_accuracy")
     forms = summary.get("by_instruction_form") or {}
     if forms:
         echo("  By instruction form (category: the instruction names the answer; open: the model must decide):")

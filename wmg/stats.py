@@ -52,11 +52,7 @@ def bootstrap_diff(a: Sequence[int | bool], b: Sequence[int | bool], resamples: 
     x = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if x.size == 0:
         raise ValueError("no paired examples")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return bootstrap(lambda idx: float(x[idx].mean()), x.size, resamples, seed, confidence)
 
 
 def bootstrap(statistic, n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,

@@ -91,11 +91,12 @@ def label_accuracy(db, sel: Selected, out: Path) -> Path:
                      "SELECT COALESCE(x.gold_type, '(none)'), b.baseline, SUM(b.matches_gold), COUNT(*) "
                      "FROM baseline_predictions b JOIN examples x ON x.id = b.example_id WHERE b.evaluation_id = :e "
                      "GROUP BY 1, 2", e=sel.evaluation_id)
+    short = lambda label: label.replace(" gadget", "").replace("/", "/\n")  # noqa: E731
     labels = sorted({r["g"] for r in rows})
-    counts = {(r["g"].replace(" gadget", "").replace("/", "/\n"), r["m"]): (r["k"], r["n"]) for r in rows}
+    counts = {(short(r["g"]), r["m"]): (r["k"], r["n"]) for r in rows}
     systems = _systems(db, [sel.evaluation_id], sel.models)
     fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(labels)), 4.5))
-    _grouped_bars(ax, [l.replace(" gadget", "").replace("/", "/\n") for l in labels], systems, sel.models, counts)
+    _grouped_bars(ax, [short(l) for l in labels], systems, sel.models, counts)
     ax.set_title(f"Run {sel.run_id}, evaluation {sel.evaluation_id}: accuracy per gold label (95% Wilson intervals)",
                  fontsize=10)
     path = out / f"run{sel.run_id}_eval{sel.evaluation_id}_label_accuracy.png"

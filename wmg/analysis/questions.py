@@ -116,22 +116,17 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
     if filled:
         notes.append(f"ROUGE was computed now for {filled} predictions stored before it was recorded")
 
-    # per example: which model got the gold type, and the instruction form
-    hits = query(db, f"SELECT p.evaluation_id, p.example_id, p.model, p.matches_gold, x.instruction_form "
-                     f"FROM predictions p JOIN examples x ON x.id = p.example_id "
-                     f"WHERE p.evaluation_id IN ({_ids(sel)}) ORDER BY p.evaluation_id, p.example_id")
-    hits += query(db, f"SELECT b.evaluation_id, b.example_id, b.baseline AS model, b.matches_gold, "
-                      f"x.instruction_form FROM baseline_predictions b JOIN examples x ON x.id = b.example_id "
-                      f"WHERE b.evaluation_id IN ({_ids(sel)}) ORDER BY b.evaluation_id, b.example_id, b.baseline")
+    # per evaluation, system and example: 1 when the gold type (models and baselines); the forms
+    _, hits, form_of, _, _ = _per_example(db, sel)
     by_eval: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
-    form_of: dict[int, str] = {}
-    for h in hits:
-        by_eval[h["evaluation_id"]][h["model"]][h["example_id"]] = int(bool(h["matches_gold"]))
-        form_of[h["example_id"]] = h["instruction_form"]
+    for ev, examples in hits.items():
+        for x in sorted(examples):
+            for system, hit in examples[x].items():
+                by_eval[ev][system][x] = hit
     pair_rows, form_rows = [], []
     for s in sel:
         got = by_eval.get(s.evaluation_id, {})
-        baselines = [b for b in got if b not in s.models]
+        baselines = sorted(b for b in got if b not in s.models)
         for b in baselines:  # a baseline row beside the models: gold-type accuracy only
             n, k = len(got[b]), sum(got[b].values())
             out.append([s.run_id, s.evaluation_id, b, "baseline", "baseline", None, n, None, None, None,
@@ -220,9 +215,10 @@ def _study_tables(db, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
                     if not got:
                         continue
                     k, n = sum(v for *_, v in got), len(got)
-                    fold_mean, fold_sd = mean_sd([sum(v for ev, _, v in got if ev == s.evaluation_id)
-                                                  / max(1, sum(1 for ev, *_ in got if ev == s.evaluation_id))
-                                                  for s in group if any(ev == s.evaluation_id for ev, *_ in got)])
+                    per_fold: dict[int, list[int]] = defaultdict(list)
+                    for ev, _, v in got:
+                        per_fold[ev].append(v)
+                    fold_mean, fold_sd = mean_sd([sum(v) / len(v) for v in per_fold.values()])
                     f = hits(group, m, form, fmt) if m in models else []
                     fk = sum(v for *_, v in f)
                     sp = hits(group, m, form, span) if m in models else []
@@ -296,13 +292,13 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
     lead = len(_lead_columns(units))
     for s in units:
         got, ag = hits.get(s.evaluation_id, {}), agr.get(s.evaluation_id, {})
-        systems = s.models + ["(majority vote)"] + [f"(baseline) {b}" for b in _baselines_in(got, s.models)]
+        systems = s.models + ["(majority vote)"] + _baselines_in(got, s.models)
         for f, examples in _forms_of(sorted(ag), form):
             for m in systems:
                 def hit(e):
                     if m == "(majority vote)":
                         return int(bool(ag[e]["majority_matches_gold"]))
-                    return got.get(e, {}).get(m.removeprefix("(baseline) "))
+                    return got.get(e, {}).get(m)
 
                 split = {1: [], 0: []}
                 for e in examples:
@@ -312,7 +308,7 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
                 a, d = split[1], split[0]
                 ra = sum(a) / len(a) if a else None
                 rd = sum(d) / len(d) if d else None
-                out.append([*_lead(units, s), f, m, len(a), ra, *wilson(sum(a), len(a)), len(d), rd,
+                out.append([*_lead(units, s), f, _shown(m, s.models), len(a), ra, *wilson(sum(a), len(a)), len(d), rd,
                             *wilson(sum(d), len(d)), ra - rd if a and d else None])
             if len(s.models) >= 2:
                 levels = [ag[e]["majority_count"] / ag[e]["n_models"] for e in examples]
@@ -377,7 +373,7 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
                     k, n = cell(label, m)
                     if n:
                         acc_rows.append([*_lead(units, s), f, label, n, rate,
-                                         m if m in s.models else f"(baseline) {m}", k, k / n, *wilson(k, n)])
+                                         _shown(m, s.models), k, k / n, *wilson(k, n)])
         ids = [s.evaluation_id] if s.evaluation_id > 0 else [x.evaluation_id for x in sel
                                                               if (x.study_id, x.seed) == (s.study_id, s.seed)]
         conf = query(db, f"SELECT model, gold_label, predicted_label, SUM(n) AS n FROM confusion "
@@ -434,9 +430,8 @@ def vote(db, sel: Sequence[Selected]) -> list[Table]:
                 if not n:
                     continue
                 gain = (mv - best if best is not None else None) if m == "(majority vote)" else mv - acc
-                out.append([*_lead(units, s), f, len(s.models), m if m in s.models or m == "(majority vote)"
-                            else f"(baseline) {m}", n, acc, *wilson(k, n), ties if m == "(majority vote)" else None,
-                            gain])
+                out.append([*_lead(units, s), f, len(s.models), _shown(m, s.models), n, acc, *wilson(k, n),
+                            ties if m == "(majority vote)" else None, gain])
     notes = [TIE_RULE, "_low/_high: 95% Wilson score interval; (baseline) rows: reference classifiers fitted on the "
              "training split, never part of the vote",
              "vote_gain: majority-vote accuracy minus this model's (for the vote row: minus the best single model; for a "
@@ -514,6 +509,11 @@ def _lead(units: Sequence[Selected], u: Selected) -> list:
 
 POOLED_NOTE = ("rows with a study_id and no run: the study's folds pooled (every example once per seed), "
                "their intervals over all of its examples")
+
+
+def _shown(system: str, models: Sequence[str]) -> str:
+    """A system's name in a table: a baseline marked as one."""
+    return system if system in models or system == "(majority vote)" else f"(baseline) {system}"
 
 
 def _baselines_in(hits_of_eval: dict, models: Sequence[str]) -> list[str]:
