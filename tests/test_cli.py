@@ -45,11 +45,13 @@ def test_train_then_compare_writes_rows_and_report(trained):
         (1, "completed", 9, 3, "flan-t5-small,distilgpt2")]
     models = q(db, "SELECT name, status, init, steps, parameters > 0, final_loss IS NOT NULL, checkpoint_path "
                    "FROM run_models ORDER BY position")
-    assert [m[:6] for m in models] == [("flan-t5-small", "completed", "scratch", 6, 1, 1),
-                                       ("distilgpt2", "completed", "scratch", 6, 1, 1)]
-    for m in models:  # 9 examples / batch 4 = 3 steps per epoch, 2 epochs
+    # 9 training lines plus the open-form copies of those whose instruction names the label
+    # (the scratch recipe): 4 micro-batches of 4 per epoch, 2 epochs
+    assert [m[:6] for m in models] == [("flan-t5-small", "completed", "scratch", 8, 1, 1),
+                                       ("distilgpt2", "completed", "scratch", 8, 1, 1)]
+    for m in models:
         assert os.path.exists(os.path.join(m[6], "model.safetensors"))
-    assert q(db, "SELECT COUNT(*) FROM train_steps") == [(12,)]
+    assert q(db, "SELECT COUNT(*) FROM train_steps") == [(16,)]
     assert q(db, "SELECT COUNT(*), COUNT(val_loss) FROM epoch_losses") == [(4, 4)]
     assert q(db, "SELECT split, COUNT(*) FROM examples GROUP BY split ORDER BY split") == [("train", 9), ("validation", 3)]
     assert q(db, "SELECT status, n_examples FROM evaluations") == [("completed", 3)]

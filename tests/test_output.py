@@ -163,7 +163,7 @@ def test_train_json_stdout_is_the_comparison_and_logs_go_to_stderr(tiny_run):
     assert "DEVICE SETUP" in r.stderr and "TRAINING MODEL: FLAN-T5-SMALL" in r.stderr
     # not a terminal: no tqdm redraws, plain progress lines and key=value loss lines instead
     assert "\r" not in r.stderr
-    assert "flan-t5-small: 3/3 steps (100%), " in r.stderr  # 9 examples, batch 4
+    assert "flan-t5-small: 4/4 steps (100%), " in r.stderr  # 9 examples and their open-form copies, batch 4
     assert "flan-t5-small: epoch=1 train_loss=" in r.stderr and "{'" not in r.stderr
 
 

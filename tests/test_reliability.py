@@ -23,11 +23,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = FIXTURES / "gadgets_small.jsonl"
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
-# Tiny models, one example per step (9 steps per epoch), dropout on so that the RNG
-# state matters, fp32 and no worker processes so that a run takes seconds.
+# Tiny models, one example per step (9 steps per epoch: the open-form copies are off, they
+# only add lines), dropout on so that the RNG state matters, fp32 and no worker processes so
+# that a run takes seconds.
 TRAIN = ["train", "--tiny", "--data", str(SMALL), "--epochs", "4", "--batch-size", "1", "--eval-split", "0.25",
          "--seed", "3", "--log-every", "1", "--dropout", "0.1", "--no-progress", "--no-compare",
-         "--platform", "windows", "--precision", "fp32"]
+         "--platform", "windows", "--precision", "fp32", "--no-open-copies"]
 STEPS_PER_EPOCH = 9
 
 
@@ -683,3 +684,15 @@ def test_upgrade_fills_in_location_in_excerpt_for_stored_predictions(tmp_path):
     assert r.exit_code == 0, r.output
     got = dict(q(db, "SELECT id, location_in_excerpt FROM predictions WHERE id IN (?, ?, ?)", pid_in, pid_out, pid_none))
     assert got == {pid_in: 1, pid_out: 0, pid_none: None}
+
+
+def test_upgrade_adds_the_chosen_epoch_and_keeps_every_epoch_row(tmp_path):
+    """0009: development-slice scores and the kept epoch are new, NULL for runs that kept their last epoch."""
+    db = str(tmp_path / "results.db")
+    shutil.copy(Path(__file__).parent / "fixtures" / "db" / "0008_location_in_excerpt.db", db)
+    before = q(db, "SELECT run_model_id, epoch, train_loss, val_loss FROM epoch_losses ORDER BY id")
+    r = CliRunner().invoke(main, ["runs", "--db", db])
+    assert r.exit_code == 0, r.output
+    assert q(db, "SELECT run_model_id, epoch, train_loss, val_loss FROM epoch_losses ORDER BY id") == before
+    assert before and q(db, "SELECT DISTINCT dev_accuracy, dev_format FROM epoch_losses") == [(None, None)]
+    assert q(db, "SELECT DISTINCT chosen_epoch FROM run_models") == [(None,)]

@@ -13,7 +13,7 @@ def schema_dump(path):
 
 def test_migrations_create_schema_matching_models(db):
     engine = get_engine(db)
-    assert current_revision(db) == head_revision() == "0008_location_in_excerpt"
+    assert current_revision(db) == head_revision() == "0009_chosen_epoch"
     with sqlite3.connect(db) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         views = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='view'")}

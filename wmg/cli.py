@@ -247,7 +247,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
               help="Dropout of every layer [pretrained: the published 0.1; scratch: 0, which is a third faster "
                    "per step on a CPU].")
 @click.option("--learning-rate", "--lr", "learning_rate", type=POSITIVE, default=None, metavar="LR",
-              help="Peak learning rate [pretrained 5e-5; scratch 1e-3 seq2seq, 6e-4 causal].")
+              help="Peak learning rate [pretrained 5e-5; scratch 1e-2 seq2seq (with adamw-scale), 6e-4 causal].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Micro-batch size [pretrained 1; scratch 8].")
 @click.option("--grad-accum", type=click.IntRange(1), default=None,
               help="Micro-batches per optimizer step (effective batch = batch size x this) [pretrained 4; scratch 1].")
@@ -262,6 +262,25 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @click.option("--max-causal-length", type=click.IntRange(16), default=None, help="Causal prompt+answer tokens [768].")
 @click.option("--causal-loss", type=click.Choice(["answer", "full"]), default=None,
               help="Causal models: loss on the answer tokens only (default) or on the whole sequence (the tutorial).")
+@click.option("--type-loss-weight", type=click.FloatRange(0, min_open=True), default=None,
+              help="Loss weight of the gadget_type value's tokens [1; scratch 5].")
+@click.option("--open-copies/--no-open-copies", default=None,
+              help="Also train on an open-instruction copy of every example whose instruction names its label "
+                   "[pretrained: no; scratch: yes].")
+@click.option("--dev-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=None,
+              help="Hold out this share of the training split and keep the epoch with the best gold-type accuracy "
+                   "on it (0: keep the last epoch) [0; scratch 0.1].")
+@click.option("--tapt-epochs", type=click.IntRange(0), default=None,
+              help="Task-adaptive pretraining on the training excerpts before fine-tuning: span corruption (T5), "
+                   "causal LM (GPT-2) [0; scratch: see README].")
+@click.option("--optimizer", type=click.Choice(["adamw", "adamw-scale"]), default=None,
+              help="adamw, or adamw-scale: each step scaled by the weight's root-mean-square, as Adafactor and "
+                   "nanoT5 do for T5 [adamw; scratch T5: adamw-scale].")
+@click.option("--tapt-denoise/--no-tapt-denoise", default=None,
+              help="Pretraining includes span corruption (T5) / causal LM (GPT-2) [yes].")
+@click.option("--tapt-quotes", type=click.IntRange(0), default=None,
+              help="Quoting examples (a random span of the excerpt, as `location: ...`) per excerpt and pretraining "
+                   "epoch [0; scratch: see README].")
 @click.option("--log-every", type=click.IntRange(0), default=None,
               help="Print the loss every N optimizer steps (0: only at epoch ends) [10].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
@@ -305,7 +324,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @handle_errors
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, type_loss_weight, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, report, show_examples, progress, folds, fold, seeds, study, resume, db,
           output):
     """Train every model on one split of the data, then compare them.
@@ -368,7 +387,9 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                          warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay,
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
-                         log_every=log_every, dropout=dropout)
+                         log_every=log_every, dropout=dropout, type_loss_weight=type_loss_weight,
+                         open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,
+                         tapt_denoise=tapt_denoise, tapt_quotes=tapt_quotes, optimizer=optimizer)
         opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,
                             device=device, platform=info.platform, workers=info.workers, precision=prec,
                             checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,

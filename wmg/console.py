@@ -317,16 +317,21 @@ def show_tables(r) -> list[Table]:
     run = Table("run", f"Run {r.id}", ["field", "value"], [[k, v] for k, v in fields],
                 [] if ev else [f"no comparison yet: run `wmg compare --run-id {r.id}`"])
     hp_keys = ("learning_rate", "epochs", "micro_batch_size", "grad_accum", "schedule", "warmup_ratio",
-               "weight_decay", "dropout", "precision")
-    models = Table("models", "Models", ["model", "status", "init", "parameters", "vocab_size", "steps", "final_loss",
+               "weight_decay", "dropout", "precision", "type_loss_weight", "open_copies", "dev_fraction", "tapt_epochs", "tapt_denoise",
+               "tapt_quotes", "optimizer")
+    models = Table("models", "Models", ["model", "status", "init", "parameters", "vocab_size", "steps", "chosen_epoch",
+                                        "final_loss",
                                         "final_val_loss", "train_seconds", "format_accuracy", "format_accuracy_low",
                                         "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
                                         "gold_accuracy_high", *hp_keys, "init_note"],
-                   [[m.name, m.status, m.init, m.parameters, m.vocab_size, m.steps, m.final_loss, m.final_val_loss,
+                   [[m.name, m.status, m.init, m.parameters, m.vocab_size, m.steps, m.chosen_epoch, m.final_loss,
+                     m.final_val_loss,
                      m.train_seconds, *_rate_and_interval((ev.format_accuracy or {}).get(m.name) if ev else None, ev),
                      *_rate_and_interval((ev.gold_accuracy or {}).get(m.name) if ev else None, ev),
                      *[(m.hyperparams or {}).get(k) for k in hp_keys], m.init_note] for m in r.models],
-                   ["_low/_high: 95% Wilson score interval over the latest comparison's examples"])
+                   ["_low/_high: 95% Wilson score interval over the latest comparison's examples",
+                    "chosen_epoch: the epoch whose weights were kept, best on the development slice (dev_fraction of "
+                    "the training split); empty: the last epoch"])
     config = Table("config", "Options the run was started with", ["option", "value"],
                    [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in sorted((r.config or {}).items())])
     return [run, models, config]

@@ -69,6 +69,8 @@ def train_tokenizer(spec: ModelSpec, texts: Iterable[str], vocab_size: int | Non
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from .recipe import sentinel_tokens
+
     vocab_size = vocab_size or SCRATCH_VOCAB[spec.scratch_tokenizer]
     texts = list(texts)
     if spec.scratch_tokenizer == "unigram":
@@ -88,7 +90,12 @@ def train_tokenizer(spec: ModelSpec, texts: Iterable[str], vocab_size: int | Non
         tok.post_processor = processors.TemplateProcessing(
             single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
         )
-        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+        # T5's 100 sentinels (<extra_id_0> ...) after the learned pieces, as in the published
+        # vocabulary: span corruption (recipe.tapt_examples) needs them.
+        sentinels = sentinel_tokens()
+        tok.add_special_tokens(sentinels)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                       additional_special_tokens=sentinels)
     if spec.scratch_tokenizer == "bytelevel-bpe":
         # GPT-2 family: byte-level BPE, one special token serving as BOS, EOS and pad.
         tok = Tokenizer(models.BPE())

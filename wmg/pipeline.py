@@ -131,9 +131,10 @@ def encode_all(spec: ModelSpec, tokenizer, examples, cfg: TrainConfig):
 
     if spec.type == "seq2seq":
         return [encode_seq2seq(tokenizer, seq2seq_prompt(e.instruction, e.input), e.output,
-                               cfg.max_input_length, cfg.max_target_length) for e in examples]
+                               cfg.max_input_length, cfg.max_target_length, cfg.type_loss_weight) for e in examples]
     return [encode_causal(tokenizer, seq2seq_prompt(e.instruction, e.input), causal_answer(e.output),
-                          cfg.max_causal_length, cfg.max_target_length, cfg.causal_loss) for e in examples]
+                          cfg.max_causal_length, cfg.max_target_length, cfg.causal_loss, cfg.type_loss_weight)
+            for e in examples]
 
 
 def tokenizer_corpus(examples) -> list[str]:
@@ -156,6 +157,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     resumed run) it continues from the model's last checkpoint, if it has one."""
     from .checkpoint import ResumeDir, load_model_folder, save_model_folder
     from .models import build, count_parameters, fuse_gelu, set_dropout
+    from .recipe import open_copies
     from .train import train as train_loop
 
     banner(echo, f"TRAINING MODEL: {spec.name.upper()}")
@@ -195,8 +197,19 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     repo.model_built(db, run_model_id, init=init, note=note, parameters=n_params, vocab_size=len(tok),
                      hyperparams=cfg.to_dict())
     echo("  Tokenizing datasets...")
-    train_enc = encode_all(spec, tok, train, cfg)
+    fit, dev = recipe_split(train, cfg)
+    if dev:
+        echo(f"  Development slice: {len(dev)} of the {len(train)} training examples held out; the epoch "
+             "with the best gold-type accuracy on them (open instruction, plain greedy) is kept")
+    if cfg.open_copies:
+        n_before = len(fit)
+        fit = open_copies(fit)
+        echo(f"  Open-form copies: {len(fit) - n_before} examples whose instruction names the label are also "
+             f"trained with the open instruction ({len(fit)} in all)")
+    train_enc = encode_all(spec, tok, fit, cfg)
     val_enc = encode_all(spec, tok, val, cfg)
+    if cfg.tapt_epochs and state is None:
+        tapt(model, tok, spec, cfg, fit, opts, echo)
     steps_per_epoch = math.ceil(math.ceil(len(train_enc) / cfg.micro_batch_size) / cfg.grad_accum)
     echo(f"  Training: {cfg.epochs} epochs x {steps_per_epoch} steps, micro-batch {cfg.micro_batch_size} x "
          f"accumulation {cfg.grad_accum} = effective batch {cfg.effective_batch_size}, lr {cfg.learning_rate:g} "
@@ -209,11 +222,12 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
         if cfg.log_every and st.step % cfg.log_every == 0:
             say(f"{spec.name}: step={st.step} epoch={st.epoch:.2f} loss={st.loss:.4f} learning_rate={st.lr:.3g}")
 
-    def on_epoch(epoch, train_loss, val_loss):
-        repo.record_epoch(db, run_model_id, list(pending), epoch, train_loss, val_loss)
+    def on_epoch(epoch, train_loss, val_loss, dev):
+        repo.record_epoch(db, run_model_id, list(pending), epoch, train_loss, val_loss, dev)
         pending.clear()
         vl = f"{val_loss:.4f}" if val_loss is not None else "n/a"
-        say(f"{spec.name}: epoch={epoch} train_loss={train_loss:.4f} eval_loss={vl}")
+        dv = f" dev_accuracy={dev[0]:.1%} dev_format={dev[1]:.1%}" if dev else ""
+        say(f"{spec.name}: epoch={epoch} train_loss={train_loss:.4f} eval_loss={vl}{dv}")
 
     def on_checkpoint(st, reason):
         # The store first, then the checkpoint: a crash in between leaves rows past the
@@ -227,11 +241,16 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
 
     result = train_loop(model, train_enc, cfg, spec.type, tok.pad_token_id, val_enc, device=opts.device,
                         on_step=on_step, on_epoch=on_epoch, progress=opts.progress, desc=spec.name,
-                        checkpoint=on_checkpoint, should_stop=stop, resume=state)
+                        checkpoint=on_checkpoint, should_stop=stop, resume=state,
+                        select=dev_selector(tok, spec, cfg, dev, opts.device) if dev else None)
     out = save_model_folder(ckpt_root / spec.name / "final_model", model, tok)
+    chosen = result.chosen_epoch or cfg.epochs
     repo.model_finished(db, run_model_id, steps=result.steps, final_loss=result.final_loss,
-                        mean_loss=result.mean_loss, final_val_loss=result.epoch_val_losses[-1],
-                        seconds=result.seconds, tokens_seen=result.tokens_seen, checkpoint_path=str(out))
+                        mean_loss=result.mean_loss, final_val_loss=result.epoch_val_losses[chosen - 1],
+                        seconds=result.seconds, tokens_seen=result.tokens_seen, checkpoint_path=str(out),
+                        chosen_epoch=chosen)
+    if result.chosen_epoch is not None:
+        echo(f"✓ Kept epoch {chosen} of {cfg.epochs} (best on the development slice)")
     resume_dir.clear()  # the final model is saved and recorded; the resume state is no longer needed
     echo(f"✓ Training complete! Loss: {result.final_loss:.4f} (last epoch; mean over training "
          f"{result.mean_loss:.4f}) in {result.seconds:.0f} s, {result.steps} steps")
@@ -240,6 +259,51 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     del model
     free_memory()
     echo("  ✓ Memory freed")
+
+
+def recipe_split(train: list[Example], cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
+    """(examples to fit, development slice): the slice only when `dev_fraction` asks for one."""
+    from .recipe import dev_slice
+
+    return dev_slice(train, cfg.dev_fraction, cfg.seed) if cfg.dev_fraction else (list(train), [])
+
+
+def dev_selector(tok, spec: ModelSpec, cfg: TrainConfig, dev: list[Example], device: str):
+    """Scores a model on the development slice: the open instruction, plain greedy decoding."""
+    from .generate import generate
+    from .recipe import OPEN_INSTRUCTION, dev_score
+
+    prompts = [seq2seq_prompt(OPEN_INSTRUCTION, e.input) for e in dev]
+    gcfg = GenerateConfig(max_new_tokens=cfg.max_target_length, batch_size=16, precision=cfg.precision)
+    limit = cfg.max_input_length if spec.type == "seq2seq" else cfg.max_causal_length - cfg.max_target_length
+
+    def select(model) -> tuple[float, float]:
+        outs = generate(model, tok, prompts, spec.type, gcfg, max(16, limit), device=device)
+        return dev_score([o.text for o in outs], dev)
+
+    return select
+
+
+def tapt(model, tok, spec: ModelSpec, cfg: TrainConfig, fit: list[Example], opts: TrainOptions, echo: Echo) -> None:
+    """Task-adaptive pretraining on the excerpts of the examples being fitted (never the evaluated ones)."""
+    from .recipe import tapt_examples
+    from .train import train as train_loop
+
+    texts = sorted({e.input for e in fit})
+    length = cfg.max_input_length if spec.type == "seq2seq" else cfg.max_causal_length
+    data = tapt_examples(tok, texts, spec.type, cfg.tapt_epochs, cfg.seed, length, cfg.tapt_denoise, cfg.tapt_quotes)
+    objectives = ([("span corruption (15%, mean span 3)" if spec.type == "seq2seq" else "causal language modelling")]
+                  if cfg.tapt_denoise else []) + ([f"{cfg.tapt_quotes} quote(s) of random spans"] if cfg.tapt_quotes else [])
+    echo(f"  Task-adaptive pretraining on {len(texts)} training excerpts, {cfg.tapt_epochs} epochs: "
+         f"{' + '.join(objectives)} per excerpt and epoch ({len(data)} examples)")
+    # Every epoch's examples are drawn afresh (new masks, new quotes), so the copies are one pass.
+    tcfg = cfg.with_(epochs=1)
+    losses: list[float] = []
+    result = train_loop(model, data, tcfg, spec.type, tok.pad_token_id, device=opts.device,
+                        on_step=lambda st: losses.append(st.loss), progress=opts.progress, desc=f"{spec.name} pretrain")
+    k = max(1, len(losses) // 10)
+    echo(f"  ✓ Pretraining loss {sum(losses[:k]) / k:.4f} (first tenth) -> {sum(losses[-k:]) / k:.4f} (last tenth), "
+         f"{result.steps} steps, {result.seconds:.0f} s")
 
 
 def expected_inits(specs: list[ModelSpec], opts: TrainOptions) -> dict[str, str]:

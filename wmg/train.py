@@ -50,6 +50,8 @@ class TrainResult:
     effective_batch_size: int
     epoch_val_losses: list[float | None] = field(default_factory=list)
     epoch_train_losses: list[float] = field(default_factory=list)
+    epoch_scores: list[tuple[float, ...]] = field(default_factory=list)  # `select`'s score per epoch
+    chosen_epoch: int | None = None  # the epoch whose weights the model holds (None: the last, unscored)
 
 
 class TrainingInterrupted(Exception):
@@ -78,15 +80,28 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], model_type: str) -> tu
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         logits = logits[:, :-1]
         target = labels[:, 1:]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
+    weights = batch.get("weights")
+    if weights is None:
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+    else:
+        per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
+                                    ignore_index=IGNORE, reduction="none")
+        w = weights[:, 1:] if model_type == "causal" else weights
+        loss = (per_token * (w.reshape(-1) * (target.reshape(-1) != IGNORE))).sum()
     return loss, scored_tokens(batch, model_type)
 
 
-def scored_tokens(batch: dict[str, torch.Tensor], model_type: str) -> int:
-    """How many label positions the loss scores (causal models predict from the second token on)."""
+def scored_tokens(batch: dict[str, torch.Tensor], model_type: str) -> float:
+    """How many label positions the loss scores (causal models predict from the second token on);
+    with per-token weights, their summed weight, so a weighted loss stays a weighted mean."""
     labels = batch["labels"][:, 1:] if model_type == "causal" else batch["labels"]
-    return int((labels != IGNORE).sum())
+    scored = labels != IGNORE
+    weights = batch.get("weights")
+    if weights is None:
+        return int(scored.sum())
+    w = weights[:, 1:] if model_type == "causal" else weights
+    return float((w * scored).sum())
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
@@ -109,6 +124,10 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw-scale":
+        from .optim import AdamWScale
+
+        return AdamWScale(groups, lr=cfg.learning_rate)
     try:
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
     except (RuntimeError, TypeError, ValueError):
@@ -144,7 +163,8 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
           progress: bool = True, desc: str = "train",
           checkpoint: Callable[[dict, str], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          resume: dict | None = None) -> TrainResult:
+          resume: dict | None = None,
+          select: Callable[[object], tuple[float, ...]] | None = None) -> TrainResult:
     from .checkpoint import rng_state, set_rng_state
     from .progress import bar as progress_bar
 
@@ -169,6 +189,10 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
     all_losses: list[float] = []
     epoch_train: list[float] = []
     epoch_val: list[float | None] = []
+    # Keeping the best epoch: `select(model)` scores the model after every epoch; the weights
+    # of the best score so far are kept (a later epoch wins a tie) and restored at the end.
+    scores: list[tuple[float, ...]] = []
+    best_epoch, best_weights = None, None
     start_epoch, start_group, carried, elapsed = 0, 0, [], 0.0
     if resume is not None:
         if resume["total_steps"] != total_steps:
@@ -180,11 +204,18 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         epoch_val = list(resume["epoch_val"])
         start_epoch, start_group = resume["epoch"], resume["next_group"]
         carried, elapsed = list(resume["epoch_losses"]), resume["seconds"]
+        scores = [tuple(x) for x in resume.get("epoch_scores", [])]
+        best_epoch, best_weights = resume.get("best_epoch"), resume.get("best_weights")
+        if best_epoch is not None and best_weights is None:  # the checkpoint's own weights are the best
+            best_weights = _snapshot(model)
     start = time.perf_counter() - elapsed
     bar = progress_bar(total_steps, desc, enabled=progress, initial=step, unit="steps")
 
     def state(epoch: int, next_group: int, batches: list, epoch_losses: list[float]) -> dict:
+        current = best_epoch is not None and next_group == 0 and best_epoch == epoch
         return {
+            "epoch_scores": [list(x) for x in scores], "best_epoch": best_epoch,
+            "best_weights": None if current or best_epoch is None else best_weights,
             "step": step, "epoch": epoch, "next_group": next_group, "total_steps": total_steps,
             "batches": batches, "epoch_losses": list(epoch_losses), "all_losses": list(all_losses),
             "epoch_train": list(epoch_train), "epoch_val": list(epoch_val), "examples_seen": examples_seen,
@@ -246,13 +277,28 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         tr = sum(epoch_losses) / len(epoch_losses)
         epoch_train.append(tr)
         epoch_val.append(val)
+        score = None
+        if select is not None:
+            score = tuple(select(model))
+            model.train()
+            scores.append(score)
+            if best_epoch is None or score >= scores[best_epoch - 1]:
+                best_epoch, best_weights = epoch + 1, _snapshot(model)
         if on_epoch:
-            on_epoch(epoch + 1, tr, val)
+            on_epoch(epoch + 1, tr, val, score)
         if checkpoint and epoch + 1 < cfg.epochs:
             checkpoint(state(epoch + 1, 0, sampler.batches_for(epoch + 1), []), "epoch")
     bar.close()
+    if best_epoch is not None and best_epoch != cfg.epochs:
+        model.load_state_dict(best_weights)
     return TrainResult(
         steps=step, final_loss=epoch_train[-1], mean_loss=sum(all_losses) / len(all_losses),
         seconds=time.perf_counter() - start, examples_seen=examples_seen, tokens_seen=tokens_seen,
         effective_batch_size=cfg.effective_batch_size, epoch_val_losses=epoch_val, epoch_train_losses=epoch_train,
+        epoch_scores=scores, chosen_epoch=best_epoch,
     )
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights (the kept epoch's), independent of further training."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

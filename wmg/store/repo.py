@@ -41,6 +41,7 @@ class ModelInfo:
     final_val_loss: float | None
     train_seconds: float | None
     checkpoint_path: str | None
+    chosen_epoch: int | None = None  # the epoch whose weights were kept (None: the last, before 0009)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class BaselineRow:
 def _model_info(m: t.RunModel) -> ModelInfo:
     return ModelInfo(m.id, m.name, m.hub_id, m.model_type, m.position, m.status, m.init, m.init_note,
                      m.parameters, m.vocab_size, json.loads(m.hyperparams_json), m.steps, m.final_loss,
-                     m.mean_loss, m.final_val_loss, m.train_seconds, m.checkpoint_path)
+                     m.mean_loss, m.final_val_loss, m.train_seconds, m.checkpoint_path, m.chosen_epoch)
 
 
 def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
@@ -276,21 +277,23 @@ def model_built(db: str | None, run_model_id: int, *, init: str, note: str, para
 
 @retry_locked
 def record_epoch(db: str | None, run_model_id: int, steps: Iterable[Any], epoch: int, train_loss: float,
-                 val_loss: float | None) -> None:
-    """The steps of one epoch and its losses, in one transaction."""
+                 val_loss: float | None, dev: tuple[float, float] | None = None) -> None:
+    """The steps of one epoch, its losses and its development-slice score, in one transaction."""
     with session_scope(db) as s:
         s.add_all(_step_rows(run_model_id, steps))
-        s.add(t.EpochLoss(run_model_id=run_model_id, epoch=epoch, train_loss=train_loss, val_loss=val_loss))
+        s.add(t.EpochLoss(run_model_id=run_model_id, epoch=epoch, train_loss=train_loss, val_loss=val_loss,
+                          dev_accuracy=dev[0] if dev else None, dev_format=dev[1] if dev else None))
 
 
 @retry_locked
 def model_finished(db: str | None, run_model_id: int, *, steps: int, final_loss: float, mean_loss: float,
-                   final_val_loss: float | None, seconds: float, tokens_seen: int, checkpoint_path: str) -> None:
+                   final_val_loss: float | None, seconds: float, tokens_seen: int, checkpoint_path: str,
+                   chosen_epoch: int | None = None) -> None:
     with session_scope(db) as s:
         s.execute(update(t.RunModel).where(t.RunModel.id == run_model_id).values(
             status="completed", steps=steps, final_loss=final_loss, mean_loss=mean_loss,
             final_val_loss=final_val_loss, train_seconds=seconds, tokens_seen=tokens_seen,
-            checkpoint_path=checkpoint_path))
+            checkpoint_path=checkpoint_path, chosen_epoch=chosen_epoch))
 
 
 @retry_locked

@@ -102,6 +102,7 @@ class RunModel(Base):
     train_seconds: Mapped[float | None] = mapped_column(Float)
     tokens_seen: Mapped[int | None] = mapped_column(Integer)
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    chosen_epoch: Mapped[int | None] = mapped_column(Integer)  # the epoch whose weights were saved
     __table_args__ = (
         UniqueConstraint("run_id", "name"),
         CheckConstraint(f"status IN {MODEL_STATUSES}", name="status"),
@@ -133,6 +134,9 @@ class EpochLoss(Base):
     epoch: Mapped[int] = mapped_column(Integer, nullable=False)
     train_loss: Mapped[float] = mapped_column(Float, nullable=False)
     val_loss: Mapped[float | None] = mapped_column(Float)
+    # Generation-scored development slice of the training split (scratch recipe; NULL without one)
+    dev_accuracy: Mapped[float | None] = mapped_column(Float)
+    dev_format: Mapped[float | None] = mapped_column(Float)
     __table_args__ = (UniqueConstraint("run_model_id", "epoch"),)
 
 

@@ -1,0 +1,286 @@
+"""The scratch recipe's pieces: span corruption, open-form copies, the development slice,
+label-token weights and keeping the best epoch."""
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from wmg.batching import Collator, encode_causal, encode_seq2seq, type_weights
+from wmg.config import REGISTRY, SCRATCH_DEFAULTS
+from wmg.data import Example, instruction_form, load_jsonl
+from wmg.models import build_scratch
+from wmg.recipe import (OPEN_INSTRUCTION, dev_score, dev_slice, names_its_label, open_copies, sentinel_tokens,
+                        span_corrupt, tapt_examples)
+from wmg.train import token_loss_sum, train
+
+from wmg.data import bundled_data
+
+BUNDLED = bundled_data()
+
+SENT = list(range(1000, 1100))
+EOS = 1
+
+
+def _reconstruct(inp, tgt, sentinels=frozenset(SENT)):
+    """The original sequence from a span-corrupted pair: each sentinel replaced by what follows it in the target."""
+    spans, cur = {}, None
+    for t in tgt[:-1]:
+        if t in sentinels:
+            cur = t
+            spans[cur] = []
+        else:
+            spans[cur].append(t)
+    out = []
+    for t in inp[:-1]:
+        out += spans[t] if t in sentinels else [t]
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 20, 100, 257])
+def test_span_corruption_hides_15_percent_behind_sentinels_and_loses_nothing(n):
+    ids = list(range(10, 10 + n))
+    for seed in range(20):
+        inp, tgt = span_corrupt(ids, SENT, EOS, random.Random(seed))
+        assert inp[-1] == EOS and tgt[-1] == EOS
+        assert _reconstruct(inp, tgt) == ids
+        used = [t for t in inp if t in SENT]
+        assert used == SENT[:len(used)] and [t for t in tgt if t in SENT] == used  # in order, each once
+        hidden = len(tgt) - 1 - len(used)
+        assert hidden == min(max(1, round(n * 0.15)), n - 1)
+        assert not any(a in SENT and b in SENT for a, b in zip(inp, inp[1:]))  # spans are separated
+
+
+def test_span_corruption_mean_span_is_three_and_masks_move():
+    ids = list(range(10, 310))
+    lengths, masks = [], set()
+    for seed in range(50):
+        inp, tgt = span_corrupt(ids, SENT, EOS, random.Random(seed))
+        masks.add(tuple(inp))
+        run = 0
+        for t in tgt[1:]:
+            if t in SENT or t == EOS:
+                lengths.append(run)
+                run = 0
+            else:
+                run += 1
+    assert len(masks) == 50
+    assert 2.7 <= sum(lengths) / len(lengths) <= 3.3 and min(lengths) >= 1
+
+
+def test_tapt_examples_use_only_the_given_texts_and_the_tokenizers_sentinels():
+    spec = REGISTRY["flan-t5-small"]
+    texts = ["The scan cycle reads inputs, runs the program and writes outputs.",
+             "A retentive timer keeps its elapsed time across a power failure."]
+    _, tok = build_scratch(spec, texts * 3, vocab_size=300, overrides={"num_layers": 1, "num_decoder_layers": 1,
+                                                                        "d_model": 16, "d_ff": 16, "num_heads": 2, "d_kv": 8})
+    sentinels = set(tok.convert_tokens_to_ids(sentinel_tokens()))
+    assert len(sentinels) == 100 and tok.unk_token_id not in sentinels
+    data = tapt_examples(tok, texts, "seq2seq", 3, seed=1, max_len=64)
+    assert len(data) == 6  # a fresh mask per epoch
+    bodies = {tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in texts}
+    for e in data:
+        assert any(t in sentinels for t in e.input_ids) and e.labels[0] in sentinels
+        assert tuple(_reconstruct(e.input_ids, e.labels, sentinels)) in bodies
+    causal = tapt_examples(tok, texts, "causal", 3, seed=1, max_len=64)
+    assert len(causal) == 6 and all(e.labels == e.input_ids for e in causal)
+    quotes = tapt_examples(tok, texts, "seq2seq", 2, seed=1, max_len=96, denoise=False, quotes=2)
+    assert len(quotes) == 8
+    for e in quotes:
+        answer = tok.decode(e.labels, skip_special_tokens=True)
+        assert answer.startswith("location: ") and answer[len("location: "):] in " ".join(texts)
+        assert 3 <= len(answer.split()) - 1 <= 10
+
+
+def test_pipeline_pretrains_on_the_training_split_only_and_records_the_kept_epoch(tmp_path, monkeypatch):
+    import wmg.recipe as recipe
+    from wmg.pipeline import TrainOptions, train_run
+    from wmg.store import repo
+
+    seen = []
+    real = recipe.tapt_examples
+
+    def spy(tok, texts, *a, **k):
+        seen.append(list(texts))
+        return real(tok, texts, *a, **k)
+
+    monkeypatch.setattr(recipe, "tapt_examples", spy)
+    db = str(tmp_path / "r.db")
+    opts = TrainOptions(data=str(BUNDLED), models="flan-t5-small,distilgpt2", examples=60, tiny=True,
+                        checkpoints=str(tmp_path / "ck"), progress=False, folds=3, fold=2,
+                        overrides={"epochs": 3, "tapt_epochs": 2, "dev_fraction": 0.2})
+    run_id = train_run(db, opts, echo=lambda *a: None)
+    held_out = {x.input for x in repo.run_examples(db, run_id, "validation")}
+    train_inputs = {x.input for x in repo.run_examples(db, run_id, "train")}
+    assert len(seen) == 2
+    for texts in seen:
+        assert texts and not set(texts) & held_out and set(texts) < train_inputs  # the dev slice is left out too
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        for rm_id, chosen in conn.execute("SELECT id, chosen_epoch FROM run_models").fetchall():
+            rows = conn.execute("SELECT epoch, dev_accuracy, dev_format FROM epoch_losses WHERE run_model_id = ? "
+                                "ORDER BY epoch", (rm_id,)).fetchall()
+            assert [r[0] for r in rows] == [1, 2, 3] and all(r[1] is not None for r in rows)
+            best = max(rows, key=lambda r: (r[1], r[2], r[0]))  # accuracy, then format, then the later epoch
+            assert chosen == best[0]
+
+
+def test_open_copies_add_the_open_form_only_where_the_instruction_names_the_label():
+    ex = load_jsonl(BUNDLED)
+    out = open_copies(ex)
+    copies = out[len(ex):]
+    named = [e for e in ex if names_its_label(e)]
+    assert out[:len(ex)] == ex and len(copies) == len(named) > 200
+    assert all(c.instruction == OPEN_INSTRUCTION and instruction_form(c.instruction) == "open" for c in copies)
+    assert [(c.index, c.input, c.output) for c in copies] == [(e.index, e.input, e.output) for e in named]
+    assert not any(names_its_label(e) for e in ex if instruction_form(e.instruction) == "open")
+
+
+def test_dev_slice_is_a_stratified_disjoint_tenth_and_reproducible():
+    ex = load_jsonl(BUNDLED)
+    rest, dev = dev_slice(ex, 0.1, 42)
+    assert sorted(e.index for e in rest + dev) == [e.index for e in ex]
+    assert 50 <= len(dev) <= 56 and dev_slice(ex, 0.1, 42) == (rest, dev) and dev_slice(ex, 0.1, 43)[1] != dev
+    full, part = Counter(e.gold_type for e in ex), Counter(e.gold_type for e in dev)
+    assert all(abs(part[k] - full[k] / 10) <= 1 for k in full)
+    assert dev_slice(ex[:10], 0.1, 1) == (ex[:10], [])  # too few to spare one
+
+
+def test_dev_score_is_gold_accuracy_then_format():
+    dev = [Example(0, "i", "x", "gadget_type: ReadWrite gadget; location: a; explanation: b"),
+           Example(1, "i", "y", "gadget_type: Composition gadget; location: a; explanation: b")]
+    outs = ["gadget_type: Read/Write gadget; location: q; explanation: r", "gadget_type: Composition gadget"]
+    assert dev_score(outs, dev) == (1.0, 0.5)
+    assert dev_score(["nonsense", "gadget_type: ReadWrite gadget; location: q; explanation: r"], dev) == (0.0, 0.5)
+
+
+def test_type_weights_fall_on_the_label_tokens_of_both_tokenizers():
+    corpus = [l.input + " " + l.output for l in load_jsonl(BUNDLED)[:80]]
+    answer = "gadget_type: Control-Flow gadget; location: RETURN; explanation: skips the checks"
+    for name in ("flan-t5-small", "distilgpt2"):
+        _, tok = build_scratch(REGISTRY[name], corpus, vocab_size=400,
+                               overrides={"num_layers": 1, "num_decoder_layers": 1, "d_model": 16, "d_ff": 16,
+                                          "num_heads": 2, "d_kv": 8} if name == "flan-t5-small" else
+                               {"n_layer": 1, "n_embd": 16, "n_head": 2})
+        ids = tok(answer, add_special_tokens=False)["input_ids"]
+        w = type_weights(tok, answer, len(ids), 7.0, False)
+        heavy = tok.decode([i for i, x in zip(ids, w) if x == 7.0]).strip()
+        assert heavy == "Control-Flow gadget" and set(w) == {1.0, 7.0}
+        assert type_weights(tok, answer, len(ids), 1.0, False) is None
+    c = encode_causal(tok, "Task: x\n\nAnswer:", " " + answer, 128, 64, "answer", 7.0)
+    assert len(c.weights) == len(c.input_ids) and c.weights[-1] == 1.0
+
+
+def test_weighted_loss_is_the_weighted_mean_and_accumulates_exactly():
+    spec = REGISTRY["flan-t5-small"]
+    corpus = [l.input + " " + l.output for l in load_jsonl(BUNDLED)[:60]]
+    model, tok = build_scratch(spec, corpus, vocab_size=400, overrides={"num_layers": 1, "num_decoder_layers": 1,
+                                                                         "d_model": 16, "d_ff": 32, "num_heads": 2,
+                                                                         "d_kv": 8})
+    model.eval()  # no dropout: the two computations below must see the same network
+    ex = load_jsonl(BUNDLED)[:6]
+    enc = [encode_seq2seq(tok, e.instruction + " " + e.input, e.output, 64, 48, 4.0) for e in ex]
+    collate = Collator("seq2seq", tok.pad_token_id)
+    batch = collate(enc)
+    loss, n = token_loss_sum(model, batch, "seq2seq")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   labels=batch["labels"]).logits
+    ce = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch["labels"].reshape(-1),
+                                           ignore_index=-100, reduction="none")
+    w = torch.tensor([x for e in enc for x in e.weights + (0.0,) * (batch["labels"].size(1) - len(e.weights))])
+    assert n == pytest.approx(float(w.sum())) and float(loss.detach()) == pytest.approx(float((ce * w).sum().detach()), rel=1e-5)
+    parts = [collate(enc[:2]), collate(enc[2:])]
+    assert sum(token_loss_sum(model, b, "seq2seq")[1] for b in parts) == pytest.approx(n)
+
+
+def test_the_kept_epoch_is_the_best_scored_and_its_weights_are_restored():
+    spec = REGISTRY["distilgpt2"]
+    corpus = [l.input + " " + l.output for l in load_jsonl(BUNDLED)[:40]]
+    model, tok = build_scratch(spec, corpus, vocab_size=300, overrides={"n_layer": 1, "n_embd": 16, "n_head": 2})
+    enc = [encode_causal(tok, e.input, " " + e.output, 96, 32, "answer") for e in load_jsonl(BUNDLED)[:16]]
+    cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=4, micro_batch_size=8)
+    scores = iter([(0.2, 1.0), (0.6, 0.5), (0.6, 0.4), (0.4, 1.0)])
+    snaps = []
+
+    def select(m):
+        snaps.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(scores)
+
+    result = train(model, enc, cfg, "causal", tok.pad_token_id, select=select, progress=False)
+    assert result.chosen_epoch == 2 and result.epoch_scores[1] == (0.6, 0.5)
+    assert all(torch.equal(v, snaps[1][k]) for k, v in model.state_dict().items())
+    assert not torch.equal(snaps[1]["transformer.h.0.mlp.c_fc.weight"], snaps[3]["transformer.h.0.mlp.c_fc.weight"])
+    tie = iter([(0.5, 1.0), (0.5, 1.0)])
+    again = train(model, enc, cfg.with_(epochs=2), "causal", tok.pad_token_id, select=lambda m: next(tie),
+                  progress=False)
+    assert again.chosen_epoch == 2  # a later epoch wins a tie
+
+
+def test_adamw_scale_moves_each_weight_by_the_learning_rate_times_its_rms():
+    from wmg.optim import AdamWScale
+
+    torch.manual_seed(0)
+    big, small, zero = (torch.nn.Parameter(torch.randn(64, 64) * s) for s in (1.0, 0.005, 0.0))
+    opt = AdamWScale([{"params": [big, small, zero], "weight_decay": 0.0}], lr=1e-2)
+    before = [p.detach().clone() for p in (big, small, zero)]
+    for p in (big, small, zero):
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for p, b in zip((big, small, zero), before):
+        rms = max(1e-3, float(b.pow(2).mean().sqrt()))
+        step = (p.detach() - b).abs()
+        # Adam's first step is the gradient's sign (|m / sqrt(v)| = 1) times the learning rate
+        assert torch.allclose(step, torch.full_like(step, 1e-2 * rms), rtol=1e-2)  # fp32 differences
+    decayed = torch.nn.Parameter(torch.ones(4))
+    opt = AdamWScale([{"params": [decayed], "weight_decay": 0.5}], lr=0.1)
+    decayed.grad = torch.zeros(4)
+    opt.step()
+    assert torch.allclose(decayed.detach(), torch.full((4,), 0.95))  # decoupled decay: lr x weight decay
+
+
+@pytest.mark.parametrize("resume_from", ["interrupt", "epoch"])
+def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from):
+    """The kept epoch's weights travel in the checkpoint (or are the checkpoint's own), so a run
+    stopped in epoch 3 and resumed ends with the weights an uninterrupted run kept."""
+    import copy
+
+    spec = REGISTRY["distilgpt2"]
+    corpus = [l.input + " " + l.output for l in load_jsonl(BUNDLED)[:40]]
+    torch.manual_seed(3)
+    model, tok = build_scratch(spec, corpus, vocab_size=300, overrides={"n_layer": 1, "n_embd": 16, "n_head": 2,
+                                                                         "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                                                         "attn_pdrop": 0.0})
+    start = copy.deepcopy(model.state_dict())
+    enc = [encode_causal(tok, e.input, " " + e.output, 96, 32, "answer") for e in load_jsonl(BUNDLED)[:24]]
+    cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=4, micro_batch_size=8)
+    table = [(0.5,), (0.9,), (0.1,), (0.2,)]
+
+    def scorer(first_epoch):
+        n = iter(range(first_epoch, 5))
+        return lambda m: table[next(n)]
+
+    full = train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False)
+    assert full.chosen_epoch == 2
+    kept = copy.deepcopy(model.state_dict())
+
+    model.load_state_dict(start)
+    saved = []
+    steps = {"n": 0}
+
+    def stop():
+        steps["n"] += 1
+        return steps["n"] == 8  # the 2nd of epoch 3's 3 steps
+
+    from wmg.train import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False, should_stop=stop,
+              checkpoint=lambda st, why: saved.append((why, copy.deepcopy(st), copy.deepcopy(model.state_dict()))))
+    why, state, weights = [s for s in saved if s[0] == resume_from][-1]
+    assert state["best_epoch"] == 2 and (state["best_weights"] is None) == (resume_from == "epoch")
+    model.load_state_dict(weights)
+    again = train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(state["epoch"]), progress=False,
+                  resume=state)
+    assert again.chosen_epoch == 2 and again.epoch_scores == table
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
