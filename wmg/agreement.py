@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from .parse import normalize_type
+from .parse import matches_gold, normalize_type
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,6 @@ def agreement(gadget_types: Mapping[str, str | None], gold_type: str | None) -> 
         majority_type=majority_type,
         majority_normalized=majority_norm,
         majority_count=best,
-        matches_gold={m: bool(n) and n == gold_norm for m, n in norm.items()},
+        matches_gold={m: matches_gold(t, gold_type) for m, t in gadget_types.items()},
         gold_normalized=gold_norm,
     )

@@ -95,6 +95,13 @@ def named_labels(text: str) -> list[str]:
     return found
 
 
+def matches_gold(gadget_type: str | None, gold_type: str | None) -> bool:
+    """Whether a predicted type is the gold one: equal non-empty normalized forms (the rule of
+    every stored `matches_gold`)."""
+    n = normalize_type(gadget_type or "")
+    return bool(n) and n == normalize_type(gold_type or "")
+
+
 def canonical_label(gadget_type: str | None) -> str | None:
     """The canonical label whose normalized form equals this type's, if any."""
     if not gadget_type:

@@ -157,7 +157,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     resumed run) it continues from the model's last checkpoint, if it has one."""
     from .checkpoint import ResumeDir, load_model_folder, save_model_folder
     from .models import build, count_parameters, fuse_gelu, set_dropout
-    from .recipe import open_copies
+    from .recipe import dev_slice, open_copies
     from .train import train as train_loop
 
     banner(echo, f"TRAINING MODEL: {spec.name.upper()}")
@@ -197,7 +197,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     repo.model_built(db, run_model_id, init=init, note=note, parameters=n_params, vocab_size=len(tok),
                      hyperparams=cfg.to_dict())
     echo("  Tokenizing datasets...")
-    fit, dev = recipe_split(train, cfg)
+    fit, dev = dev_slice(train, cfg.dev_fraction, cfg.seed)
     if dev:
         echo(f"  Development slice: {len(dev)} of the {len(train)} training examples held out; the epoch "
              "with the best gold-type accuracy on them (open instruction, plain greedy) is kept")
@@ -259,13 +259,6 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     del model
     free_memory()
     echo("  ✓ Memory freed")
-
-
-def recipe_split(train: list[Example], cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
-    """(examples to fit, development slice): the slice only when `dev_fraction` asks for one."""
-    from .recipe import dev_slice
-
-    return dev_slice(train, cfg.dev_fraction, cfg.seed) if cfg.dev_fraction else (list(train), [])
 
 
 def dev_selector(tok, spec: ModelSpec, cfg: TrainConfig, dev: list[Example], device: str):

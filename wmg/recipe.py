@@ -20,9 +20,10 @@ import random
 from dataclasses import replace
 from typing import Sequence
 
-from .batching import Encoded, fit
+from .batching import Encoded, encode_causal, encode_seq2seq, fit
 from .data import Example, fold_assignment
-from .parse import canonical_label, named_labels, parse_output
+from .parse import canonical_label, matches_gold, named_labels, parse_output
+from .prompts import causal_answer, seq2seq_prompt
 
 OPEN_INSTRUCTION = "Identify any weird machine gadget in the excerpt. Report gadget_type, location and explanation."
 SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
@@ -45,9 +46,11 @@ def open_copies(examples: Sequence[Example]) -> list[Example]:
 
 def dev_slice(train: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """(rest, dev): about `fraction` of the training split held out, stratified by label and
-    instruction form (one fold of the same partition `wmg train --folds` uses)."""
-    if not 0 < fraction < 0.5:
+    instruction form (one fold of the same partition `wmg train --folds` uses); no slice for 0."""
+    if not 0 <= fraction < 0.5:
         raise ValueError("dev_fraction must be between 0 and 0.5")
+    if fraction == 0:
+        return list(train), []
     k = max(2, round(1 / fraction))
     if len(train) < 2 * k:
         return list(train), []
@@ -57,7 +60,7 @@ def dev_slice(train: Sequence[Example], fraction: float, seed: int) -> tuple[lis
     return rest, dev
 
 
-def dev_score(outputs: Sequence[str], dev: Sequence[Example], excerpts: Sequence[str] | None = None) -> tuple[float, float]:
+def dev_score(outputs: Sequence[str], dev: Sequence[Example]) -> tuple[float, float]:
     """(gold-type accuracy, format accuracy) of generated outputs on the dev slice; compared as a
     tuple, so format breaks ties in accuracy."""
     if not dev:
@@ -66,7 +69,7 @@ def dev_score(outputs: Sequence[str], dev: Sequence[Example], excerpts: Sequence
     for text, e in zip(outputs, dev):
         p = parse_output(text)
         fmt += p.format_ok
-        hits += canonical_label(p.gadget_type) is not None and canonical_label(p.gadget_type) == canonical_label(e.gold_type)
+        hits += matches_gold(p.gadget_type, e.gold_type)
     return (hits / len(dev), fmt / len(dev))
 
 
@@ -126,9 +129,6 @@ def tapt_examples(tokenizer, texts: Sequence[str], model_type: str, epochs: int,
     et al.'s 2022 induction heads) made of the training text alone, in the spirit of Krishna et
     al. (2021), who recovered much of pretraining's benefit for summarization with synthetic
     tasks such as copying."""
-    from .batching import encode_causal, encode_seq2seq
-    from .prompts import causal_answer, seq2seq_prompt
-
     rng = random.Random(seed)
     out: list[Encoded] = []
     sentinels = None
