@@ -233,3 +233,36 @@ def test_default_examples_follow_the_init(tmp_path, small_data):
     assert q(db, "SELECT n_train + n_validation, examples_requested FROM runs") == [(12, None)]
     hp = json.loads(q(db, "SELECT hyperparams_json FROM run_models WHERE name = 'flan-t5-small'")[0][0])
     assert hp["dropout"] == 0.0 and hp["epochs"] == 1
+
+
+def test_compare_with_the_location_span_constraint(trained, monkeypatch):
+    """`--location-span`: recorded with the evaluation, and every stored location is a span of its own
+    excerpt. A tiny model rarely writes `location:` by itself, so the answer's head is forced; the
+    location is then the model's own choice within the constraint, batched and sorted as usual."""
+    from wmg import generate as gen
+
+    real = gen.LocationSpan.__call__
+
+    def forced(self, input_ids, scores):
+        head = self.tok(" gadget_type: Control-Flow gadget; location:", add_special_tokens=False)["input_ids"]
+        for r, toks in enumerate(input_ids[:, self.start:].tolist()):
+            if self.state[r] == "before" and len(toks) < len(head):
+                scores[r] = -float("inf")
+                scores[r, head[len(toks)]] = 0.0
+        return real(self, input_ids, scores)
+
+    monkeypatch.setattr(gen.LocationSpan, "__call__", forced)
+    work, _ = trained
+    db = str(work / "results.db")
+    r = CliRunner().invoke(main, ["compare", "--run-id", "1", "--db", db, "--max-new-tokens", "40", "--no-progress",
+                                  "--no-show-examples", "--report", str(work / "span.json"), "--location-span",
+                                  "--no-repeat-ngram-size", "0", "--batch-size", "2"])
+    assert r.exit_code == 0, r.output
+    assert "location constrained to a span of the excerpt" in r.output
+    (eid, cfg), = q(db, "SELECT id, config_json FROM evaluations ORDER BY id DESC LIMIT 1")
+    assert json.loads(cfg)["location_span"] is True
+    rows = q(db, "SELECT p.location, p.location_in_excerpt, x.input FROM predictions p "
+                 "JOIN examples x ON x.id = p.example_id WHERE p.evaluation_id = ?", eid)
+    assert len(rows) == 6
+    written = [(loc, stored) for loc, stored, _ in rows if loc]  # closing the field at once leaves it empty
+    assert len(written) >= 2 and all(stored == 1 for _, stored in written), rows

@@ -192,6 +192,10 @@ def main():
 
 NO_REPEAT = click.option("--no-repeat-ngram-size", "no_repeat", type=click.IntRange(0), default=DEFAULT_NO_REPEAT,
                          show_default=True, help="Greedy decoding never repeats an n-gram of this length (0: plain greedy, as the tutorial). Breaks the loops an undertrained model falls into; recorded with the evaluation.")
+LOCATION_SPAN = click.option(
+    "--location-span/--no-location-span", "location_span", default=False, show_default=True,
+    help="Constrain the location field to a span of the excerpt while decoding (each token must continue the "
+         "excerpt's own text); recorded with the evaluation.")
 
 
 # ---------------------------------------------------------------- train
@@ -301,6 +305,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1),
               help="Generation limit in the comparison.")
 @NO_REPEAT
+@LOCATION_SPAN
 @click.option("--report", default="ensemble_report.json", show_default=True, type=click.Path(dir_okay=False),
               metavar="PATH", help="Where the comparison writes its JSON report.")
 @click.option("--show-examples/--no-show-examples", default=True, show_default=True,
@@ -325,8 +330,8 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, type_loss_weight, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
-          baseline, max_new_tokens, no_repeat, report, show_examples, progress, folds, fold, seeds, study, resume, db,
-          output):
+          baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, seeds,
+          study, resume, db, output):
     """Train every model on one split of the data, then compare them.
 
     Prints the new run's id; every step, loss and prediction goes to the results store.
@@ -362,7 +367,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
         return
     if resume is not None:
         refuse_options("--resume continues a run", {"resume", "compare", "baseline", "max_new_tokens", "no_repeat",
-                                                    "report", "show_examples"})
+                                                    "location_span", "report", "show_examples"})
         from .store import repo
 
         run = repo.get_run(db, resume)
@@ -405,7 +410,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
             opts.folds = folds
             sid = start_study(db, opts, folds, [seed + i for i in range(seeds)], {
                 "max_new_tokens": max_new_tokens, "precision": prec, "device": device, "no_repeat_ngram_size": no_repeat,
-                "report": report, "baseline": baseline})
+                "location_span": location_span, "report": report, "baseline": baseline})
             echo(f"✓ Study {sid}: {folds} folds x {seeds} seed{'s' if seeds > 1 else ''} "
                  f"({', '.join(str(seed + i) for i in range(seeds))}) recorded in the results store")
             _run_study(db, sid, fold, output, show_examples and ctx.get_parameter_source("show_examples")
@@ -416,7 +421,8 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
     echo(f"Run id: {run_id}")
     if compare:
         comparison = compare_run(db, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec,
-                                                    device=device, no_repeat_ngram_size=no_repeat, report=report,
+                                                    device=device, no_repeat_ngram_size=no_repeat,
+                                                    location_span=location_span, report=report,
                                                     progress=progress, baseline=baseline), echo)
         show_comparison(comparison, output, show_examples)
         echo(f"Run id: {run_id}")
@@ -465,6 +471,7 @@ def _compare_options(f):
         click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True,
                      help="CPU by default: CUDA and MPS are hidden unless asked for here."),
         NO_REPEAT,
+        LOCATION_SPAN,
     ]):
         f = opt(f)
     return f
@@ -488,8 +495,8 @@ def _compare_options(f):
 @db_option
 @output_options(("comparison",))
 @handle_errors
-def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, data, report, show_examples, judges,
-            baseline, progress, db, output):
+def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, location_span, data, report,
+            show_examples, judges, baseline, progress, db, output):
     """Every model of a run predicts on its validation split (or --data); predictions, format checks and
     agreement are stored as a new evaluation."""
     from . import device as dev
@@ -501,7 +508,8 @@ def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, da
         raise DataError(f"{data}: data file not found")
     info = dev.setup(device, "auto", echo, precision=precision, workers=False)
     comparison = compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens,
-                                                no_repeat_ngram_size=no_repeat, batch_size=batch_size,
+                                                no_repeat_ngram_size=no_repeat, location_span=location_span,
+                                                batch_size=batch_size,
                                                 precision=info.precision, device=device, report=report,
                                                 progress=progress, baseline=baseline), echo)
     show_comparison(comparison, output, show_examples)
@@ -537,7 +545,8 @@ def _judge_into_report(db, eid, judges, report, progress):
 @db_option
 @output_options(("predictions",), json_alias=True)
 @handle_errors
-def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, instruction, excerpt, db, output):
+def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, location_span, instruction, excerpt, db,
+            output):
     """Every model of a trained run on one custom excerpt (nothing is stored)."""
     from . import device as dev
     from .console import prediction_tables, show_prediction
@@ -550,7 +559,8 @@ def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, in
     info = dev.setup(device, "auto", echo, precision=precision, workers=False)
     result = do_predict(db, run_id, instruction, excerpt,
                         CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                       no_repeat_ngram_size=no_repeat, precision=info.precision, device=device,
+                                       no_repeat_ngram_size=no_repeat, location_span=location_span,
+                                       precision=info.precision, device=device,
                                        report=None), echo)
     if output.machine or output.out:
         output.emit(prediction_tables(result))

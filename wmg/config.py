@@ -200,3 +200,4 @@ class GenerateConfig:
     batch_size: int = 16
     precision: Literal["fp32", "bf16"] = "fp32"
     no_repeat_ngram_size: int = 0  # 0: plain greedy, as the tutorial; n: no n-gram generated twice
+    location_span: bool = False  # the location field constrained to a span of the excerpt (generate.LocationSpan)

@@ -466,7 +466,8 @@ def run_study(db, study_id: int, echo: Echo = print, progress: bool = True, only
             report = str(p.with_name(f"{p.stem}.study{study_id}.fold{fold}.seed{seed}{p.suffix}"))
         comparison = compare_run(db, CompareOptions(
             run_id=run_id, max_new_tokens=cmp["max_new_tokens"], precision=cmp["precision"], device=cmp["device"],
-            no_repeat_ngram_size=cmp["no_repeat_ngram_size"], report=report, progress=progress,
+            no_repeat_ngram_size=cmp["no_repeat_ngram_size"], location_span=cmp.get("location_span", False),
+            report=report, progress=progress,
             baseline=cmp["baseline"]), echo)
         if on_comparison is not None:
             on_comparison(comparison)
@@ -483,6 +484,7 @@ class CompareOptions:
     precision: str = "fp32"
     device: str = "cpu"
     no_repeat_ngram_size: int = DEFAULT_NO_REPEAT
+    location_span: bool = False  # constrain the location field to a span of the excerpt (generate.LocationSpan)
     report: str | None = "ensemble_report.json"
     progress: bool = True
     baseline: bool = True  # fit the reference baselines on the run's training split and score them too
@@ -514,14 +516,14 @@ def _usable_models(run: repo.RunInfo) -> list[repo.ModelInfo]:
     return done
 
 
-def _generate_all(run: repo.RunInfo, models: list[repo.ModelInfo], prompts: list[str], opts: CompareOptions,
-                  echo: Echo) -> dict[str, list]:
+def _generate_all(run: repo.RunInfo, models: list[repo.ModelInfo], prompts: list[str], excerpts: list[str],
+                  opts: CompareOptions, echo: Echo) -> dict[str, list]:
     from .config import REGISTRY
     from .generate import generate
     from .models import load_trained
 
     gcfg = GenerateConfig(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, precision=opts.precision,
-                          no_repeat_ngram_size=opts.no_repeat_ngram_size)
+                          no_repeat_ngram_size=opts.no_repeat_ngram_size, location_span=opts.location_span)
     out = {}
     for m in models:
         spec = REGISTRY.get(m.name) or ModelSpec(m.name, m.hub_id, m.model_type, "", "", "")
@@ -529,10 +531,11 @@ def _generate_all(run: repo.RunInfo, models: list[repo.ModelInfo], prompts: list
         limit = m.hyperparams.get("max_input_length", 512) if m.model_type == "seq2seq" else (
             m.hyperparams.get("max_causal_length", 768) - opts.max_new_tokens)
         rule = f", no repeated {opts.no_repeat_ngram_size}-gram" if opts.no_repeat_ngram_size else ""
+        rule += ", location constrained to a span of the excerpt" if opts.location_span else ""
         echo(f"  [{m.name}] Generating {len(prompts)} predictions (batched greedy{rule}, max {opts.max_new_tokens} "
              "new tokens)...")
         out[m.name] = generate(model, tok, prompts, m.model_type, gcfg, max(16, limit), device=opts.device,
-                               progress=opts.progress, desc=m.name)
+                               progress=opts.progress, desc=m.name, excerpts=excerpts)
         del model
         free_memory()
     return out
@@ -577,14 +580,15 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
     external = load_jsonl(opts.data) if opts.data else None
     banner(echo, "ENSEMBLE COMPARISON & AGREEMENT ANALYSIS")
     cfg = {"max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "precision": opts.precision,
-           "device": opts.device, "data": opts.data, "no_repeat_ngram_size": opts.no_repeat_ngram_size}
+           "device": opts.device, "data": opts.data, "no_repeat_ngram_size": opts.no_repeat_ngram_size,
+           "location_span": opts.location_span}
     eval_id, examples = repo.create_evaluation(db, run.id, opts.data or "validation", cfg, external)
     echo(f"✓ Evaluation {eval_id} of run {run.id}: {len(examples)} examples "
          f"({'every line of ' + opts.data if opts.data else 'the validation split'}), models: {', '.join(names)}")
     start = time.perf_counter()
     try:
         prompts = [seq2seq_prompt(x.instruction, x.input) for x in examples]
-        gens = _generate_all(run, models, prompts, opts, echo)
+        gens = _generate_all(run, models, prompts, [x.input for x in examples], opts, echo)
         preds, agrs, results = [], [], []
         for i, x in enumerate(examples):
             texts = {m: gens[m][i].text for m in names}
@@ -716,7 +720,7 @@ def predict(db, run_id: int, instruction: str, excerpt: str, opts: CompareOption
     models = _usable_models(run)
     names = [m.name for m in models]
     opts.progress = False
-    gens = _generate_all(run, models, [seq2seq_prompt(instruction, excerpt)], opts, echo)
+    gens = _generate_all(run, models, [seq2seq_prompt(instruction, excerpt)], [excerpt], opts, echo)
     texts = {m: gens[m][0].text for m in names}
     parsed, agr = score(names, None, texts)
     return {"predictions": texts,
