@@ -227,10 +227,11 @@ def test_default_examples_follow_the_init(tmp_path, small_data):
     db = str(tmp_path / "d.db")
     r = CliRunner().invoke(main, ["train", "--data", small_data, "--db", db, "--tiny", "--epochs", "1",
                                   "--no-compare", "--no-progress", "--platform", "windows",
-                                  "--checkpoints", str(tmp_path / "c")])
+                                  "--checkpoints", str(tmp_path / "c"), "--train-fraction", "0.99"])
     assert r.exit_code == 0, r.output
-    assert "Examples: all" in r.output
+    assert "Examples: all" in r.output and "Training share 0.99" in r.output
     assert q(db, "SELECT n_train + n_validation, examples_requested FROM runs") == [(12, None)]
+    assert json.loads(q(db, "SELECT config_json FROM runs")[0][0])["train_fraction"] == 0.99
     hp = json.loads(q(db, "SELECT hyperparams_json FROM run_models WHERE name = 'flan-t5-small'")[0][0])
     assert hp["dropout"] == 0.0 and hp["epochs"] == 1
 

@@ -124,3 +124,38 @@ def test_bad_fold_options(folds, fold, message):
 
     with pytest.raises(DataError, match=message):
         fold_split(bundled()[:20], folds, fold, 1)
+
+
+def test_training_share_is_stratified_nested_and_keeps_the_order():
+    from collections import Counter
+
+    from wmg.data import bundled_data, fold_split, training_share
+
+    train, val = fold_split(load_jsonl(bundled_data()), 5, 1, 42)
+    key = lambda e: (e.gold_type, instruction_form(e.instruction))  # noqa: E731
+    whole = Counter(map(key, train))
+    quarter, half = training_share(train, 0.25, 42), training_share(train, 0.5, 42)
+    assert training_share(train, 1.0, 42) == train
+    assert abs(len(quarter) - 0.25 * len(train)) <= len(whole) and abs(len(half) - 0.5 * len(train)) <= len(whole)
+    for share, f in ((quarter, 0.25), (half, 0.5)):
+        counts = Counter(map(key, share))
+        assert all(counts[k] == max(1, round(f * n)) for k, n in whole.items())  # every stratum, in proportion
+        pos = [train.index(e) for e in share]
+        assert pos == sorted(pos)  # the split's (shuffled) order is kept
+    assert set(map(id, quarter)) <= set(map(id, half))  # nested: a learning curve adds lines, never swaps them
+    assert training_share(train, 0.5, 43) != half  # another seed, another draw
+    with pytest.raises(DataError, match="train-fraction"):
+        training_share(train, 0, 42)
+
+
+def test_a_run_trains_on_its_share_and_holds_out_the_same_fold():
+    from wmg.data import bundled_data
+    from wmg.pipeline import TrainOptions, prepare_data
+
+    def prepared(fraction):
+        opts = TrainOptions(data=str(bundled_data()), models="distilgpt2", examples=None, folds=5, fold=1,
+                            train_fraction=fraction)
+        return prepare_data(opts, lambda *a: None)
+
+    (train, val), (quarter, val_q) = prepared(1.0), prepared(0.25)
+    assert val_q == val and len(train) == 422 and 100 <= len(quarter) <= 112 and set(quarter) <= set(train)

@@ -317,6 +317,10 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
                    "instruction form (every example evaluated once), tied by a new study id.")
 @click.option("--fold", type=click.IntRange(1), default=None, metavar="I",
               help="With --folds (or --study): make only fold I (1 to K), e.g. one fold per process or machine.")
+@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              metavar="F", help="Learning curves: train on this share of the training split (stratified by label "
+                                "and form; a smaller share is a subset of a larger one); the held-out examples "
+                                "are unchanged.")
 @click.option("--seeds", type=click.IntRange(1), default=1, show_default=True, metavar="N",
               help="With --folds: repeat the K folds with N seeds (--seed, --seed+1, ...), each a new partition.")
 @click.option("--study", "study", type=STUDY_ID, default=None,
@@ -330,7 +334,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, type_loss_weight, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
-          baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, seeds,
+          baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
           study, resume, db, output):
     """Train every model on one split of the data, then compare them.
 
@@ -398,7 +402,8 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
         opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,
                             device=device, platform=info.platform, workers=info.workers, precision=prec,
                             checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,
-                            overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress)
+                            overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress,
+                            train_fraction=train_fraction)
         if folds is not None:
             if ctx.get_parameter_source("eval_split") == click.core.ParameterSource.COMMANDLINE:
                 raise click.UsageError("--eval-split does not apply with --folds: run i holds out fold i (1/K of "

@@ -162,11 +162,35 @@ def fold_split(examples: list[Example], folds: int, fold: int, seed: int) -> tup
     return train, val
 
 
-def fold_assignment(examples: list[Example], folds: int, seed: int) -> list[int]:
-    """The fold (1 to K) of every example, in the examples' order (see `fold_split`)."""
+def _strata(examples: list[Example]) -> dict[tuple, list[int]]:
+    """Positions of the examples per stratum: (gold label, instruction form)."""
     strata: dict[tuple, list[int]] = {}
     for i, e in enumerate(examples):
         strata.setdefault((e.gold_type or "", instruction_form(e.instruction)), []).append(i)
+    return strata
+
+
+def training_share(train: list[Example], fraction: float, seed: int) -> list[Example]:
+    """About `fraction` of a training split, for learning curves: each stratum (gold label and
+    instruction form) shuffled with `seed` keeps its first round(fraction x size) members (at
+    least one), so a smaller share is a subset of a larger one; the split's order is kept."""
+    if not 0 < fraction <= 1:
+        raise DataError("--train-fraction must be above 0 and at most 1")
+    if fraction == 1:
+        return list(train)
+    strata = _strata(train)
+    rng = random.Random(seed + 11)
+    keep: set[int] = set()
+    for key in sorted(strata):
+        members = strata[key]
+        rng.shuffle(members)
+        keep.update(members[:max(1, round(fraction * len(members)))])
+    return [e for i, e in enumerate(train) if i in keep]
+
+
+def fold_assignment(examples: list[Example], folds: int, seed: int) -> list[int]:
+    """The fold (1 to K) of every example, in the examples' order (see `fold_split`)."""
+    strata = _strata(examples)
     rng = random.Random(seed)
     order: list[int] = []
     for key in sorted(strata):

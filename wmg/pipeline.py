@@ -20,7 +20,7 @@ from . import __version__
 from .agreement import agreement
 from .console import banner
 from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
-from .data import Example, fold_split, instruction_form, load_jsonl, split, subsample
+from .data import Example, fold_split, instruction_form, load_jsonl, split, subsample, training_share
 from .interrupt import RunInterrupted
 from .parse import canonical_label, location_in_excerpt, parse_output
 from .progress import above_bar
@@ -99,6 +99,7 @@ class TrainOptions:
     progress: bool = True
     folds: int | None = None  # with `fold`: hold out fold `fold` (1 to K) of a stratified K-fold partition
     fold: int | None = None
+    train_fraction: float = 1.0  # learning curves: keep this stratified share of the training split
 
 
 def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Example]]:
@@ -117,6 +118,11 @@ def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Ex
              "held out")
     else:
         train, val = split(chosen, opts.eval_split, opts.seed)
+    if opts.train_fraction < 1:
+        whole = len(train)
+        train = training_share(train, opts.train_fraction, opts.seed)
+        echo(f"✓ Training share {opts.train_fraction:g}: {len(train)} of the {whole} training examples "
+             "(stratified by label and instruction form; the held-out examples are unchanged)")
     echo(f"✓ Train: {len(train)} | Validation: {len(val)}")
     return train, val
 
