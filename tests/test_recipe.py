@@ -168,6 +168,11 @@ def test_type_weights_fall_on_the_label_tokens_of_both_tokenizers():
         heavy = tok.decode([i for i, x in zip(ids, w) if x == 7.0]).strip()
         assert heavy == "Control-Flow gadget" and set(w) == {1.0, 7.0}
         assert type_weights(tok, answer, len(ids), 1.0, False) is None
+        w = type_weights(tok, answer, len(ids), 7.0, False, location_weight=3.0)
+        assert tok.decode([i for i, x in zip(ids, w) if x == 3.0]).strip() == "RETURN"
+        assert tok.decode([i for i, x in zip(ids, w) if x == 7.0]).strip() == "Control-Flow gadget"
+        w = type_weights(tok, answer, len(ids), 1.0, False, location_weight=3.0)
+        assert set(w) == {1.0, 3.0}
     c = encode_causal(tok, "Task: x\n\nAnswer:", " " + answer, 128, 64, "answer", 7.0)
     assert len(c.weights) == len(c.input_ids) and c.weights[-1] == 1.0
 

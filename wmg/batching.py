@@ -45,33 +45,37 @@ class Encoded:
 
 
 _TYPE_VALUE = re.compile(r"(?i)gadget[ _]?type\s*:\s*([^;\n]*)")
+_LOCATION_VALUE = re.compile(r"(?i)\blocation\s*:\s*([^;\n]*)")
 
 
-def type_weights(tokenizer, text: str, n_tokens: int, weight: float, add_special_tokens: bool) -> tuple[float, ...] | None:
+def type_weights(tokenizer, text: str, n_tokens: int, weight: float, add_special_tokens: bool,
+                 location_weight: float = 1.0) -> tuple[float, ...] | None:
     """Per-token loss weights for `text` tokenized as given: `weight` on the tokens that overlap
-    the gadget_type field's value (the label the model must decide), 1 elsewhere.
+    the gadget_type field's value (the label the model must decide), `location_weight` on those
+    of the location's value, 1 elsewhere.
 
     The label is 3 to 6 of an answer's 60-odd tokens, so under a plain mean the location and
     explanation dominate what a small-data model learns; weighting the label tokens is the
-    classification signal a pretrained model would not need. None when `weight` is 1."""
-    if weight == 1.0:
+    classification signal a pretrained model would not need. None when both weights are 1."""
+    if weight == 1.0 and location_weight == 1.0:
         return None
-    m = _TYPE_VALUE.search(text)
     offsets = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)["offset_mapping"]
     out = [1.0] * n_tokens
-    if m:
-        a, b = m.span(1)
-        for i, (s, e) in enumerate(offsets[:n_tokens]):
-            if e > a and s < b and e > s:
-                out[i] = weight
+    for pattern, w in ((_TYPE_VALUE, weight), (_LOCATION_VALUE, location_weight)):
+        m = pattern.search(text)
+        if m and w != 1.0:
+            a, b = m.span(1)
+            for i, (s, e) in enumerate(offsets[:n_tokens]):
+                if e > a and s < b and e > s:
+                    out[i] = w
     return tuple(out)
 
 
 def encode_seq2seq(tokenizer, prompt: str, target: str, max_input: int, max_target: int,
-                   type_weight: float = 1.0) -> Encoded:
+                   type_weight: float = 1.0, location_weight: float = 1.0) -> Encoded:
     src = fit(tokenizer(prompt, add_special_tokens=True)["input_ids"], max_input)
     tgt = tokenizer(target, add_special_tokens=True)["input_ids"][:max_target]
-    return Encoded(src, tgt, type_weights(tokenizer, target, len(tgt), type_weight, True))
+    return Encoded(src, tgt, type_weights(tokenizer, target, len(tgt), type_weight, True, location_weight))
 
 
 def prompt_ids(tokenizer, prompt: str, max_len: int, model_type: str) -> list[int]:
@@ -82,13 +86,13 @@ def prompt_ids(tokenizer, prompt: str, max_len: int, model_type: str) -> list[in
 
 
 def encode_causal(tokenizer, prompt: str, answer: str, max_len: int, max_answer: int, loss: str,
-                  type_weight: float = 1.0) -> Encoded:
+                  type_weight: float = 1.0, location_weight: float = 1.0) -> Encoded:
     """prompt + answer + EOS; the prompt is shortened (middle first) so the answer fits."""
     ans = tokenizer(answer, add_special_tokens=False)["input_ids"][: max_answer] + [tokenizer.eos_token_id]
     p = fit(tokenizer(prompt, add_special_tokens=False)["input_ids"], max_len - len(ans))
     ids = p + ans
     labels = ([IGNORE] * len(p) + ans) if loss == "answer" else list(ids)
-    w = type_weights(tokenizer, answer, len(ans) - 1, type_weight, False)
+    w = type_weights(tokenizer, answer, len(ans) - 1, type_weight, False, location_weight)
     return Encoded(ids, labels, None if w is None else (1.0,) * len(p) + w + (1.0,))
 
 

@@ -268,6 +268,8 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
               help="Causal models: loss on the answer tokens only (default) or on the whole sequence (the tutorial).")
 @click.option("--type-loss-weight", type=click.FloatRange(0, min_open=True), default=None,
               help="Loss weight of the gadget_type value's tokens [1; scratch 5].")
+@click.option("--location-loss-weight", type=click.FloatRange(0, min_open=True), default=None,
+              help="Loss weight of the location value's tokens (the span quoted from the excerpt) [1].")
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")
@@ -333,7 +335,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @handle_errors
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, type_loss_weight, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
           study, resume, db, output):
     """Train every model on one split of the data, then compare them.
@@ -397,6 +399,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
                          log_every=log_every, dropout=dropout, type_loss_weight=type_loss_weight,
+                         location_loss_weight=location_loss_weight,
                          open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,
                          tapt_denoise=tapt_denoise, tapt_quotes=tapt_quotes, optimizer=optimizer)
         opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,

@@ -137,9 +137,11 @@ def encode_all(spec: ModelSpec, tokenizer, examples, cfg: TrainConfig):
 
     if spec.type == "seq2seq":
         return [encode_seq2seq(tokenizer, seq2seq_prompt(e.instruction, e.input), e.output,
-                               cfg.max_input_length, cfg.max_target_length, cfg.type_loss_weight) for e in examples]
+                               cfg.max_input_length, cfg.max_target_length, cfg.type_loss_weight,
+                               cfg.location_loss_weight) for e in examples]
     return [encode_causal(tokenizer, seq2seq_prompt(e.instruction, e.input), causal_answer(e.output),
-                          cfg.max_causal_length, cfg.max_target_length, cfg.causal_loss, cfg.type_loss_weight)
+                          cfg.max_causal_length, cfg.max_target_length, cfg.causal_loss, cfg.type_loss_weight,
+                          cfg.location_loss_weight)
             for e in examples]
 
 
