@@ -33,6 +33,22 @@ def test_bundled_dataset_meets_every_bound():
     assert max(sum(1 for _ in g) for _, g in __import__("itertools").groupby(labels)) < 5
 
 
+def test_new_platforms_file_is_clean_alone_and_beside_the_bundled_lines(tmp_path):
+    """data/new_platforms.jsonl (the out-of-distribution lines): valid, open form, exact
+    locations, and nothing shared with the bundled file (a merged file meets every bound)."""
+    new = BUNDLED.with_name("new_platforms.jsonl")
+    rep = check(new)
+    assert rep.errors == [] and rep.valid == rep.lines == 264 and rep.forms == {"open": 264}
+    assert set(rep.labels) == set(LABELS) and all(42 <= n <= 45 for n in rep.labels.values())
+    assert all(2 <= w <= 10 for w in rep.location_words) and all(40 <= w <= 160 for w in rep.excerpt_words)
+    merged = tmp_path / "merged.jsonl"
+    merged.write_text(BUNDLED.read_text() + new.read_text())
+    rep = check(merged)
+    assert rep.errors == [] and rep.valid == 792
+    assert rep.shared_sentences == [] and rep.near_duplicates == [] and rep.max_jaccard < 0.1
+    assert rep.findings() == []
+
+
 def test_check_reports_errors_with_file_and_line(tmp_path):
     good = json.loads(BUNDLED.read_text().splitlines()[0])
     lines = [json.dumps(good),
