@@ -227,13 +227,15 @@ def test_metavars_name_what_they_take():
     assert "--examples N|all|auto" in text and "--data PATH" in text
 
 
-def test_a_postgresql_url_without_its_driver_is_one_line(tmp_path):
-    try:
-        import psycopg  # noqa: F401
-        pytest.skip("psycopg is installed here")
-    except ImportError:
-        pass
-    r = wmg(["runs", "--db", "postgresql://wmg:secret@127.0.0.1/wmg"], cwd=tmp_path)
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg"])
+def test_a_postgresql_url_without_its_driver_is_one_line(tmp_path, scheme):
+    """Whether or not psycopg is installed here: a package of that name that cannot be imported
+    stands in for it."""
+    fake = tmp_path / "no_driver" / "psycopg"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n")
+    path = os.pathsep.join([str(fake.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    r = wmg(["runs", "--db", f"{scheme}://wmg:secret@127.0.0.1/wmg"], cwd=tmp_path, PYTHONPATH=path)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "psycopg" in r.stderr and "wmg[postgres]" in r.stderr and "secret" not in r.stderr
 

@@ -4,6 +4,8 @@ Revision ID: 0001_initial
 Revises:
 Create Date: 2026-11-25
 """
+import re
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -35,6 +37,33 @@ JOIN evaluations e ON e.id = p.evaluation_id
 JOIN agreements a ON a.evaluation_id = p.evaluation_id AND a.example_id = p.example_id
 GROUP BY e.run_id, p.evaluation_id, COALESCE(x.gold_type, '(none)'), p.model
 """
+
+
+def _pg(sql: str, *swaps: tuple[str, str]) -> str:
+    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
+    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
+    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
+    for old, new in swaps:
+        assert old in sql, old
+        sql = sql.replace(old, new)
+    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
+
+
+def _for_dialect(sqlite: str, postgresql: str) -> str:
+    name = op.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite
+    if name == "postgresql":
+        return postgresql
+    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
+
+
+# PostgreSQL has no arithmetic on booleans: each is made an integer, each mean a DOUBLE PRECISION one.
+ERROR_BY_TYPE_PG = _pg(ERROR_BY_TYPE, ("SUM(p.matches_gold)", "SUM(p.matches_gold::int)"),
+                       ("AVG(p.matches_gold)", "AVG(p.matches_gold::int::float8)"),
+                       ("AVG(p.format_ok)", "AVG(p.format_ok::int::float8)"),
+                       ("SUM(1 - a.full_agreement)", "SUM(1 - a.full_agreement::int)"),
+                       ("AVG(a.full_agreement)", "AVG(a.full_agreement::int::float8)"))
 
 
 def upgrade() -> None:
@@ -214,7 +243,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("evaluation_id", "example_id", name=op.f("uq_agreements_evaluation_id_example_id")),
     )
     op.create_index("ix_agreements_example_id", "agreements", ["example_id"])
-    op.execute(ERROR_BY_TYPE)
+    op.execute(_for_dialect(ERROR_BY_TYPE, ERROR_BY_TYPE_PG))
 
 
 def downgrade() -> None:

@@ -4,6 +4,8 @@ Revision ID: 0002_analysis_views
 Revises: 0001_initial
 Create Date: 2026-11-25
 """
+import re
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -185,12 +187,78 @@ VIEWS = {
 }
 
 
+def _pg(sql: str, *swaps: tuple[str, str]) -> str:
+    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
+    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
+    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
+    for old, new in swaps:
+        assert old in sql, old
+        sql = sql.replace(old, new)
+    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
+
+
+def _for_dialect(sqlite: str, postgresql: str) -> str:
+    name = op.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite
+    if name == "postgresql":
+        return postgresql
+    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
+
+
+
+def _json_number(key: str) -> str:
+    """json_extract(m.hyperparams_json, '$.key') of a number, in PostgreSQL (NULL when not a number)."""
+    return (f"(CASE WHEN json_typeof(m.hyperparams_json::json -> '{key}') = 'number' "
+            f"THEN (m.hyperparams_json::json ->> '{key}')::numeric END)")
+
+
+_RATE = {c: (f"AVG({c})", f"AVG({c}::int::float8)") for c in (
+    "p.format_ok", "p.matches_gold", "a.full_agreement", "a.majority_matches_gold")}
+_LEVEL = "ROUND(1.0 * majority_count / n_models, 6)"
+# The same views for PostgreSQL: booleans made integers before arithmetic, means in DOUBLE PRECISION,
+# JSON read with ->>, every selected column grouped or functionally dependent on a grouped key.
+VIEWS_PG = {
+    "latest_evaluations": _pg(VIEWS["latest_evaluations"]),
+    "disagreements": _pg(VIEWS["disagreements"],
+                         ("p.normalized_type, p.matches_gold", "p.normalized_type, p.matches_gold::int AS matches_gold"),
+                         ("WHERE a.full_agreement = 0", "WHERE NOT a.full_agreement")),
+    "disagreement_by_form": _pg(VIEWS["disagreement_by_form"], ("SUM(1 - a.full_agreement)",
+                                                                "SUM(1 - a.full_agreement::int)"),
+                                _RATE["a.full_agreement"], ("AVG(x.excerpt_words)", "AVG(x.excerpt_words::float8)")),
+    "model_comparison": _pg(VIEWS["model_comparison"], _RATE["p.format_ok"], _RATE["p.matches_gold"],
+                            ("GROUP BY e.run_id, p.evaluation_id, p.model", "GROUP BY e.run_id, p.evaluation_id, p.model, m.id")),
+    "confidence": _pg(VIEWS["confidence"],
+                      ("SELECT e.run_id, a.evaluation_id, a.full_agreement,",
+                       "SELECT e.run_id, a.evaluation_id, a.full_agreement::int AS full_agreement,"),
+                      _RATE["p.matches_gold"], _RATE["a.majority_matches_gold"]),
+    "risk_coverage": _pg(VIEWS["risk_coverage"], (_LEVEL, "ROUND(CAST(1.0 * majority_count / n_models AS NUMERIC), 6)::float8"),
+                         ("SUM(majority_matches_gold)", "SUM(majority_matches_gold::int)"),
+                         ("SUM(n) OVER w AS covered", "(SUM(n) OVER w)::bigint AS covered"),
+                         ("SUM(correct) OVER w AS correct", "(SUM(correct) OVER w)::bigint AS correct"),
+                         ("SUM(n) OVER (PARTITION BY evaluation_id) AS total",
+                          "(SUM(n) OVER (PARTITION BY evaluation_id))::bigint AS total")),
+    "aurc": _pg(VIEWS["aurc"]),
+    "confusion": _pg(VIEWS["confusion"]),
+    "vote": _pg(VIEWS["vote"], _RATE["a.majority_matches_gold"], _RATE["p.matches_gold"],
+                ("SUM(a.majority_count * 2 <= a.n_models)", "SUM((a.majority_count * 2 <= a.n_models)::int)")),
+    "pairwise_agreement": _pg(VIEWS["pairwise_agreement"], ("AVG(a = b)", "AVG((a = b)::int::float8)"),
+                              ("SUM(ca.k * cb.k) AS s", "SUM(ca.k * cb.k)::bigint AS s")),
+    "fleiss_kappa": _pg(VIEWS["fleiss_kappa"], ("SUM(nij) AS m", "SUM(nij)::bigint AS m"),
+                        ("SUM(nij * nij) AS s2", "SUM(nij * nij)::bigint AS s2"),
+                        ("SUM(nij) AS tot", "SUM(nij)::bigint AS tot")),
+    "run_summary": _pg(VIEWS["run_summary"], _RATE["p.format_ok"], _RATE["p.matches_gold"],
+                       *((f"json_extract(m.hyperparams_json, '$.{k}')", _json_number(k))
+                         for k in ("epochs", "learning_rate", "micro_batch_size", "grad_accum"))),
+}
+
+
 def upgrade() -> None:
     with op.batch_alter_table("predictions") as batch:
         batch.add_column(sa.Column("rouge1_f1", sa.Float(), nullable=True))
         batch.add_column(sa.Column("rouge_l_f1", sa.Float(), nullable=True))
     for name, sql in VIEWS.items():
-        op.execute(f"CREATE VIEW {name} AS {sql}")
+        op.execute(f"CREATE VIEW {name} AS {_for_dialect(sql, VIEWS_PG[name])}")
 
 
 def downgrade() -> None:

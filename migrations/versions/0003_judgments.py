@@ -4,6 +4,8 @@ Revision ID: 0003_judgments
 Revises: 0002_analysis_views
 Create Date: 2026-11-25
 """
+import re
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -30,6 +32,32 @@ JOIN judgments j ON j.set_id = s.id AND j.kind = 'overall'
 JOIN evaluations e ON e.id = s.evaluation_id
 GROUP BY s.id
 """
+
+
+def _pg(sql: str, *swaps: tuple[str, str]) -> str:
+    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
+    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
+    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
+    for old, new in swaps:
+        assert old in sql, old
+        sql = sql.replace(old, new)
+    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
+
+
+def _for_dialect(sqlite: str, postgresql: str) -> str:
+    name = op.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite
+    if name == "postgresql":
+        return postgresql
+    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
+
+
+# PostgreSQL: each verdict test made an integer before its mean; the evaluation's columns grouped by its key.
+SEMANTIC_AGREEMENT_PG = _pg(SEMANTIC_AGREEMENT, *((f"AVG(j.verdict {t})", f"AVG((j.verdict {t})::int::float8)")
+                                                  for t in ("= 'full'", "IN ('full', 'partial')", "= 'invalid'",
+                                                            "= 'error'")),
+                            ("GROUP BY s.id", "GROUP BY s.id, e.id"))
 
 
 def upgrade() -> None:
@@ -90,7 +118,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("evaluation_id", "example_id", "annotator",
                             name=op.f("uq_annotations_evaluation_id_example_id_annotator")),
     )
-    op.execute(SEMANTIC_AGREEMENT)
+    op.execute(_for_dialect(SEMANTIC_AGREEMENT, SEMANTIC_AGREEMENT_PG))
 
 
 def downgrade() -> None:

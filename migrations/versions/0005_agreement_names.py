@@ -12,6 +12,8 @@ Revision ID: 0005_agreement_names
 Revises: 0004_run_process
 Create Date: 2026-11-28
 """
+import re
+
 from alembic import op
 
 revision = "0005_agreement_names"
@@ -88,10 +90,38 @@ FLEISS = {
 }
 
 
+def _pg(sql: str, *swaps: tuple[str, str]) -> str:
+    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
+    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
+    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
+    for old, new in swaps:
+        assert old in sql, old
+        sql = sql.replace(old, new)
+    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
+
+
+def _for_dialect(sqlite: str, postgresql: str) -> str:
+    name = op.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite
+    if name == "postgresql":
+        return postgresql
+    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
+
+
+
+# PostgreSQL: comparisons made integers before their means; integer sums kept integers.
+_PAIRWISE_PG = (("AVG(a = b AND COALESCE(a, '') <> '')", "AVG((a = b AND COALESCE(a, '') <> '')::int::float8)"),
+                ("AVG(a = b)", "AVG((a = b)::int::float8)"), ("SUM(ca.k * cb.k) AS s", "SUM(ca.k * cb.k)::bigint AS s"))
+_FLEISS_PG = (("SUM(nij) AS m", "SUM(nij)::bigint AS m"), ("SUM(nij * nij) AS s2", "SUM(nij * nij)::bigint AS s2"),
+              ("SUM(nij) AS tot", "SUM(nij)::bigint AS tot"))
+
+
 def _views(which: str) -> None:
-    for name, sql in (("pairwise_agreement", PAIRWISE[which]), ("fleiss_kappa", FLEISS[which])):
+    for name, sql, swaps in (("pairwise_agreement", PAIRWISE[which], _PAIRWISE_PG),
+                             ("fleiss_kappa", FLEISS[which], _FLEISS_PG)):
         op.execute(f"DROP VIEW IF EXISTS {name}")
-        op.execute(f"CREATE VIEW {name} AS {sql}")
+        op.execute(f"CREATE VIEW {name} AS {_for_dialect(sql, _pg(sql, *swaps))}")
 
 
 def upgrade() -> None:

@@ -5,6 +5,8 @@ Revision ID: 0007_studies
 Revises: 0006_baselines
 Create Date: 2026-11-28
 """
+import re
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -52,6 +54,34 @@ VIEWS = {
 }
 
 
+def _pg(sql: str, *swaps: tuple[str, str]) -> str:
+    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
+    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
+    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
+    for old, new in swaps:
+        assert old in sql, old
+        sql = sql.replace(old, new)
+    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
+
+
+def _for_dialect(sqlite: str, postgresql: str) -> str:
+    name = op.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite
+    if name == "postgresql":
+        return postgresql
+    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
+
+
+
+# PostgreSQL: sums of counts kept integers (its SUM of a BIGINT is NUMERIC), means in DOUBLE PRECISION.
+VIEWS_PG = {
+    "system_accuracy": _pg(VIEWS["system_accuracy"]),
+    "study_accuracy": _pg(VIEWS["study_accuracy"], ("SUM(s.examples)", "SUM(s.examples)::bigint"),
+                          ("SUM(s.correct)", "SUM(s.correct)::bigint")),
+}
+
+
 def upgrade() -> None:
     op.create_table(
         "studies",
@@ -78,7 +108,7 @@ def upgrade() -> None:
     op.create_index("ix_runs_study_id", "runs", ["study_id"])
     op.execute("UPDATE examples SET instruction_form = 'paraphrase' WHERE instruction_form = 'other'")
     for name, sql in VIEWS.items():
-        op.execute(f"CREATE VIEW {name} AS {sql}")
+        op.execute(f"CREATE VIEW {name} AS {_for_dialect(sql, VIEWS_PG[name])}")
 
 
 def downgrade() -> None:

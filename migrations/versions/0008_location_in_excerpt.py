@@ -5,6 +5,8 @@ Revision ID: 0008_location_in_excerpt
 Revises: 0007_studies
 Create Date: 2026-11-28
 """
+import re
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -31,6 +33,36 @@ LOCATION = """,
                    / NULLIF(SUM(CASE WHEN p.format_ok THEN 1 ELSE 0 END), 0) AS location_in_excerpt"""
 
 
+def _pg(sql: str, *swaps: tuple[str, str]) -> str:
+    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
+    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
+    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
+    for old, new in swaps:
+        assert old in sql, old
+        sql = sql.replace(old, new)
+    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
+
+
+def _for_dialect(sqlite: str, postgresql: str) -> str:
+    name = op.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite
+    if name == "postgresql":
+        return postgresql
+    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
+
+
+
+def _comparison(extra: str) -> str:
+    """The view for this store's dialect; in PostgreSQL booleans are made integers before their means and
+    the model's columns are grouped by its key."""
+    sql = COMPARISON.format(extra=extra)
+    return _for_dialect(sql, _pg(sql, ("AVG(p.format_ok)", "AVG(p.format_ok::int::float8)"),
+                                 ("AVG(p.matches_gold)", "AVG(p.matches_gold::int::float8)"),
+                                 ("GROUP BY e.run_id, p.evaluation_id, p.model",
+                                  "GROUP BY e.run_id, p.evaluation_id, p.model, m.id")))
+
+
 def _span(location, excerpt):
     """The check as wmg.parse.location_in_excerpt defines it at this revision."""
     if not location or not location.strip():
@@ -49,11 +81,11 @@ def upgrade() -> None:
             conn.execute(sa.text("UPDATE predictions SET location_in_excerpt = :v WHERE id IN :ids")
                          .bindparams(sa.bindparam("ids", expanding=True)), {"v": value, "ids": ids[i:i + 500]})
     op.execute("DROP VIEW IF EXISTS model_comparison")
-    op.execute("CREATE VIEW model_comparison AS " + COMPARISON.format(extra=LOCATION))
+    op.execute("CREATE VIEW model_comparison AS " + _comparison(LOCATION))
 
 
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS model_comparison")
-    op.execute("CREATE VIEW model_comparison AS " + COMPARISON.format(extra=""))
+    op.execute("CREATE VIEW model_comparison AS " + _comparison(""))
     with op.batch_alter_table("predictions") as batch:
         batch.drop_column("location_in_excerpt")

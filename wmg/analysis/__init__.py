@@ -8,6 +8,8 @@ Nothing here loads a model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import text
@@ -30,9 +32,23 @@ class AnalysisError(StoreError):
     """A selection that cannot be analysed (reported as one line)."""
 
 
+def _plain(value: Any) -> Any:
+    """A value as SQLite hands it back, whatever the store: PostgreSQL's booleans as 0/1, its NUMERIC
+    (a SUM of counts, a number read from JSON) as an int when written without a fraction and a float
+    otherwise, its timestamps as SQLAlchemy writes them to SQLite. No-ops on SQLite's own values."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, Decimal):
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="microseconds")
+    return value
+
+
 def query(db: str | None, sql: str, **params) -> list[dict[str, Any]]:
     with get_engine(db).connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+        return [{k: _plain(v) for k, v in r._mapping.items()} for r in conn.execute(text(sql), params)]
 
 
 def _ids(sel: Sequence[Selected]) -> str:

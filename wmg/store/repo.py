@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Float, Integer, cast, func, select, update
 
 from ..baseline import in_order
 from ..data import Example as DataExample
@@ -161,6 +161,12 @@ class BaselineRow:
 
 
 # ---------------------------------------------------------------- converters
+def _rate(flag):
+    """The share of rows where a boolean column is true, in floating point on every dialect
+    (PostgreSQL has no AVG of a boolean, and its AVG of an integer is NUMERIC)."""
+    return func.avg(cast(cast(flag, Integer), Float))
+
+
 def _model_info(m: t.RunModel) -> ModelInfo:
     return ModelInfo(m.id, m.name, m.hub_id, m.model_type, m.position, m.status, m.init, m.init_note,
                      m.parameters, m.vocab_size, json.loads(m.hyperparams_json), m.steps, m.final_loss,
@@ -169,18 +175,18 @@ def _model_info(m: t.RunModel) -> ModelInfo:
 
 def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
     rows = s.execute(
-        select(t.Prediction.model, func.avg(t.Prediction.format_ok), func.avg(t.Prediction.matches_gold))
+        select(t.Prediction.model, _rate(t.Prediction.format_ok), _rate(t.Prediction.matches_gold))
         .where(t.Prediction.evaluation_id == e.id).group_by(t.Prediction.model)
     ).all()
-    base = s.execute(select(t.BaselinePrediction.baseline, func.avg(t.BaselinePrediction.matches_gold))
+    base = s.execute(select(t.BaselinePrediction.baseline, _rate(t.BaselinePrediction.matches_gold))
                      .where(t.BaselinePrediction.evaluation_id == e.id).group_by(t.BaselinePrediction.baseline)).all()
     is_open = t.Example.instruction_form == "open"
     open_rows = s.execute(
-        select(t.Prediction.model, func.count(), func.avg(t.Prediction.matches_gold))
+        select(t.Prediction.model, func.count(), _rate(t.Prediction.matches_gold))
         .join(t.Example, t.Example.id == t.Prediction.example_id)
         .where(t.Prediction.evaluation_id == e.id, is_open).group_by(t.Prediction.model)).all()
     open_base = s.execute(
-        select(t.BaselinePrediction.baseline, func.avg(t.BaselinePrediction.matches_gold))
+        select(t.BaselinePrediction.baseline, _rate(t.BaselinePrediction.matches_gold))
         .join(t.Example, t.Example.id == t.BaselinePrediction.example_id)
         .where(t.BaselinePrediction.evaluation_id == e.id, is_open).group_by(t.BaselinePrediction.baseline)).all()
     return EvaluationInfo(e.id, e.run_id, e.created_at, e.status, e.source, e.n_examples, e.full_agreements,
@@ -243,6 +249,10 @@ def create_run(db: str | None, *, data_path: str, data_sha256: str, examples_req
     `owner` is the (host, pid, pid start time) of the process that trains it."""
     host, pid, start = owner or (None, None, None)
     with session_scope(db) as s:
+        if study_id is not None:
+            # PostgreSQL: the study's row locked until commit, so two processes cannot both find the fold
+            # free and both take it (SQLite's write transaction is exclusive already; FOR UPDATE is left out)
+            s.execute(select(t.Study.id).where(t.Study.id == study_id).with_for_update())
         if study_id is not None and s.execute(
                 select(t.Run.id).where(t.Run.study_id == study_id, t.Run.fold == fold, t.Run.seed == seed)).first():
             raise StoreError(f"study {study_id} already has a run for fold {fold}, seed {seed}")
@@ -319,7 +329,8 @@ def reap_dead_runs(db: str | None, alive) -> list[int]:
     False: killed with SIGKILL, out of memory, power loss). Returns their ids."""
     reaped = []
     with session_scope(db) as s:
-        for r in s.scalars(select(t.Run).where(t.Run.status == "running")).all():
+        # FOR UPDATE (PostgreSQL): a run resumed or finished meanwhile is read again once its lock is free
+        for r in s.scalars(select(t.Run).where(t.Run.status == "running").with_for_update()).all():
             if alive(r.host, r.pid, r.process_start) is False:
                 reaped.append(r.id)
                 r.status, r.finished_at = "interrupted", now()
@@ -333,7 +344,7 @@ def restart_run(db: str | None, run_id: int, owner: tuple[str, int, int | None])
     """A resumed run: running again, owned by this process, its resume counted."""
     host, pid, start = owner
     with session_scope(db) as s:
-        r = s.get(t.Run, run_id)
+        r = s.get(t.Run, run_id, with_for_update=True)
         r.status, r.error, r.finished_at = "running", None, None
         r.host, r.pid, r.process_start, r.resumes = host, pid, start, (r.resumes or 0) + 1
         _mark_unfinished_models(s, run_id, "pending")
@@ -447,7 +458,7 @@ def complete_evaluation(db: str | None, evaluation_id: int, predictions: Sequenc
         s.add_all(t.BaselinePrediction(evaluation_id=evaluation_id, example_id=b.example_id, baseline=b.baseline,
                                        predicted_type=b.predicted_type, matches_gold=b.matches_gold)
                   for b in baselines)
-        ev = s.get(t.Evaluation, evaluation_id)
+        ev = s.get(t.Evaluation, evaluation_id, with_for_update=True)
         model_ids = dict(s.execute(select(t.RunModel.name, t.RunModel.id).where(t.RunModel.run_id == ev.run_id)).all())
         s.add_all(t.Prediction(
             evaluation_id=evaluation_id, example_id=p.example_id, run_model_id=model_ids[p.model], model=p.model,
@@ -506,6 +517,7 @@ def fill_missing_rouge(db: str | None, evaluation_ids: Sequence[int]) -> int:
         rows = s.execute(
             select(t.Prediction, t.Example.gold_output).join(t.Example, t.Example.id == t.Prediction.example_id)
             .where(t.Prediction.evaluation_id.in_(list(evaluation_ids)), t.Prediction.rouge1_f1.is_(None))
+            .with_for_update(of=t.Prediction)
         ).all()
         for pred, gold in rows:
             pred.rouge1_f1, pred.rouge_l_f1 = rouge_f1(pred.raw_text, gold)
@@ -610,6 +622,7 @@ def save_annotation(db: str | None, evaluation_id: int, example_id: int, annotat
                     note: str | None) -> None:
     """Insert or update one person's label for one example (its own transaction, so a session can stop anywhere)."""
     with session_scope(db) as s:
+        s.get(t.Evaluation, evaluation_id, with_for_update=True)  # PostgreSQL: one writer of its labels at a time
         a = s.scalars(select(t.Annotation).where(t.Annotation.evaluation_id == evaluation_id,
                                                  t.Annotation.example_id == example_id,
                                                  t.Annotation.annotator == annotator)).first()

@@ -7,6 +7,12 @@ the write lock before its first read: a deferred transaction that reads and then
 writes can fail at once with "database is locked" when another writer committed
 in between (SQLite does not wait in that case). Each store function is one short
 transaction, retried a bounded number of times if the lock still cannot be had.
+
+PostgreSQL (`postgresql+psycopg://...`, the `postgres` extra) relies on its own guarantees
+instead: every store function is one transaction (READ COMMITTED), a read that decides a
+write locks its rows with SELECT ... FOR UPDATE (see `repo`), and a transaction the server
+rolled back as a deadlock or serialization failure is retried like a locked SQLite file.
+None of the SQLite pragmas, BEGIN IMMEDIATE or busy timeouts apply to it.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, make_url
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_DB = "results.db"
@@ -42,9 +48,20 @@ def explain(message: str) -> str:
 
 
 def db_url(db: str | None) -> str:
-    """`--db` / `WMG_DB`: a SQLAlchemy URL, or a path taken as a SQLite file."""
+    """`--db` / `WMG_DB`: a SQLAlchemy URL, or a path taken as a SQLite file. A PostgreSQL URL
+    without a driver (`postgresql://`, `postgres://`) uses psycopg 3, the `postgres` extra's."""
     db = db or os.environ.get("WMG_DB") or DEFAULT_DB
-    return db if "://" in db else f"sqlite:///{db}"
+    if "://" not in db:
+        return f"sqlite:///{db}"
+    scheme, rest = db.split("://", 1)
+    return f"postgresql+psycopg://{rest}" if scheme in ("postgresql", "postgres") else db
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+DIALECTS = ("sqlite", "postgresql")
 
 
 BUSY_TIMEOUT_MS = int(os.environ.get("WMG_BUSY_TIMEOUT_MS", "30000"))
@@ -96,19 +113,23 @@ def head_revision() -> str:
 
 @lru_cache(maxsize=None)
 def _engine(url: str, write: bool = False) -> Engine:
-    """One engine per store and mode: `write` engines begin every transaction IMMEDIATE."""
-    if url.startswith("sqlite"):
+    """One engine per store and mode: SQLite `write` engines begin every transaction IMMEDIATE;
+    a PostgreSQL store has one engine for both (`get_engine` never asks for a write one)."""
+    if is_sqlite(url):
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         begin = "BEGIN IMMEDIATE" if write else "BEGIN"
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     else:
         try:
-            engine = create_engine(url)
+            engine = create_engine(url, pool_pre_ping=True)
         except ImportError as exc:  # the dialect's driver is not installed
             raise StoreError(_missing_driver(url, exc)) from None
         except (ArgumentError, NoSuchModuleError) as exc:
             raise StoreError(f"results store {_shown(url)}: not a database URL this wmg knows ({exc})") from None
+        if engine.dialect.name not in DIALECTS:
+            raise StoreError(f"results store {_shown(url)}: wmg keeps its results in SQLite or PostgreSQL, "
+                             f"not {engine.dialect.name}")
     return engine
 
 
@@ -133,6 +154,19 @@ def is_locked(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and ("database is locked" in text or "database is busy" in text)
 
 
+# PostgreSQL rolled the transaction back and says so: a deadlock, a serialization failure, a lock
+# not available. Running the store function again is safe (it is one transaction).
+PG_TRANSIENT = {"40001", "40P01", "55P03"}
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(getattr(exc, "orig", None), "sqlstate", None) in PG_TRANSIENT
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -146,9 +180,12 @@ def retry_locked(fn: F) -> F:
             try:
                 return fn(*args, **kwargs)
             except OperationalError as exc:
-                if not is_locked(exc):
+                if not is_locked(exc) and not is_conflict(exc):
                     raise
                 if attempt == LOCK_RETRIES - 1:
+                    if is_conflict(exc):
+                        raise StoreError(f"results store: the transaction kept conflicting with another process; "
+                                         f"gave up after {LOCK_RETRIES} tries ({_one_line(exc.orig)})") from None
                     raise StoreError(f"results store is locked by another process; gave up after "
                                      f"{LOCK_RETRIES} tries ({exc.orig})") from None
                 time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
@@ -187,13 +224,20 @@ def get_engine(db: str | None = None, upgrade: bool = True, write: bool = False)
     """The engine for `db`, with the schema upgraded to head on first use in this process."""
     url = db_url(db)
     _check_sqlite_file(url)
+    write = write and is_sqlite(url)
     if upgrade and url not in _ready:
         # Read the revision first: a store already at head is used as it is (read-only
         # files included); otherwise upgrade under the write lock.
         if _revision(_engine(url, False), url) != head_revision():
-            upgrade_schema(_engine(url, True), url)
+            upgrade_schema(_engine(url, is_sqlite(url)), url)
         _ready.add(url)
     return _engine(url, write)
+
+
+def _cannot_open(url: str, exc: DBAPIError) -> StoreError:
+    if is_sqlite(url):
+        return StoreError(f"cannot open results store {url}: {explain(str(exc.orig))}")
+    return StoreError(f"cannot open results store {_shown(url)}: {_one_line(exc.orig)}")
 
 
 def _revision(engine: Engine, url: str) -> str | None:
@@ -203,27 +247,34 @@ def _revision(engine: Engine, url: str) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except DatabaseError as exc:
-        raise StoreError(f"cannot open results store {url}: {explain(str(exc.orig))}") from None
+        raise _cannot_open(url, exc) from None
+
+
+# The key of the transaction-level advisory lock that PostgreSQL upgrades take (any constant will do).
+PG_UPGRADE_LOCK = 0x776D67  # "wmg"
 
 
 @retry_locked
 def upgrade_schema(engine: Engine, url: str, revision: str = "head") -> None:
-    """Upgrade in one transaction (SQLite's DDL is transactional): an upgrade that fails
-    leaves the file at its old revision. On a write engine the transaction holds the write
-    lock from its start, so two processes opening a fresh store do not both create it."""
+    """Upgrade in one transaction (SQLite's and PostgreSQL's DDL are transactional): an upgrade
+    that fails leaves the store at its old revision. On a SQLite write engine the transaction
+    holds the write lock from its start; on PostgreSQL it first takes an advisory lock, so two
+    processes opening a fresh store do not both create it (the second then finds it at head)."""
     from alembic import command
 
     cfg = alembic_config(url)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_UPGRADE_LOCK})")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except OperationalError as exc:
-        if is_locked(exc):
+        if is_locked(exc) or is_conflict(exc):
             raise
-        raise StoreError(f"cannot open results store {url}: {explain(str(exc.orig))}") from None
+        raise _cannot_open(url, exc) from None
     except DatabaseError as exc:
-        raise StoreError(f"cannot open results store {url}: {explain(str(exc.orig))}") from None
+        raise _cannot_open(url, exc) from None
 
 
 def current_revision(db: str | None = None) -> str | None:
