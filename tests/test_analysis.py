@@ -1,19 +1,21 @@
-"""Every figure of `wmg analyze` against values worked out by hand (see analysis_fixture.py)."""
+"""Every figure of `wmg analyze` against values worked out by hand (see analysis_fixture.py), on a
+SQLite store and on a PostgreSQL one."""
 import json
 import re
-import sqlite3
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import inspect
 
+from conftest import BACKENDS, is_pg, sql
 from tests.analysis_fixture import AR, CF, CO, IO, RW, TS, build
 from wmg.cli import main
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    db = str(tmp_path_factory.mktemp("analysis") / "results.db")
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(request, new_store):
+    db = new_store(request.param)
     (r1, e1), (r2, e2) = build(db)
     assert (r1, e1, r2, e2) == (1, 1, 2, 2)
     return db
@@ -57,10 +59,9 @@ def test_agreement_kappas(store):
     assert f2["fleiss_kappa"] == pytest.approx(43 / 178)
     assert f2["full_agreement"] == pytest.approx(0.2) and f2["models"] == 3
     # the SQL views give the same figures as the Python that resamples them
-    with sqlite3.connect(store) as conn:
-        view = dict(((r[0], r[1], r[2]), r[3]) for r in conn.execute(
-            "SELECT run_id, model_a, model_b, cohen_kappa FROM pairwise_agreement"))
-        fview = dict(conn.execute("SELECT run_id, fleiss_kappa FROM fleiss_kappa"))
+    view = dict(((r[0], r[1], r[2]), r[3]) for r in sql(
+        store, "SELECT run_id, model_a, model_b, cohen_kappa FROM pairwise_agreement"))
+    fview = dict(sql(store, "SELECT run_id, fleiss_kappa FROM fleiss_kappa"))
     assert {(r["run_id"], r["model_a"], r["model_b"]): r["cohen_kappa"] for r in pairs} == pytest.approx(view)
     assert {r["run_id"]: r["fleiss_kappa"] for r in fleiss} == pytest.approx(fview)
     for r in pairs + fleiss:  # a bootstrap interval around each kappa
@@ -79,9 +80,9 @@ def test_vote_and_tie_rule(store):
     every = run_json(store, "vote", "--all-runs")["only"]
     t = rows(every, instruction_form="all")
     acc = {(x["run_id"], x["model"]): x["accuracy"] for x in t}
-    with sqlite3.connect(store) as conn:  # the view's figures, computed again per form in Python
-        assert dict(((r[0], r[1]), r[2]) for r in conn.execute("SELECT run_id, model, accuracy FROM vote")) \
-            == pytest.approx(acc)
+    # the view's figures, computed again per form in Python
+    assert dict(((r[0], r[1]), r[2]) for r in sql(store, "SELECT run_id, model, accuracy FROM vote")) \
+        == pytest.approx(acc)
     for run, model in acc:  # the forms partition the examples
         parts = [x for x in rows(every, run_id=run, model=model) if x["instruction_form"] != "all"]
         whole = rows(t, run_id=run, model=model)[0]
@@ -108,8 +109,8 @@ def test_confidence_and_aurc(store):
     flat = [v for p in rows(curve, run_id=2) for v in (p["agreement_level"], p["coverage"], p["risk"])]
     assert flat == pytest.approx([1.0, 0.2, 0.0, 2 / 3, 0.8, 0.0, 1 / 3, 1.0, 0.2], abs=1e-6)
     area = {x["run_id"]: x["aurc"] for x in rows(t["aurc"], instruction_form="all")}
-    with sqlite3.connect(store) as conn:  # the Python that resamples it gives the view's figure
-        assert dict(conn.execute("SELECT run_id, aurc FROM aurc")) == pytest.approx(area)
+    # the Python that resamples it gives the view's figure
+    assert dict(sql(store, "SELECT run_id, aurc FROM aurc")) == pytest.approx(area)
     assert all(x["aurc_low"] <= x["aurc"] + 1e-9 and x["aurc"] - 1e-9 <= x["aurc_high"] for x in t["aurc"])
     assert area == pytest.approx({1: 0.25 * 0.75, 2: 0.2 * 0.2})
 
@@ -118,9 +119,9 @@ def test_by_type_and_confusion(store):
     t = run_json(store, "by-type", "--run-id", "1")
     by = rows(t["by_type"], instruction_form="all")
     got = {(r["gold_type"], r["model"]): (r["examples"], r["accuracy"], r["disagreement_rate"]) for r in by}
-    with sqlite3.connect(store) as conn:  # the view's figures, computed again per form in Python
-        view = {(r[0], r[1]): (r[2], r[3], r[4]) for r in conn.execute(
-            "SELECT gold_type, model, examples, accuracy, disagreement_rate FROM error_by_type WHERE run_id = 1")}
+    # the view's figures, computed again per form in Python
+    view = {(r[0], r[1]): (r[2], r[3], r[4]) for r in sql(
+        store, "SELECT gold_type, model, examples, accuracy, disagreement_rate FROM error_by_type WHERE run_id = 1")}
     assert got == view
     assert got == {(RW, "m1"): (1, 1.0, 0.0), (RW, "m2"): (1, 1.0, 0.0), (AR, "m1"): (1, 1.0, 1.0),
                    (AR, "m2"): (1, 0.0, 1.0), (CF, "m1"): (1, 0.0, 1.0), (CF, "m2"): (1, 1.0, 1.0),
@@ -149,11 +150,10 @@ def test_models(store):
     assert got == {"a": (0.8, 0.6, 1000, 10.0), "b": (1.0, 0.6, 2000, 20.0), "c": (1.0, 0.8, 3000, 30.0)}
     # ROUGE was not stored by the fixture: computed on demand and now stored
     assert all(0 <= r["rouge1_f1"] <= 1 and 0 <= r["rougeL_f1"] <= 1 for r in t)
-    with sqlite3.connect(store) as c:
-        assert c.execute("SELECT COUNT(*) FROM predictions WHERE evaluation_id = 2 AND rouge1_f1 IS NULL").fetchone()[0] == 0
-        # an exact copy of the gold output scores 1.0
-        perfect = c.execute("SELECT p.rouge1_f1, p.rouge_l_f1 FROM predictions p JOIN examples x ON x.id = p.example_id "
-                            "WHERE p.raw_text = x.gold_output AND p.evaluation_id = 2 LIMIT 1").fetchone()
+    assert sql(store, "SELECT COUNT(*) FROM predictions WHERE evaluation_id = 2 AND rouge1_f1 IS NULL") == [(0,)]
+    # an exact copy of the gold output scores 1.0
+    (perfect,) = sql(store, "SELECT p.rouge1_f1, p.rouge_l_f1 FROM predictions p JOIN examples x ON x.id = p.example_id "
+                            "WHERE p.raw_text = x.gold_output AND p.evaluation_id = 2 LIMIT 1")
     assert perfect == (pytest.approx(1.0), pytest.approx(1.0))
 
 
@@ -198,7 +198,7 @@ def test_plots_are_png(store, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-def test_bad_selections(store, tmp_path):
+def test_bad_selections(store, new_store):
     from wmg.store import repo
 
     def err(*args, db=store):
@@ -210,14 +210,15 @@ def test_bad_selections(store, tmp_path):
 
     assert "no run with id 9" in err("vote", "--run-id", "9")
     assert "nothing selected" in err("vote")
-    empty = str(tmp_path / "empty.db")  # an empty selection is an empty result, not an error
+    backend = "postgresql" if is_pg(store) else "sqlite"
+    empty = new_store(backend)  # an empty selection is an empty result, not an error
     r = CliRunner().invoke(main, ["analyze", "agreement", "--all-runs", "--db", empty, "--format", "json"])
     assert r.exit_code == 0 and json.loads(r.output) == []
     # a run with no comparison, and one whose latest comparison failed
     from tests.analysis_fixture import Spec
     from wmg.data import Example
 
-    db = str(tmp_path / "x.db")
+    db = new_store(backend)
     rid, _ = repo.create_run(db, data_path="d", data_sha256="0" * 64, examples_requested=None, eval_split=0.5,
                              seed=1, init_requested="scratch", device="cpu", platform="unix", config={},
                              versions={}, models=[(Spec("m"), {})], train=[], validation=[Example(0, "i", "x", "o")])
@@ -228,38 +229,43 @@ def test_bad_selections(store, tmp_path):
     assert "not a run id" in err("models", "--run-id", "x")
 
 
-def test_readme_queries_run(store, tmp_path):
+def test_readme_queries_run(store, new_store):
+    """The README's sqlite3 queries, and the same text in psql on a PostgreSQL store."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Querying results.db", 1)[1].split("\n## ", 1)[0]
     queries = re.findall(r'sqlite3[^"]*"(.*?)"', section, re.S)
     assert len(queries) >= 7
-    r = CliRunner().invoke(main, ["judge", "--run-id", "2", "--judge", "rules",
-                                  "--db", store, "--no-progress"])
+    copy = new_store("postgresql" if is_pg(store) else "sqlite")  # the study query needs a study
+    build(copy)
+    r = CliRunner().invoke(main, ["judge", "--run-id", "2", "--judge", "rules", "--db", copy, "--no-progress"])
     assert r.exit_code == 0, r.output
-    copy = str(tmp_path / "with_study.db")  # the study query needs a study: both runs as its two folds
-    with sqlite3.connect(store) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)  # the WAL's pages too
-    with sqlite3.connect(copy) as conn:
-        conn.execute("INSERT INTO studies (id, created_at, data_path, data_sha256, folds, seeds_json, config_json) "
-                     "VALUES (1, '2026-11-28', 'd.jsonl', 'x', 2, '[42]', '{}')")
-        conn.execute("UPDATE runs SET study_id = 1, fold = id, seed = 42")
-    with sqlite3.connect(copy) as conn:
-        for sql in queries:
-            assert conn.execute(sql).fetchall(), sql  # every query answers on the test store
+    from sqlalchemy import create_engine, text
+
+    from wmg.store.session import db_url
+
+    engine = create_engine(db_url(copy))
+    with engine.begin() as conn:  # both runs as the study's two folds
+        conn.execute(text("INSERT INTO studies (id, created_at, data_path, data_sha256, folds, seeds_json, config_json) "
+                          "VALUES (1, '2026-11-28', 'd.jsonl', 'x', 2, '[42]', '{}')"))
+        conn.execute(text("UPDATE runs SET study_id = 1, fold = id, seed = 42"))
+    engine.dispose()
+    for query in queries:
+        assert sql(copy, query), query  # every query answers on the test store
 
 
-def test_agreement_rates_mean_the_same_in_both_tables(tmp_path):
+def test_agreement_rates_mean_the_same_in_both_tables(any_db):
     """Regression: `raw_agreement` was 1.0 in the pairwise table and 0.0 in the all-models table of the
     same two-model run where neither model produced a type. Now both tables carry both rates."""
     from tests.analysis_fixture import make_run
+    from wmg.store.session import get_engine
 
-    db = str(tmp_path / "r.db")
+    db = any_db
     make_run(db, ["m1", "m2"], [RW, AR], [(None, None), (RW, RW)], words=[10, 20], forms=["open", "open"])
     t = run_json(db, "agreement", "--run-id", "1")
     (p,), (f,) = rows(t["pairwise"], instruction_form="all"), rows(t["all_models"], instruction_form="all")
     assert [r["instruction_form"] for r in t["pairwise"]] == ["all", "open"]
     assert p["full_agreement"] == f["full_agreement"] == 0.5  # only the second example: the same non-empty type
     assert p["observed_agreement"] == f["observed_agreement"] == 1.0  # two empty types count as equal
-    with sqlite3.connect(db) as conn:
-        cols = lambda v: [r[1] for r in conn.execute(f"PRAGMA table_info({v})")]  # noqa: E731
-        assert "raw_agreement" not in cols("pairwise_agreement") + cols("fleiss_kappa")
+    cols = lambda v: [c["name"] for c in inspect(get_engine(db)).get_columns(v)]  # noqa: E731
+    assert "full_agreement" in cols("pairwise_agreement") and "full_agreement" in cols("fleiss_kappa")
+    assert "raw_agreement" not in cols("pairwise_agreement") + cols("fleiss_kappa")
