@@ -6,6 +6,7 @@ Every figure the analysis tests expect is worked out by hand in test_analysis.py
 from dataclasses import dataclass
 
 from wmg.data import Example
+from wmg.parse import normalize_type
 from wmg.pipeline import example_rows
 from wmg.store import repo
 
@@ -26,14 +27,16 @@ def out(label, loc="the MOV rung", expl="It could be misused."):
     return f"gadget_type: {label}; location: {loc}; explanation: {expl}" if label else "garbled output with no fields"
 
 
-def make_run(db, models, golds, preds, words, forms, epochs=3, seed=1):
+def make_run(db, models, golds, preds, words, forms, epochs=3, seed=1, study_id=None, fold=None, baselines=None):
+    """`baselines`: {name: one predicted type per example} for reference baselines, if any."""
     examples = [Example(i, CAT.format("X") if f == "category" else OPEN, " ".join(["word"] * w), out(g))
                 for i, (g, w, f) in enumerate(zip(golds, words, forms))]
     train = [Example(100 + i, OPEN, "train " * 12, out(RW)) for i in range(3)]
     run_id, ids = repo.create_run(
         db, data_path="fixture.jsonl", data_sha256="0" * 64, examples_requested=None, eval_split=0.5, seed=seed,
         init_requested="scratch", device="cpu", platform="unix", config={"epochs": epochs}, versions={"wmg": "test"},
-        models=[(Spec(m), {"epochs": epochs}) for m in models], train=train, validation=examples)
+        models=[(Spec(m), {"epochs": epochs}) for m in models], train=train, validation=examples,
+        study_id=study_id, fold=fold)
     for k, m in enumerate(models):
         hp = {"epochs": epochs, "learning_rate": 1e-3, "micro_batch_size": 8, "grad_accum": 1}
         repo.model_built(db, ids[m], init="scratch", note="fixture", parameters=1000 * (k + 1), vocab_size=100,
@@ -51,7 +54,9 @@ def make_run(db, models, golds, preds, words, forms, epochs=3, seed=1):
         _, _, rows, agr_row = example_rows(x.id, x.gold_type, texts, {m: (10, 0.1) for m in models})
         pred_rows += rows
         agr_rows.append(agr_row)
-    repo.complete_evaluation(db, eval_id, pred_rows, agr_rows, 1.0, None)
+    base_rows = [repo.BaselineRow(x.id, name, t, normalize_type(t or "") == normalize_type(x.gold_type or ""))
+                 for name, types in (baselines or {}).items() for x, t in zip(stored, types)]
+    repo.complete_evaluation(db, eval_id, pred_rows, agr_rows, 1.0, None, base_rows)
     return run_id, eval_id
 
 
