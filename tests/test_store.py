@@ -91,3 +91,82 @@ def test_a_postgresql_store_that_cannot_be_reached_is_one_line_without_its_passw
         get_engine(url)
     message = str(err.value)
     assert "no_such_database" in message and "secret" not in message and "\n" not in message
+
+
+def test_every_store_command_and_repository_call(any_db, tmp_path):
+    """What the CLI and the pipeline do to a store, on each kind: list and show runs, upgrade, judge
+    (and judge again with --replace), import and export labels, compare judges with them; a run whose
+    process is gone is reaped, resumed, cut back to a checkpoint and finished; a study's fold is taken
+    once."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tests.analysis_fixture import Spec, build
+    from wmg.cli import main
+    from wmg.data import Example
+    from wmg.store import repo
+    from wmg.store.session import StoreError
+
+    db = any_db
+    build(db)
+
+    def cli(*args):
+        r = CliRunner().invoke(main, [*args, "--db", db])
+        assert r.exit_code == 0, (args, r.output)
+        return r.output
+
+    listed = json.loads(cli("runs", "--format", "json"))
+    assert [(r["run_id"], r["model"], r["status"]) for r in listed] == [
+        (1, "m1", "completed"), (1, "m2", "completed"), (2, "a", "completed"), (2, "b", "completed"),
+        (2, "c", "completed")]
+    assert {r["gold_accuracy"] for r in listed if r["run_id"] == 1} == {0.75, 0.5}
+    assert "m1" in cli("show", "--run-id", "1")
+    cli("db", "upgrade")
+    assert json.loads(cli("db", "current", "--format", "json"))[0]["revision"] == head_revision()
+    cli("judge", "--run-id", "2", "--judge", "rules", "--no-progress")
+    cli("judge", "--run-id", "2", "--judge", "rules", "--no-progress", "--replace")
+    assert len(repo.judgment_sets(db, 2)) == 1 and repo.judgment_sets(db, 2)[0]["id"] == 2  # ids never reused
+    labels = tmp_path / "labels.csv"
+    labels.write_text("position,label,note\n0,full,same\n1,disagreement,\n2,partial,close\n")
+    assert "imported 3 labels" in cli("annotate", "--run-id", "2", "--annotator", "ann", "--import", str(labels))
+    labels.write_text("position,label,note\n2,invalid,changed my mind\n")
+    cli("annotate", "--run-id", "2", "--annotator", "ann", "--import", str(labels))  # an update, not a second row
+    assert [(a["position"], a["label"]) for a in repo.annotations(db, 2)] == [(0, "full"), (1, "disagreement"),
+                                                                              (2, "invalid")]
+    cli("annotate", "--run-id", "2", "--export", str(tmp_path / "out.csv"))
+    assert (tmp_path / "out.csv").read_text().count("\n") == 4
+    cli("judge", "--run-id", "2", "--compare-to", "manual")
+
+    # a run whose process is gone: reaped, resumed, cut back to its checkpoint, finished
+    rid, ids = repo.create_run(db, data_path="d", data_sha256="0" * 64, examples_requested=None, eval_split=0.5,
+                               seed=3, init_requested="scratch", device="cpu", platform="unix", config={}, versions={},
+                               models=[(Spec("m"), {})], train=[Example(0, "i", "x", "o")],
+                               validation=[Example(1, "i", "y", "o")], owner=("elsewhere", 1, 1))
+    repo.set_checkpoint_dir(db, rid, "/ck")
+    steps = [type("S", (), dict(step=s, epoch=s / 4, loss=1.0 / s, lr=1e-3, tokens=5))() for s in (1, 2, 3, 4)]
+    repo.record_epoch(db, ids["m"], steps[:2], 1, 0.9, None)
+    repo.record_steps(db, ids["m"], steps[2:])
+    assert repo.reap_dead_runs(db, lambda host, pid, start: host != "elsewhere") == [rid]
+    assert repo.get_run(db, rid).status == "interrupted"
+    repo.restart_run(db, rid, ("here", 2, 2))
+    assert repo.reap_dead_runs(db, lambda host, pid, start: True) == []
+    repo.truncate_training(db, ids["m"], 2, 1)
+    assert [s[0] for s in repo.train_steps(db, ids["m"])] == [1, 2]
+    repo.finish_run(db, rid, "completed", None, 1.0)
+    run = repo.get_run(db, rid)
+    assert (run.status, run.resumes, run.checkpoint_dir) == ("completed", 1, "/ck")
+    assert [x.input for x in repo.run_examples(db, rid, "validation")] == ["y"]
+    eid, _ = repo.create_evaluation(db, rid, "validation", {})
+    repo.fail_evaluation(db, eid, "boom")
+    assert repo.get_evaluation(db, eid).status == "failed"
+
+    sid = repo.create_study(db, data_path="d", data_sha256="0" * 64, folds=2, seeds=[1], config={})
+    kw = dict(data_path="d", data_sha256="0" * 64, examples_requested=None, eval_split=0.5, seed=1,
+              init_requested="scratch", device="cpu", platform="unix", config={}, versions={},
+              models=[(Spec("m"), {})], train=[], validation=[Example(0, "i", "x", "o")], study_id=sid, fold=1)
+    repo.create_run(db, **kw)
+    with pytest.raises(StoreError, match="already has a run for fold 1"):
+        repo.create_run(db, **kw)
+    assert [r.fold for r in repo.get_study(db, sid).runs] == [1]
+    assert repo.count_rows(db, "runs") == 4 and len(repo.list_runs(db)) == 4
