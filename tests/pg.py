@@ -6,7 +6,8 @@ trusts local connections, and is stopped and removed when the test session ends.
 refuses to run as root: as root the cluster belongs to the `postgres` system user.
 
 No PostgreSQL binaries, or no psycopg: the PostgreSQL variants of the tests are skipped with
-the reason, unless WMG_REQUIRE_PG=1 (CI), where that is an error.
+the reason (`pytest -ra` lists it), unless WMG_REQUIRE_PG=1 (CI), where that is an error.
+WMG_PG_BIN names the folder of initdb and pg_ctl where they are elsewhere.
 """
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ REQUIRED = os.environ.get("WMG_REQUIRE_PG") == "1"
 
 
 def pg_bin() -> Path | None:
-    """The folder of initdb and pg_ctl: Debian's versioned folders (newest first), else PATH."""
+    """The folder of initdb and pg_ctl: WMG_PG_BIN if set, else Debian's versioned folders (newest
+    first), else PATH."""
+    if os.environ.get("WMG_PG_BIN"):
+        folder = Path(os.environ["WMG_PG_BIN"])
+        return folder if (folder / "initdb").exists() else None
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]), reverse=True)
     if found:
         return Path(found[0]).parent
@@ -91,7 +96,7 @@ def start_cluster() -> Cluster:
         unavailable("the psycopg driver is not installed (pip install 'wmg[postgres]')")
     bindir = pg_bin()
     if bindir is None:
-        unavailable("no initdb in /usr/lib/postgresql/*/bin or on PATH (apt-get install postgresql)")
+        unavailable("no initdb in WMG_PG_BIN, /usr/lib/postgresql/*/bin or on PATH (apt-get install postgresql)")
     cluster = Cluster(bindir)
     try:
         return cluster.start()

@@ -170,3 +170,22 @@ def test_every_store_command_and_repository_call(any_db, tmp_path):
         repo.create_run(db, **kw)
     assert [r.fold for r in repo.get_study(db, sid).runs] == [1]
     assert repo.count_rows(db, "runs") == 4 and len(repo.list_runs(db)) == 4
+
+
+@pytest.mark.parametrize("require", ["", "1"])
+def test_without_postgresql_its_tests_skip_with_the_reason_or_fail_when_required(tmp_path, require):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, WMG_PG_BIN=str(tmp_path), WMG_REQUIRE_PG=require)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-ra", "-q", "-p", "no:cacheprovider",
+                        f"{__file__}::test_foreign_keys_enforced"], cwd=Path(__file__).parents[1], env=env,
+                       capture_output=True, text=True, timeout=300)
+    if require:
+        assert r.returncode != 0 and "1 passed, 1 error" in r.stdout, r.stdout[-3000:]
+        assert "PostgreSQL tests required (WMG_REQUIRE_PG=1) but no initdb" in r.stdout
+    else:
+        assert r.returncode == 0 and "1 passed, 1 skipped" in r.stdout, r.stdout[-3000:]
+        assert "SKIPPED" in r.stdout and "PostgreSQL not available: no initdb" in r.stdout
