@@ -189,3 +189,34 @@ def test_without_postgresql_its_tests_skip_with_the_reason_or_fail_when_required
     else:
         assert r.returncode == 0 and "1 passed, 1 skipped" in r.stdout, r.stdout[-3000:]
         assert "SKIPPED" in r.stdout and "PostgreSQL not available: no initdb" in r.stdout
+
+
+def test_a_row_lock_held_too_long_is_one_clear_line_on_postgresql(pg_cluster, monkeypatch):
+    """PostgreSQL's counterpart of test_lock_held_too_long_is_one_clear_line (SQLite): another process
+    holds a run's row lock past the busy timeout (lock_timeout) and every retry: one line, nothing written."""
+    import psycopg
+
+    import wmg.store.session as session
+    from tests.analysis_fixture import build
+    from wmg.store import repo
+    from wmg.store.session import StoreError
+
+    db = pg_cluster.new_database()
+    build(db)
+    monkeypatch.setattr(session, "LOCK_RETRIES", 2)
+    monkeypatch.setattr(session, "BUSY_TIMEOUT_MS", 200)
+    session._engine.cache_clear()
+    from sqlalchemy import make_url
+
+    dbname = make_url(db).database
+    try:
+        with psycopg.connect(host=str(pg_cluster.root), user="wmg", dbname=dbname) as holder:
+            holder.execute("SELECT id FROM runs WHERE id = 1 FOR UPDATE")
+            with pytest.raises(StoreError, match="locked by another process; gave up after 2 tries"):
+                repo.set_checkpoint_dir(db, 1, "x")
+            with pytest.raises(StoreError, match="locked by another process"):
+                repo.restart_run(db, 1, ("h", 1, 1))
+            holder.rollback()
+        assert repo.get_run(db, 1).checkpoint_dir is None and repo.get_run(db, 1).status == "completed"
+    finally:
+        session._engine.cache_clear()

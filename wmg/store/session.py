@@ -10,8 +10,9 @@ transaction, retried a bounded number of times if the lock still cannot be had.
 
 PostgreSQL (`postgresql+psycopg://...`, the `postgres` extra) relies on its own guarantees
 instead: every store function is one transaction (READ COMMITTED), a read that decides a
-write locks its rows with SELECT ... FOR UPDATE (see `repo`), and a transaction the server
-rolled back as a deadlock or serialization failure is retried like a locked SQLite file.
+write locks its rows with SELECT ... FOR UPDATE (see `repo`), a lock held by another process
+for longer than the busy timeout fails (`lock_timeout`), and a transaction the server rolled
+back for that, as a deadlock or as a serialization failure is retried like a locked SQLite file.
 None of the SQLite pragmas, BEGIN IMMEDIATE or busy timeouts apply to it.
 """
 from __future__ import annotations
@@ -122,7 +123,11 @@ def _engine(url: str, write: bool = False) -> Engine:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     else:
         try:
-            engine = create_engine(url, pool_pre_ping=True)
+            # lock_timeout: like SQLite's busy timeout, a lock another process holds longer than
+            # WMG_BUSY_TIMEOUT_MS fails the transaction (retried, then one line) instead of waiting forever
+            engine = create_engine(url, pool_pre_ping=True,
+                                   connect_args={"options": f"-c lock_timeout={BUSY_TIMEOUT_MS}"}
+                                   if url.startswith("postgresql") else {})
         except ImportError as exc:  # the dialect's driver is not installed
             raise StoreError(_missing_driver(url, exc)) from None
         except (ArgumentError, NoSuchModuleError) as exc:
@@ -184,8 +189,11 @@ def retry_locked(fn: F) -> F:
                     raise
                 if attempt == LOCK_RETRIES - 1:
                     if is_conflict(exc):
-                        raise StoreError(f"results store: the transaction kept conflicting with another process; "
-                                         f"gave up after {LOCK_RETRIES} tries ({_one_line(exc.orig)})") from None
+                        held = getattr(exc.orig, "sqlstate", None) == "55P03"
+                        raise StoreError(("results store: rows it needs are locked by another process"
+                                          if held else "results store: the transaction kept conflicting with "
+                                          "another process") + f"; gave up after {LOCK_RETRIES} tries "
+                                         f"({_one_line(exc.orig)})") from None
                     raise StoreError(f"results store is locked by another process; gave up after "
                                      f"{LOCK_RETRIES} tries ({exc.orig})") from None
                 time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
