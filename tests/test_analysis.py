@@ -152,7 +152,8 @@ def test_models(store):
     assert all(0 <= r["rouge1_f1"] <= 1 and 0 <= r["rougeL_f1"] <= 1 for r in t)
     assert sql(store, "SELECT COUNT(*) FROM predictions WHERE evaluation_id = 2 AND rouge1_f1 IS NULL") == [(0,)]
     # an exact copy of the gold output scores 1.0
-    (perfect,) = sql(store, "SELECT p.rouge1_f1, p.rouge_l_f1 FROM predictions p JOIN examples x ON x.id = p.example_id "
+    (perfect,) = sql(store, "SELECT p.rouge1_f1, p.rouge_l_f1 FROM predictions p "
+                            "JOIN examples x ON x.id = p.example_id "
                             "WHERE p.raw_text = x.gold_output AND p.evaluation_id = 2 LIMIT 1")
     assert perfect == (pytest.approx(1.0), pytest.approx(1.0))
 
@@ -245,8 +246,8 @@ def test_readme_queries_run(store, new_store):
 
     engine = create_engine(db_url(copy))
     with engine.begin() as conn:  # both runs as the study's two folds
-        conn.execute(text("INSERT INTO studies (id, created_at, data_path, data_sha256, folds, seeds_json, config_json) "
-                          "VALUES (1, '2026-11-28', 'd.jsonl', 'x', 2, '[42]', '{}')"))
+        conn.execute(text("INSERT INTO studies (id, created_at, data_path, data_sha256, folds, seeds_json, "
+                          "config_json) VALUES (1, '2026-11-28', 'd.jsonl', 'x', 2, '[42]', '{}')"))
         conn.execute(text("UPDATE runs SET study_id = 1, fold = id, seed = 42"))
     engine.dispose()
     for query in queries:

@@ -220,3 +220,38 @@ def test_a_row_lock_held_too_long_is_one_clear_line_on_postgresql(pg_cluster, mo
         assert repo.get_run(db, 1).checkpoint_dir is None and repo.get_run(db, 1).status == "completed"
     finally:
         session._engine.cache_clear()
+
+
+def test_a_studys_fold_is_taken_once_by_writers_racing_for_it(any_db):
+    """Eight threads (each its own transaction) create the same fold of a study at the same instant:
+    one gets it, the others are refused. On PostgreSQL the study's row lock (FOR UPDATE) orders them;
+    without it, READ COMMITTED lets every one see the fold free."""
+    import threading
+
+    from tests.analysis_fixture import Spec
+    from wmg.data import Example
+    from wmg.store import repo
+    from wmg.store.session import StoreError
+
+    sid = repo.create_study(any_db, data_path="d", data_sha256="0" * 64, folds=2, seeds=[1], config={})
+    kw = dict(data_path="d", data_sha256="0" * 64, examples_requested=None, eval_split=0.5, seed=1,
+              init_requested="scratch", device="cpu", platform="unix", config={}, versions={},
+              models=[(Spec("m"), {})], train=[], validation=[Example(i, "i", "x", "o") for i in range(200)],
+              study_id=sid, fold=2)
+    start, results = threading.Barrier(8), []
+
+    def take():
+        start.wait()
+        try:
+            results.append(repo.create_run(any_db, **kw)[0])
+        except StoreError as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert len(results) == 8 and sum(isinstance(r, int) for r in results) == 1, results
+    assert {r for r in results if isinstance(r, str)} == {f"study {sid} already has a run for fold 2, seed 1"}
+    assert [r.fold for r in repo.get_study(any_db, sid).runs] == [2]

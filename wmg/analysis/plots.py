@@ -89,8 +89,8 @@ def label_accuracy(db, sel: Selected, out: Path) -> Path:
                      "SUM(CASE WHEN p.matches_gold THEN 1 ELSE 0 END) AS k, COUNT(*) AS n "
                      "FROM predictions p JOIN examples x ON x.id = p.example_id WHERE p.evaluation_id = :e "
                      "GROUP BY 1, 2 UNION ALL "
-                     "SELECT COALESCE(x.gold_type, '(none)'), b.baseline, SUM(CASE WHEN b.matches_gold THEN 1 ELSE 0 END), "
-                     "COUNT(*) "
+                     "SELECT COALESCE(x.gold_type, '(none)'), b.baseline, "
+                     "SUM(CASE WHEN b.matches_gold THEN 1 ELSE 0 END), COUNT(*) "
                      "FROM baseline_predictions b JOIN examples x ON x.id = b.example_id WHERE b.evaluation_id = :e "
                      "GROUP BY 1, 2", e=sel.evaluation_id)
     short = lambda label: label.replace(" gadget", "").replace("/", "/\n")  # noqa: E731

@@ -48,7 +48,8 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
     # correlation with excerpt length, and disagreement by instruction form, per evaluation
     corr_rows, form_rows = [], []
     for s in sel:
-        ex = query(db, "SELECT x.excerpt_words AS w, CASE WHEN a.full_agreement THEN 0 ELSE 1 END AS d, x.instruction_form AS f "
+        ex = query(db, "SELECT x.excerpt_words AS w, CASE WHEN a.full_agreement THEN 0 ELSE 1 END AS d, "
+                       "x.instruction_form AS f "
                        "FROM agreements a JOIN examples x ON x.id = a.example_id WHERE a.evaluation_id = :e",
                    e=s.evaluation_id)
         w = [r["w"] for r in ex]

@@ -329,8 +329,10 @@ def reap_dead_runs(db: str | None, alive) -> list[int]:
     False: killed with SIGKILL, out of memory, power loss). Returns their ids."""
     reaped = []
     with session_scope(db) as s:
-        # FOR UPDATE (PostgreSQL): a run resumed or finished meanwhile is read again once its lock is free
-        for r in s.scalars(select(t.Run).where(t.Run.status == "running").with_for_update()).all():
+        # FOR UPDATE (PostgreSQL): a run resumed or finished meanwhile is read again once its lock is
+        # free; in id order, so that two processes reaping at once cannot deadlock
+        for r in s.scalars(select(t.Run).where(t.Run.status == "running").order_by(t.Run.id)
+                           .with_for_update()).all():
             if alive(r.host, r.pid, r.process_start) is False:
                 reaped.append(r.id)
                 r.status, r.finished_at = "interrupted", now()
@@ -577,6 +579,9 @@ def save_judgments(db: str | None, evaluation_id: int, judge: dict, config: dict
     """A new judgment set with all its verdicts, in one transaction. With `replace`, the
     judge's earlier sets on this evaluation are deleted in the same transaction."""
     with session_scope(db) as s:
+        # PostgreSQL: one judge run at a time writes an evaluation's sets (two --replace runs would both
+        # delete the old sets, then both add theirs)
+        s.get(t.Evaluation, evaluation_id, with_for_update=True)
         if replace:
             for old in s.scalars(select(t.JudgmentSet).where(t.JudgmentSet.evaluation_id == evaluation_id,
                                                              t.JudgmentSet.judge == judge["name"])).all():

@@ -123,18 +123,21 @@ def _engine(url: str, write: bool = False) -> Engine:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     else:
         try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError as exc:
+            raise StoreError(f"results store {_shown(url)}: not a database URL this wmg knows ({exc})") from None
+        if backend not in DIALECTS:
+            raise StoreError(f"results store {_shown(url)}: wmg keeps its results in SQLite or PostgreSQL, "
+                             f"not {backend}")
+        try:
             # lock_timeout: like SQLite's busy timeout, a lock another process holds longer than
             # WMG_BUSY_TIMEOUT_MS fails the transaction (retried, then one line) instead of waiting forever
             engine = create_engine(url, pool_pre_ping=True,
-                                   connect_args={"options": f"-c lock_timeout={BUSY_TIMEOUT_MS}"}
-                                   if url.startswith("postgresql") else {})
+                                   connect_args={"options": f"-c lock_timeout={BUSY_TIMEOUT_MS}"})
         except ImportError as exc:  # the dialect's driver is not installed
             raise StoreError(_missing_driver(url, exc)) from None
         except (ArgumentError, NoSuchModuleError) as exc:
             raise StoreError(f"results store {_shown(url)}: not a database URL this wmg knows ({exc})") from None
-        if engine.dialect.name not in DIALECTS:
-            raise StoreError(f"results store {_shown(url)}: wmg keeps its results in SQLite or PostgreSQL, "
-                             f"not {engine.dialect.name}")
     return engine
 
 
