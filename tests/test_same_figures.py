@@ -2,7 +2,9 @@
 
 Both stores are written through the store's own write path (tests/analysis_fixture.py): the two
 runs of the analysis tests, a two-fold study with reference baselines, and a rules judge's verdicts.
-Then every `wmg analyze` subcommand's JSON output is compared between them.
+Then every `wmg analyze` subcommand's JSON output is compared between them. The PostgreSQL database
+sorts text by English rules (ICU en-US: case and punctuation count less than in SQLite's bytewise
+order), and the study's models are named so that the two orders differ.
 """
 import json
 
@@ -15,15 +17,16 @@ from wmg.store import repo
 
 SELECTIONS = [["--all-runs"], ["--run-id", "1", "--run-id", "2"], ["--study", "1"], ["--evaluation-id", "3"]]
 COMMANDS = ["agreement", "by-type", "confidence", "disagreements", "models", "vote"]
+STUDY_MODELS = ["beta", "Zeta", "(c)"]  # bytewise (SQLite): (c) < Zeta < beta; en-US: (c) < beta < Zeta
 
 
 def fill(db):
     build(db)
     sid = repo.create_study(db, data_path="fixture.jsonl", data_sha256="0" * 64, folds=2, seeds=[7], config={})
-    make_run(db, ["a", "b", "c"], [RW, AR, CF, IO], [(RW, RW, AR), (AR, CF, AR), (TS, CF, CF), (IO, IO, None)],
+    make_run(db, STUDY_MODELS, [RW, AR, CF, IO], [(RW, RW, AR), (AR, CF, AR), (TS, CF, CF), (IO, IO, None)],
              words=[12, 5, 33, 8], forms=["open", "category", "paraphrase", "open"], seed=7, study_id=sid, fold=1,
              baselines={"tfidf-logreg": [RW, AR, AR, IO], "majority-class": [RW, RW, RW, RW]})
-    make_run(db, ["a", "b", "c"], [TS, CO, RW], [(TS, CO, TS), (CO, CO, CO), (RW, AR, None)],
+    make_run(db, STUDY_MODELS, [TS, CO, RW], [(TS, CO, TS), (CO, CO, CO), (RW, AR, None)],
              words=[41, 17, 9], forms=["open", "open", "category"], seed=7, study_id=sid, fold=2,
              baselines={"tfidf-logreg": [TS, RW, RW], "majority-class": [RW, RW, RW]})
     r = CliRunner().invoke(main, ["judge", "--run-id", "2", "--judge", "rules", "--db", db, "--no-progress"])
@@ -32,7 +35,7 @@ def fill(db):
 
 @pytest.fixture(scope="module")
 def stores(new_store, pg_cluster):
-    sqlite, postgresql = new_store("sqlite"), new_store("postgresql")
+    sqlite, postgresql = new_store("sqlite"), pg_cluster.new_database(icu_locale="en-US")
     for db in (sqlite, postgresql):
         fill(db)
     return sqlite, postgresql
