@@ -289,3 +289,21 @@ def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from):
                   resume=state)
     assert again.chosen_epoch == 2 and again.epoch_scores == table
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+
+
+def test_cue_quotes_ask_for_a_span_by_its_ends_and_answer_it_verbatim():
+    from wmg.recipe import cue_quotes
+    from wmg.parse import location_in_excerpt, parse_output
+
+    lines = load_jsonl(BUNDLED)[:40]
+    quotes = cue_quotes(lines, 2, seed=3)
+    assert len(quotes) == 80 and quotes == cue_quotes(lines, 2, seed=3)  # seeded
+    assert quotes != cue_quotes(lines, 2, seed=4)
+    for q, e in zip(quotes, [e for e in lines for _ in range(2)]):
+        assert q.input == e.input and q.index == e.index  # only the training line's own excerpt
+        loc = parse_output(q.output).location
+        words = loc.split()
+        assert q.output == f"location: {loc}" and 3 <= len(words) <= 10 and ";" not in loc
+        assert location_in_excerpt(loc, e.input)
+        assert f'from "{" ".join(words[:2])}" to "{" ".join(words[-2:])}"' in q.instruction
+    assert cue_quotes(lines, 0, seed=3) == []

@@ -270,6 +270,9 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
               help="Loss weight of the gadget_type value's tokens [1; scratch 5].")
 @click.option("--location-loss-weight", type=click.FloatRange(0, min_open=True), default=None,
               help="Loss weight of the location value's tokens (the span quoted from the excerpt) [1].")
+@click.option("--quote-mix", type=click.IntRange(0), default=None, metavar="K",
+              help="Mix K quoting examples per training excerpt into fine-tuning: a run of its words asked for "
+                   "by its first and last two words, answered as the location [0].")
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")
@@ -335,7 +338,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @handle_errors
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
           study, resume, db, output):
     """Train every model on one split of the data, then compare them.
@@ -399,7 +402,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
                          log_every=log_every, dropout=dropout, type_loss_weight=type_loss_weight,
-                         location_loss_weight=location_loss_weight,
+                         location_loss_weight=location_loss_weight, quote_mix=quote_mix,
                          open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,
                          tapt_denoise=tapt_denoise, tapt_quotes=tapt_quotes, optimizer=optimizer)
         opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,

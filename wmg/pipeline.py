@@ -165,7 +165,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     resumed run) it continues from the model's last checkpoint, if it has one."""
     from .checkpoint import ResumeDir, load_model_folder, save_model_folder
     from .models import build, count_parameters, fuse_gelu, set_dropout
-    from .recipe import dev_slice, open_copies
+    from .recipe import cue_quotes, dev_slice, open_copies
     from .train import train as train_loop
 
     banner(echo, f"TRAINING MODEL: {spec.name.upper()}")
@@ -209,12 +209,16 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
     if dev:
         echo(f"  Development slice: {len(dev)} of the {len(train)} training examples held out; the epoch "
              "with the best gold-type accuracy on them (open instruction, plain greedy) is kept")
+    quotes = cue_quotes(fit, cfg.quote_mix, cfg.seed) if cfg.quote_mix else []
+    if quotes:
+        echo(f"  Quoting examples: {len(quotes)} ({cfg.quote_mix} per training excerpt: a run of its words asked "
+             "for by its first and last two, answered as the location) mixed into fine-tuning")
     if cfg.open_copies:
         n_before = len(fit)
         fit = open_copies(fit)
         echo(f"  Open-form copies: {len(fit) - n_before} examples whose instruction names the label are also "
              f"trained with the open instruction ({len(fit)} in all)")
-    train_enc = encode_all(spec, tok, fit, cfg)
+    train_enc = encode_all(spec, tok, fit + quotes, cfg)
     val_enc = encode_all(spec, tok, val, cfg)
     if cfg.tapt_epochs and state is None:
         tapt(model, tok, spec, cfg, fit, opts, echo)
