@@ -4,10 +4,10 @@ Revision ID: 0001_initial
 Revises:
 Create Date: 2026-11-25
 """
-import re
-
 import sqlalchemy as sa
 from alembic import op
+
+from wmg.store.dialect import for_dialect as _for_dialect, pg_view as _pg
 
 revision = "0001_initial"
 down_revision = None
@@ -37,25 +37,6 @@ JOIN evaluations e ON e.id = p.evaluation_id
 JOIN agreements a ON a.evaluation_id = p.evaluation_id AND a.example_id = p.example_id
 GROUP BY e.run_id, p.evaluation_id, COALESCE(x.gold_type, '(none)'), p.model
 """
-
-
-def _pg(sql: str, *swaps: tuple[str, str]) -> str:
-    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
-    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
-    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
-    for old, new in swaps:
-        assert old in sql, old
-        sql = sql.replace(old, new)
-    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
-
-
-def _for_dialect(sqlite: str, postgresql: str) -> str:
-    name = op.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite
-    if name == "postgresql":
-        return postgresql
-    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
 
 
 # PostgreSQL has no arithmetic on booleans: each is made an integer, each mean a DOUBLE PRECISION one.

@@ -4,10 +4,10 @@ Revision ID: 0002_analysis_views
 Revises: 0001_initial
 Create Date: 2026-11-25
 """
-import re
-
 import sqlalchemy as sa
 from alembic import op
+
+from wmg.store.dialect import for_dialect as _for_dialect, pg_view as _pg
 
 revision = "0002_analysis_views"
 down_revision = "0001_initial"
@@ -185,25 +185,6 @@ VIEWS = {
         LEFT JOIN latest_evaluations le ON le.run_id = r.id
     """,
 }
-
-
-def _pg(sql: str, *swaps: tuple[str, str]) -> str:
-    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
-    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
-    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
-    for old, new in swaps:
-        assert old in sql, old
-        sql = sql.replace(old, new)
-    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
-
-
-def _for_dialect(sqlite: str, postgresql: str) -> str:
-    name = op.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite
-    if name == "postgresql":
-        return postgresql
-    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
 
 
 

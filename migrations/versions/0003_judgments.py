@@ -4,10 +4,10 @@ Revision ID: 0003_judgments
 Revises: 0002_analysis_views
 Create Date: 2026-11-25
 """
-import re
-
 import sqlalchemy as sa
 from alembic import op
+
+from wmg.store.dialect import for_dialect as _for_dialect, pg_view as _pg
 
 revision = "0003_judgments"
 down_revision = "0002_analysis_views"
@@ -32,25 +32,6 @@ JOIN judgments j ON j.set_id = s.id AND j.kind = 'overall'
 JOIN evaluations e ON e.id = s.evaluation_id
 GROUP BY s.id
 """
-
-
-def _pg(sql: str, *swaps: tuple[str, str]) -> str:
-    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
-    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
-    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
-    for old, new in swaps:
-        assert old in sql, old
-        sql = sql.replace(old, new)
-    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
-
-
-def _for_dialect(sqlite: str, postgresql: str) -> str:
-    name = op.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite
-    if name == "postgresql":
-        return postgresql
-    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
 
 
 # PostgreSQL: each verdict test made an integer before its mean; the evaluation's columns grouped by its key.

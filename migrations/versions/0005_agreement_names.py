@@ -12,9 +12,9 @@ Revision ID: 0005_agreement_names
 Revises: 0004_run_process
 Create Date: 2026-11-28
 """
-import re
-
 from alembic import op
+
+from wmg.store.dialect import for_dialect as _for_dialect, pg_view as _pg
 
 revision = "0005_agreement_names"
 down_revision = "0004_run_process"
@@ -88,25 +88,6 @@ FLEISS = {
         SELECT e.run_id, pi.evaluation_id, pi.n_examples AS examples, pi.raters AS models,
                e.full_agreement_rate AS raw_agreement,""" + FLEISS_TAIL,
 }
-
-
-def _pg(sql: str, *swaps: tuple[str, str]) -> str:
-    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
-    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
-    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
-    for old, new in swaps:
-        assert old in sql, old
-        sql = sql.replace(old, new)
-    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
-
-
-def _for_dialect(sqlite: str, postgresql: str) -> str:
-    name = op.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite
-    if name == "postgresql":
-        return postgresql
-    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
 
 
 

@@ -5,10 +5,10 @@ Revision ID: 0007_studies
 Revises: 0006_baselines
 Create Date: 2026-11-28
 """
-import re
-
 import sqlalchemy as sa
 from alembic import op
+
+from wmg.store.dialect import for_dialect as _for_dialect, pg_view as _pg
 
 revision = "0007_studies"
 down_revision = "0006_baselines"
@@ -52,25 +52,6 @@ VIEWS = {
         GROUP BY r.study_id, r.seed, s.system, s.kind, s.instruction_form
     """,
 }
-
-
-def _pg(sql: str, *swaps: tuple[str, str]) -> str:
-    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
-    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
-    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
-    for old, new in swaps:
-        assert old in sql, old
-        sql = sql.replace(old, new)
-    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
-
-
-def _for_dialect(sqlite: str, postgresql: str) -> str:
-    name = op.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite
-    if name == "postgresql":
-        return postgresql
-    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
 
 
 

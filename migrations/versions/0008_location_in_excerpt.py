@@ -5,10 +5,10 @@ Revision ID: 0008_location_in_excerpt
 Revises: 0007_studies
 Create Date: 2026-11-28
 """
-import re
-
 import sqlalchemy as sa
 from alembic import op
+
+from wmg.store.dialect import for_dialect as _for_dialect, pg_view as _pg
 
 revision = "0008_location_in_excerpt"
 down_revision = "0007_studies"
@@ -31,25 +31,6 @@ LOCATION = """,
                SUM(CASE WHEN p.format_ok AND p.location_in_excerpt THEN 1 ELSE 0 END) AS location_spans,
                1.0 * SUM(CASE WHEN p.format_ok AND p.location_in_excerpt THEN 1 ELSE 0 END)
                    / NULLIF(SUM(CASE WHEN p.format_ok THEN 1 ELSE 0 END), 0) AS location_in_excerpt"""
-
-
-def _pg(sql: str, *swaps: tuple[str, str]) -> str:
-    """A view's PostgreSQL text: the SQLite text with its SQLite-only parts swapped (each must
-    occur), then every decimal literal made DOUBLE PRECISION, as SQLite's REAL literals are
-    (PostgreSQL would compute in NUMERIC and round differently). Frozen with this revision."""
-    for old, new in swaps:
-        assert old in sql, old
-        sql = sql.replace(old, new)
-    return re.sub(r"(?<![\w.:])(\d+\.\d+)(?![\w.])", r"\1::float8", sql)
-
-
-def _for_dialect(sqlite: str, postgresql: str) -> str:
-    name = op.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite
-    if name == "postgresql":
-        return postgresql
-    raise NotImplementedError(f"wmg's views are written for SQLite and PostgreSQL, not {name}")
 
 
 
