@@ -86,9 +86,11 @@ class LocationSpan:
     Per row it keeps where the field began and the excerpt positions the span written so far
     could end at, advanced by one token per step."""
 
-    def __init__(self, tokenizer, excerpts: Sequence[list[int]], start: int):
+    def __init__(self, tokenizer, excerpts: Sequence[list[int]], start: int,
+                 marked: tuple[set[int], set[int]] | None = None):
         self.tok, self.excerpts, self.start = tokenizer, [list(e) for e in excerpts], start
-        self.word_starts, self.closers = _marked(tokenizer)
+        # `marked`: _marked(tokenizer), computed once per generate() call rather than per batch
+        self.word_starts, self.closers = marked or _marked(tokenizer)
         self.eos = tokenizer.eos_token_id
         self.state: list[str] = ["before"] * len(excerpts)  # before -> inside -> after
         self.ends: list[list[int]] = [[] for _ in excerpts]  # excerpt positions after the span so far
@@ -147,6 +149,7 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
     bar = progress_bar(len(encoded), desc, enabled=progress, unit="examples")
+    marked = None  # the vocabulary's word starts and `;` tokens, for LocationSpan (found on first use)
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
         rows = [encoded[i] for i in idx]
@@ -167,14 +170,15 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
             # the trained model's short answers; T5's decoder cache is short and gains nothing.
             extra["cache_implementation"] = "static"
         processors = []
-        start = input_ids.size(1) if model_type == "causal" else 1  # after the prompt / the start token
+        answer_at = input_ids.size(1) if model_type == "causal" else 1  # after the prompt / the start token
         if cfg.no_repeat_ngram_size:
-            processors.append(NoRepeatNGram(cfg.no_repeat_ngram_size, start))
+            processors.append(NoRepeatNGram(cfg.no_repeat_ngram_size, answer_at))
         if cfg.location_span:
             if excerpts is None:
                 raise ValueError("location_span needs the excerpts")
+            marked = marked or _marked(tokenizer)
             processors.append(LocationSpan(tokenizer, [excerpt_ids(tokenizer, excerpts[i], model_type) for i in idx],
-                                           start))
+                                           answer_at, marked))
         if processors:
             from transformers import LogitsProcessorList
 
