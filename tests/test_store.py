@@ -28,7 +28,7 @@ def schema_dump(db):
 
 def test_migrations_create_schema_matching_models(any_db):
     engine = get_engine(any_db)
-    assert current_revision(any_db) == head_revision() == "0009_chosen_epoch"
+    assert current_revision(any_db) == head_revision() == "0010_run_leases"
     names, views = set(inspect(engine).get_table_names()), set(inspect(engine).get_view_names())
     if not is_pg(any_db):
         with sqlite3.connect(any_db) as conn:

@@ -328,6 +328,9 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
                                 "are unchanged.")
 @click.option("--seeds", type=click.IntRange(1), default=1, show_default=True, metavar="N",
               help="With --folds: repeat the K folds with N seeds (--seed, --seed+1, ...), each a new partition.")
+@click.option("--record-only", is_flag=True, default=False,
+              help="With --folds: record the study and print its id, making no run; `wmg work --study ID` "
+                   "processes (on any machines sharing the store) make its runs.")
 @click.option("--study", "study", type=STUDY_ID, default=None,
               help="Continue a study with its own options: make (or resume) the runs it still lacks.")
 @click.option("--resume", "resume", type=RUN_ID, default=None,
@@ -340,7 +343,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
-          study, resume, db, output):
+          record_only, study, resume, db, output):
     """Train every model on one split of the data, then compare them.
 
     Prints the new run's id; every step, loss and prediction goes to the results store.
@@ -363,6 +366,8 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
         if given:
             raise click.UsageError(f"{what} with its own options; do not give --{given[0].replace('_', '-')}")
 
+    if record_only and folds is None:
+        raise click.UsageError("--record-only needs --folds K")
     if (fold is not None or seeds > 1) and folds is None and study is None:
         raise click.UsageError(f"--{'fold' if fold is not None else 'seeds'} needs --folds K (or --study ID)")
     if study is not None:
@@ -416,6 +421,8 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                                        "the examples)")
             if fold is not None and fold > folds:
                 raise click.BadParameter(f"{fold} is not between 1 and {folds}", param_hint="--fold")
+            if fold is not None and record_only:
+                raise click.UsageError("--record-only makes no run; give --fold to `wmg work` instead")
             if not compare:
                 raise click.UsageError("--folds makes a study, which compares every fold; drop --no-compare")
             opts.folds = folds
@@ -424,6 +431,14 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                 "location_span": location_span, "report": report, "baseline": baseline})
             echo(f"✓ Study {sid}: {folds} folds x {seeds} seed{'s' if seeds > 1 else ''} "
                  f"({', '.join(str(seed + i) for i in range(seeds))}) recorded in the results store")
+            if record_only:
+                echo(f"Study id: {sid}  (make its runs with `wmg work --study {sid}`, in as many processes "
+                     "and machines as share this store)")
+                if output.machine or output.out:
+                    from .console import Table
+
+                    output.emit([Table("study", "Study", ["study_id"], [[sid]])])
+                return
             _run_study(db, sid, fold, output, show_examples and ctx.get_parameter_source("show_examples")
                        == click.core.ParameterSource.COMMANDLINE, progress)
             return
@@ -443,30 +458,82 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
         output.emit([Table("run", "Run", ["run_id"], [[run_id]])])
 
 
-def _run_study(db, study_id: int, fold: int | None, output: Output, show_examples: bool, progress: bool) -> None:
-    """Make the study's missing runs, each compared as it finishes, then print the pooled analysis."""
-    from .analysis import select
-    from .analysis.questions import models as models_analysis
+def _shown(show_examples: bool):
+    """What a study prints after each comparison."""
     from .console import show_example, show_summary
-    from .pipeline import run_study
 
     def shown(comparison):
         if show_examples:
             for i, r in enumerate(comparison.results):
                 show_example(echo, i, len(comparison.results), r, comparison.names)
         show_summary(echo, comparison.summary, comparison.report_path)
+    return shown
+
+
+def _study_summary(db, study, output: Output) -> None:
+    """How far the study is, and its pooled analysis."""
+    from .analysis import select
+    from .analysis.questions import models as models_analysis
+
+    done = [r for r in study.runs if r.latest_evaluation is not None and r.latest_evaluation.status == "completed"]
+    echo("")
+    echo(f"Study {study.id}: {len(done)} of {study.folds * len(study.seeds)} runs trained and compared "
+         f"(runs {', '.join(str(r.id) for r in study.runs) or 'none'})")
+    output.emit([t for t in models_analysis(db, select(db, study_ids=[study.id])) if t.name.startswith("study")])
+    echo(f"Study id: {study.id}  (`wmg analyze models --study {study.id}` shows this again, with every fold)")
+
+
+def _run_study(db, study_id: int, fold: int | None, output: Output, show_examples: bool, progress: bool) -> None:
+    """Make the study's missing runs, each compared as it finishes, then print the pooled analysis."""
+    from .pipeline import run_study
 
     try:
-        study = run_study(db, study_id, echo, progress, fold, shown)
+        study = run_study(db, study_id, echo, progress, fold, _shown(show_examples))
     except RunInterrupted as exc:
         raise RunInterrupted(f"{exc} (or continue the whole study with `wmg train --study {study_id}`)",
                              exc.signal_name) from None
-    done = [r for r in study.runs if r.latest_evaluation is not None and r.latest_evaluation.status == "completed"]
-    echo("")
-    echo(f"Study {study_id}: {len(done)} of {study.folds * len(study.seeds)} runs trained and compared "
-         f"(runs {', '.join(str(r.id) for r in study.runs) or 'none'})")
-    output.emit([t for t in models_analysis(db, select(db, study_ids=[study_id])) if t.name.startswith("study")])
-    echo(f"Study id: {study_id}  (`wmg analyze models --study {study_id}` shows this again, with every fold)")
+    _study_summary(db, study, output)
+
+
+@main.command(short_help="Make a study's runs together with other workers sharing the store.")
+@click.option("--study", "study_id", type=STUDY_ID, required=True, help="The study (made by `wmg train --folds K`).")
+@click.option("--fold", type=click.IntRange(1), default=None, metavar="I", help="Only fold I (1 to K).")
+@click.option("--lease-seconds", type=click.FloatRange(1), default=120.0, show_default=True, metavar="S",
+              help="How long a run stays this worker's without a renewal (renewed every S/3); a dead worker's "
+                   "runs are taken over by another worker S seconds after its last renewal.")
+@click.option("--poll-seconds", type=click.FloatRange(0.1), default=None, metavar="S",
+              help="While every unfinished run is held by another worker, look again this often "
+                   "[default: a quarter of --lease-seconds].")
+@click.option("--show-examples/--no-show-examples", default=False, show_default=True,
+              help="Print every compared example.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress: a bar on a terminal, a plain line every 30 s otherwise.")
+@db_option
+@output_options(("study", "study_pairs"))
+@handle_errors
+def work(study_id, fold, lease_seconds, poll_seconds, show_examples, progress, db, output):
+    """Claim and make a study's runs until none is left, beside any number of other
+    `wmg work` processes on machines sharing the store (PostgreSQL, or a SQLite file on one
+    machine). Each run is claimed once, under a lease renewed while it trains; a worker that
+    dies loses its lease and another takes its run over and resumes it, so keep --checkpoints
+    on a folder every worker can read. Exits when every run is trained and compared, then
+    prints the study's pooled analysis.
+    """
+    from . import device as dev
+    from .store import repo
+    from .work import work_study
+
+    st = repo.get_study(db, study_id)
+    tr = st.config["train"]
+    dev.setup(tr["device"], tr["platform"], echo, precision=tr["precision"])
+    try:
+        done = work_study(db, study_id, echo, progress, lease_seconds, poll_seconds, fold, _shown(show_examples))
+    except RunInterrupted as exc:
+        raise RunInterrupted(f"{exc} (or let any `wmg work --study {study_id}` take it over)",
+                             exc.signal_name) from None
+    echo(f"✓ This worker made run(s) {', '.join(map(str, done.made)) or 'none'}"
+         + (f"; took over {', '.join(map(str, done.taken_over))}" if done.taken_over else ""))
+    _study_summary(db, done.study, output)
 
 
 # ---------------------------------------------------------------- compare / predict

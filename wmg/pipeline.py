@@ -322,7 +322,8 @@ def expected_inits(specs: list[ModelSpec], opts: TrainOptions) -> dict[str, str]
     return {s.name: "pretrained" if pretrained_available(s, opts.sources.get(s.name)) else "scratch" for s in specs}
 
 
-def train_run(db, opts: TrainOptions, echo: Echo = print, study_id: int | None = None) -> int:
+def train_run(db, opts: TrainOptions, echo: Echo = print, study_id: int | None = None,
+              lease: repo.Lease | None = None) -> int:
     """Train every model of a new run; returns the run id. The run is marked failed or
     interrupted if anything stops it."""
     from .interrupt import process_identity
@@ -341,7 +342,7 @@ def train_run(db, opts: TrainOptions, echo: Echo = print, study_id: int | None =
         db, data_path=str(opts.data), data_sha256=file_sha256(opts.data), examples_requested=opts.examples,
         eval_split=len(val) / (len(train) + len(val)) if opts.folds else opts.eval_split, seed=opts.seed,
         init_requested=opts.init, device=opts.device, platform=opts.platform, config=run_config, versions=versions(),
-        models=configs, train=train, validation=val, owner=process_identity(), study_id=study_id, fold=opts.fold)
+        models=configs, train=train, validation=val, owner=process_identity(), study_id=study_id, fold=opts.fold, lease=lease)
     echo(f"✓ Run {run_id} recorded in the results store")
     ckpt_root = _checkpoint_root(opts.checkpoints, run_id).resolve()  # a resume may start elsewhere
     repo.set_checkpoint_dir(db, run_id, str(ckpt_root))
@@ -434,24 +435,56 @@ def start_study(db, opts: TrainOptions, folds: int, seeds: list[int], compare: d
                              seeds=seeds, config=config)
 
 
-def run_study(db, study_id: int, echo: Echo = print, progress: bool = True, only_fold: int | None = None,
-              on_comparison: Callable[[Comparison], None] | None = None) -> repo.StudyInfo:
-    """Make every missing run of a study (or of one fold), in (seed, fold) order: each an ordinary
-    run, trained and compared. A run of the study that was interrupted is resumed; one that is
-    trained but not compared is compared; one running in another process is left to it."""
-    from dataclasses import fields
-
-    from .interrupt import process_alive
-
-    repo.reap_dead_runs(db, process_alive)
+def _study_ready(db, study_id: int, only_fold: int | None) -> repo.StudyInfo:
+    """The study, checked: the fold in range and its data file unchanged since it began."""
     study = repo.get_study(db, study_id)
     if only_fold is not None and not 1 <= only_fold <= study.folds:
         raise ConfigError(f"--fold must be between 1 and {study.folds} (study {study_id} has {study.folds} folds)")
     if file_sha256(study.config["train"]["data"]) != study.data_sha256:
         raise ConfigError(f"{study.config['train']['data']} has changed since study {study_id} began "
                           "(its SHA-256 differs); a study's folds must all come from the same data")
-    names = {f.name for f in fields(TrainOptions)}
+    return study
+
+
+def make_study_run(db, study: repo.StudyInfo, seed: int, fold: int, run: repo.RunInfo | None, echo: Echo,
+                   progress: bool, on_comparison: Callable[[Comparison], None] | None = None,
+                   lease: repo.Lease | None = None) -> int:
+    """One (seed, fold) of a study: its run made (or resumed) and compared. Returns the run id."""
+    from dataclasses import fields
+
+    if run is None:
+        names = {f.name for f in fields(TrainOptions)}
+        opts = TrainOptions(**{k: v for k, v in study.config["train"].items() if k in names})
+        opts.seed, opts.fold, opts.progress = seed, fold, progress
+        run_id = train_run(db, opts, echo, study_id=study.id, lease=lease)
+    else:
+        run_id = run.id
+        if run.status != "completed":
+            resume_run(db, run_id, echo, progress)
     cmp = study.config["compare"]
+    report = cmp.get("report")
+    if report:
+        p = Path(report)
+        report = str(p.with_name(f"{p.stem}.study{study.id}.fold{fold}.seed{seed}{p.suffix}"))
+    comparison = compare_run(db, CompareOptions(
+        run_id=run_id, max_new_tokens=cmp["max_new_tokens"], precision=cmp["precision"], device=cmp["device"],
+        no_repeat_ngram_size=cmp["no_repeat_ngram_size"], location_span=cmp.get("location_span", False),
+        report=report, progress=progress, baseline=cmp["baseline"]), echo)
+    if on_comparison is not None:
+        on_comparison(comparison)
+    return run_id
+
+
+def run_study(db, study_id: int, echo: Echo = print, progress: bool = True, only_fold: int | None = None,
+              on_comparison: Callable[[Comparison], None] | None = None) -> repo.StudyInfo:
+    """Make every missing run of a study (or of one fold), in (seed, fold) order: each an ordinary
+    run, trained and compared. A run of the study that was interrupted is resumed; one that is
+    trained but not compared is compared; one running in another process (or held by a
+    `wmg work` lease) is left to it."""
+    from .interrupt import process_alive
+
+    repo.reap_dead_runs(db, process_alive)
+    study = _study_ready(db, study_id, only_fold)
     todo = [(seed, fold) for seed in study.seeds for fold in range(1, study.folds + 1)
             if only_fold is None or fold == only_fold]
     for n, (seed, fold) in enumerate(todo, 1):
@@ -464,25 +497,10 @@ def run_study(db, study_id: int, echo: Echo = print, progress: bool = True, only
                 and run.latest_evaluation.status == "completed":
             echo(f"✓ Run {run.id} is trained and compared")
             continue
-        if run is None:
-            opts = TrainOptions(**{k: v for k, v in study.config["train"].items() if k in names})
-            opts.seed, opts.fold, opts.progress = seed, fold, progress
-            run_id = train_run(db, opts, echo, study_id=study_id)
-        else:
-            run_id = run.id
-            if run.status != "completed":
-                resume_run(db, run_id, echo, progress)
-        report = cmp.get("report")
-        if report:
-            p = Path(report)
-            report = str(p.with_name(f"{p.stem}.study{study_id}.fold{fold}.seed{seed}{p.suffix}"))
-        comparison = compare_run(db, CompareOptions(
-            run_id=run_id, max_new_tokens=cmp["max_new_tokens"], precision=cmp["precision"], device=cmp["device"],
-            no_repeat_ngram_size=cmp["no_repeat_ngram_size"], location_span=cmp.get("location_span", False),
-            report=report, progress=progress,
-            baseline=cmp["baseline"]), echo)
-        if on_comparison is not None:
-            on_comparison(comparison)
+        if run is not None and run.lease_until is not None and run.lease_until > repo.now():
+            echo(f"✓ Run {run.id} is held by worker {run.lease_owner}; left to it")
+            continue
+        make_study_run(db, study, seed, fold, run, echo, progress, on_comparison)
     return repo.get_study(db, study_id)
 
 

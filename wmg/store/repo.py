@@ -72,6 +72,8 @@ class RunInfo:
     pid: int | None = None
     study_id: int | None = None
     fold: int | None = None  # the study's fold (1 to K) this run holds out
+    lease_owner: str | None = None  # `wmg work`: the worker holding the run, and until when (UTC)
+    lease_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def _run_info(s, r: t.Run) -> RunInfo:
                    json.loads(r.config_json), json.loads(r.versions_json), r.train_seconds, r.error,
                    [_model_info(m) for m in models], _eval_info(s, ev) if ev else None,
                    checkpoint_dir=r.checkpoint_dir, resumes=r.resumes or 0, host=r.host, pid=r.pid,
-                   study_id=r.study_id, fold=r.fold)
+                   study_id=r.study_id, fold=r.fold, lease_owner=r.lease_owner, lease_until=r.lease_until)
 
 
 def _example_row(run_id: int, split: str, position: int, ex: DataExample, evaluation_id: int | None = None):
@@ -244,9 +246,10 @@ def create_run(db: str | None, *, data_path: str, data_sha256: str, examples_req
                config: dict, versions: dict, models: Sequence[tuple[Any, dict]],
                train: Sequence[DataExample], validation: Sequence[DataExample],
                owner: tuple[str, int, int | None] | None = None, study_id: int | None = None,
-               fold: int | None = None) -> tuple[int, dict[str, int]]:
+               fold: int | None = None, lease: "Lease | None" = None) -> tuple[int, dict[str, int]]:
     """The run, its models (pending) and its split, written as `running` in one transaction.
-    `owner` is the (host, pid, pid start time) of the process that trains it."""
+    `owner` is the (host, pid, pid start time) of the process that trains it; `lease`, the
+    `wmg work` lease it is made under."""
     host, pid, start = owner or (None, None, None)
     with session_scope(db) as s:
         if study_id is not None:
@@ -258,6 +261,7 @@ def create_run(db: str | None, *, data_path: str, data_sha256: str, examples_req
             raise StoreError(f"study {study_id} already has a run for fold {fold}, seed {seed}")
         run = t.Run(created_at=now(), status="running", data_path=data_path, data_sha256=data_sha256,
                     host=host, pid=pid, process_start=start, study_id=study_id, fold=fold,
+                    lease_owner=lease.owner if lease else None, lease_until=lease.until() if lease else None,
                     examples_requested=examples_requested, n_train=len(train), n_validation=len(validation),
                     eval_split=eval_split, seed=seed, models=",".join(spec.name for spec, _ in models),
                     init_requested=init_requested, device=device, platform=platform,
@@ -337,6 +341,7 @@ def reap_dead_runs(db: str | None, alive) -> list[int]:
                 reaped.append(r.id)
                 r.status, r.finished_at = "interrupted", now()
                 r.error = f"its process (pid {r.pid} on {r.host}) ended without finishing it: killed or crashed"
+                r.lease_until = None  # a `wmg work` lease of a dead process: free at once, not when it runs out
                 _mark_unfinished_models(s, r.id, "interrupted")
     return reaped
 
@@ -401,6 +406,103 @@ def get_study(db: str | None, study_id: int) -> StudyInfo:
                        key=lambda r: (seeds.index(r.seed) if r.seed in seeds else len(seeds), r.fold or 0, r.id))
         return StudyInfo(st.id, st.created_at, st.data_path, st.data_sha256, st.folds, seeds,
                          json.loads(st.config_json), infos)
+
+
+# ---------------------------------------------------------------- leases (wmg work)
+@dataclass(frozen=True)
+class Lease:
+    """A worker's hold on the runs it makes or takes: `owner` is "host:pid:start", renewed every
+    third of `seconds`. Times are UTC from each worker's own clock (keep the machines' clocks in
+    step, as NTP does; a skew eats into the lease)."""
+    owner: str
+    seconds: float
+
+    def until(self) -> datetime:
+        from datetime import timedelta
+
+        return now() + timedelta(seconds=self.seconds)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `claim_study_run` found: a (seed, fold) to make (`run_id` None: no run yet; else the
+    run to resume or compare), or nothing claimable now: `waiting` runs are held by live leases
+    or by processes outside `wmg work`, `done` when every run is trained and compared."""
+    seed: int | None = None
+    fold: int | None = None
+    run_id: int | None = None
+    taken_from: str | None = None  # the worker whose lease ran out
+    waiting: int = 0
+    done: bool = False
+
+
+def _finished(s, r: t.Run) -> bool:
+    ev = _latest_eval(s, r.id)
+    return r.status == "completed" and ev is not None and ev.status == "completed"
+
+
+@retry_locked
+def claim_study_run(db: str | None, study_id: int, lease: Lease, fold: int | None = None) -> Claim:
+    """In one transaction, under the study's row lock (PostgreSQL: FOR UPDATE; SQLite: the write
+    lock), the first (seed, fold) of the study this worker may make: one with no run yet, or
+    one whose run is unfinished and whose lease is free or ran out. Taking a run marks it this
+    worker's (and `interrupted` if it was running under an expired lease: its worker is gone).
+    A fold without a run is not recorded until the worker's `create_run`; two workers that pick
+    the same one meet there, and the second claims again."""
+    with session_scope(db) as s:
+        st = s.execute(select(t.Study).where(t.Study.id == study_id).with_for_update()).scalar_one_or_none()
+        if st is None:
+            raise StoreError(f"no study with id {study_id}")
+        runs = {(r.seed, r.fold): r for r in s.scalars(select(t.Run).where(t.Run.study_id == study_id)
+                                                        .order_by(t.Run.id).with_for_update())}
+        waiting, at = 0, now()
+        for seed in json.loads(st.seeds_json):
+            for f in range(1, st.folds + 1):
+                if fold is not None and f != fold:
+                    continue
+                r = runs.get((seed, f))
+                if r is None:
+                    return Claim(seed, f)
+                if _finished(s, r):
+                    continue
+                if r.lease_owner == lease.owner:  # ours already (a claim after a lost race, say)
+                    return Claim(seed, f, r.id)
+                held = r.lease_until is not None and r.lease_until > at
+                if held or (r.status == "running" and r.lease_until is None):
+                    waiting += 1  # a live worker's, or a plain `wmg train --study` process's
+                    continue
+                taken = r.lease_owner if r.status in ("running", "interrupted") else None
+                if r.status == "running":
+                    r.status, r.finished_at = "interrupted", at
+                    r.error = f"its worker {r.lease_owner} stopped renewing its lease: killed, crashed or cut off"
+                    _mark_unfinished_models(s, r.id, "interrupted")
+                r.lease_owner, r.lease_until = lease.owner, lease.until()
+                return Claim(seed, f, r.id, taken_from=taken)
+        return Claim(waiting=waiting, done=waiting == 0)
+
+
+@retry_locked
+def renew_lease(db: str | None, study_id: int, seed: int, fold: int, lease: Lease) -> bool:
+    """Push this worker's lease on (seed, fold) forward. False when another worker holds the run
+    now (ours ran out and was taken over); True otherwise, also while the run is not made yet."""
+    with session_scope(db) as s:
+        r = s.execute(select(t.Run).where(t.Run.study_id == study_id, t.Run.seed == seed, t.Run.fold == fold)
+                      .with_for_update()).scalar_one_or_none()
+        if r is None:
+            return True
+        if r.lease_owner != lease.owner:
+            return False
+        r.lease_until = lease.until()
+        return True
+
+
+@retry_locked
+def release_lease(db: str | None, study_id: int, seed: int, fold: int, lease: Lease) -> None:
+    """Give up this worker's lease on (seed, fold) at once (finished, stopped or failed), so that
+    another worker need not wait for it to run out."""
+    with session_scope(db) as s:
+        s.execute(update(t.Run).where(t.Run.study_id == study_id, t.Run.seed == seed, t.Run.fold == fold,
+                                      t.Run.lease_owner == lease.owner).values(lease_until=None))
 
 
 @retry_locked

@@ -76,6 +76,10 @@ class Run(Base):
     resumes: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
     fold: Mapped[int | None] = mapped_column(Integer)  # the study's fold (1 to K) this run holds out
+    # `wmg work`: the worker holding this run of a study ("host:pid:start") and until when (UTC)
+    # unless it renews; a lease that ran out is taken over by another worker
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
     __table_args__ = (CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),)
 
 
