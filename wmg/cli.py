@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError
 from .config import DEFAULT_MODELS, DEFAULT_NO_REPEAT, REGISTRY, ConfigError
 from .console import FORMATS, OutputError
 from .data import DataError, parse_examples_option
+from .distributed import torchrun_aware
 from .interrupt import RunInterrupted, Terminated, terminate_as_interrupt
 from .judges.base import JudgeError
 from .store.session import StoreError
@@ -339,6 +340,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @db_option
 @output_options(("comparison", "run", "study", "study_pairs"))
 @handle_errors
+@torchrun_aware
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,

@@ -354,6 +354,7 @@ def _train_models(db, run_id: int, specs: list[ModelSpec], infos: dict, model_id
                   opts: TrainOptions, train: list[Example], val: list[Example], ckpt_root: Path,
                   prior_seconds: float, echo: Echo) -> None:
     """Train the models of a run in order under a graceful stop; mark the run with how it ended."""
+    from .distributed import RankLost
     from .interrupt import GracefulStop
     from .train import TrainingInterrupted
 
@@ -372,6 +373,10 @@ def _train_models(db, run_id: int, specs: list[ModelSpec], infos: dict, model_id
         msg = f"stopped by {stop.requested} after step {exc.step}; resume with `wmg train --resume {run_id}`"
         repo.finish_run(db, run_id, "interrupted", msg, elapsed())
         raise RunInterrupted(f"run {run_id} {msg}", stop.requested) from None
+    except RankLost as exc:
+        msg = f"{exc}; resume with `wmg train --resume {run_id}` (under torchrun or not)"
+        repo.finish_run(db, run_id, "interrupted", msg, elapsed())
+        raise RunInterrupted(f"run {run_id} {msg}", None) from None
     except KeyboardInterrupt:
         msg = f"stopped at once by a second signal; resume from the last epoch with `wmg train --resume {run_id}`"
         repo.finish_run(db, run_id, "interrupted", msg, elapsed())

@@ -72,7 +72,7 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], model_type: str) -> tu
     """Summed cross-entropy over scored tokens, and their count."""
     labels = batch["labels"]
     if model_type == "seq2seq":
-        dec_in = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        dec_in = getattr(model, "module", model).prepare_decoder_input_ids_from_labels(labels=labels)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        decoder_input_ids=dec_in, use_cache=False).logits
         target = labels
@@ -138,6 +138,16 @@ def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _share(batch: dict[str, torch.Tensor], ranks) -> tuple[dict[str, torch.Tensor], float]:
+    """This rank's rows of a micro-batch and the factor its loss is scaled by: the world size (DDP
+    averages the ranks' gradients; the sum is wanted), or 0 for a rank left without rows, which
+    still runs its first row so that it takes part in the gradients' all-reduce."""
+    start, stop = ranks.rows(batch["input_ids"].size(0))
+    if start == stop:
+        return {k: v[:1] for k, v in batch.items()}, 0.0
+    return {k: v[start:stop] for k, v in batch.items()}, float(ranks.world)
+
+
 @torch.no_grad()
 def evaluate_loss(model, data: Sequence[Encoded], collate: Collator, model_type: str, cfg: TrainConfig,
                   device: str = "cpu") -> float | None:
@@ -165,11 +175,15 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
           should_stop: Callable[[], bool] | None = None,
           resume: dict | None = None,
           select: Callable[[object], tuple[float, ...]] | None = None) -> TrainResult:
+    from . import distributed
     from .checkpoint import rng_state, set_rng_state
     from .progress import bar as progress_bar
 
     if not train_data:
         raise ValueError("no training examples")
+    ranks = distributed.current()  # under torchrun: every micro-batch's rows shared among the ranks
+    if ranks is not None and ranks.leader:
+        distributed.send_job(distributed.Job(model, list(train_data), cfg, model_type, pad_id, device, resume))
     collate = Collator(model_type, pad_id)
     sampler = LengthGroupedBatches([e.size for e in train_data], cfg.micro_batch_size, cfg.seed, cfg.group_by_length)
     loader = torch.utils.data.DataLoader(
@@ -181,6 +195,11 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
     total_steps = steps_per_epoch * cfg.epochs
     model.to(device)
     model.train()
+    net = model
+    if ranks is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, forward_sync_buffers=False)  # rank 0's weights and buffers copied once
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule))
@@ -242,14 +261,31 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             group = micro[g:g + cfg.grad_accum]  # the last group of an epoch may be partial
             n_tokens = max(1, sum(scored_tokens(b, model_type) for b in group))
             loss_total = 0.0
-            for b in group:
-                b = _to(b, device)
-                with autocast(cfg.precision, device):
-                    loss_sum, _ = token_loss_sum(model, b, model_type)
-                (loss_sum / n_tokens).backward()
-                loss_total += float(loss_sum.detach())
-                examples_seen += b["input_ids"].size(0)
-                tokens_seen += int(b["attention_mask"].sum())
+            try:
+                for i, b in enumerate(group):
+                    examples_seen += b["input_ids"].size(0)
+                    tokens_seen += int(b["attention_mask"].sum())
+                    scale = 1.0
+                    if ranks is not None:
+                        b, scale = _share(b, ranks)
+                    b = _to(b, device)
+                    # DDP sums the ranks' gradients once per optimizer step, at the group's last backward
+                    sync = ranks is None or i == len(group) - 1
+                    with contextlib.nullcontext() if sync else net.no_sync():
+                        with autocast(cfg.precision, device):
+                            loss_sum, _ = token_loss_sum(net, b, model_type)
+                        (loss_sum / n_tokens if scale == 1.0 else loss_sum * (scale / n_tokens)).backward()
+                    loss_total += float(loss_sum.detach()) * (scale > 0)
+                stop_now = bool(should_stop and should_stop())
+                if ranks is not None:  # the step's loss over every rank, and whether rank 0 was asked to stop
+                    shared = torch.tensor([loss_total, float(stop_now)], dtype=torch.float64)
+                    torch.distributed.all_reduce(shared)
+                    loss_total, stop_now = float(shared[0]), bool(shared[1])
+            except (torch.distributed.DistError, RuntimeError) as exc:
+                if ranks is None or not _collective_failure(exc):
+                    raise
+                bar.close()
+                raise distributed.RankLost(step, exc) from None
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -266,7 +302,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             if on_step:
                 on_step(StepLog(step, epoch + (g // cfg.grad_accum + 1) / steps_per_epoch, loss, lr,
                                 sum(int(b["attention_mask"].sum()) for b in group)))
-            if should_stop and should_stop():
+            if stop_now:
                 next_group = g // cfg.grad_accum + 1
                 if next_group * cfg.grad_accum < len(micro) or epoch + 1 < cfg.epochs:
                     bar.close()
@@ -297,6 +333,16 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         effective_batch_size=cfg.effective_batch_size, epoch_val_losses=epoch_val, epoch_train_losses=epoch_train,
         epoch_scores=scores, chosen_epoch=best_epoch,
     )
+
+
+def _collective_failure(exc: BaseException) -> bool:
+    """Whether an error came from a collective with a rank that is gone (gloo's words for it)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in ("gloo", "connection closed", "connection reset", "broken pipe", "timed out"))
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
