@@ -323,8 +323,11 @@ def test_concurrent_writers_and_a_reader_on_a_fresh_store(any_db):
         assert q(db, "PRAGMA integrity_check") == [("ok",)]
 
 
-def test_two_trainings_a_comparison_and_an_analysis_at_once(tmp_path):
-    db = str(tmp_path / "results.db")
+def test_two_trainings_a_comparison_and_an_analysis_at_once(any_db, tmp_path):
+    """SQLite and a real PostgreSQL server: concurrent writers and a reader lose nothing."""
+    from conftest import sql
+
+    db = any_db
     common = ["--tiny", "--data", SMALL, "--epochs", "1", "--batch-size", "4", "--eval-split", "0.25",
               "--max-new-tokens", "8", "--no-progress", "--no-show-examples", "--platform", "windows", "--db", db]
     first = wmg(["train", *common, "--checkpoints", "ck0", "--report", "r0.json"], cwd=tmp_path)
@@ -347,9 +350,13 @@ def test_two_trainings_a_comparison_and_an_analysis_at_once(tmp_path):
         out, err = p.communicate()
         assert p.returncode == 0, err[-2000:]
     assert analyses >= 1
-    assert q(db, "SELECT id, status FROM runs ORDER BY id") == [(1, "completed"), (2, "completed"), (3, "completed")]
-    assert q(db, "SELECT run_id, COUNT(*) FROM evaluations WHERE status = 'completed' GROUP BY run_id") == \
-        [(1, 2), (2, 1), (3, 1)]
+    assert sql(db, "SELECT id, status FROM runs ORDER BY id") == [(1, "completed"), (2, "completed"), (3, "completed")]
+    assert sql(db, "SELECT run_id, COUNT(*) FROM evaluations WHERE status = 'completed' GROUP BY run_id "
+                   "ORDER BY run_id") == [(1, 2), (2, 1), (3, 1)]
+    # every step and prediction of every run is there once
+    assert sql(db, "SELECT COUNT(*) FROM run_models WHERE status = 'completed'") == [(6,)]
+    assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT run_model_id || '-' || step) FROM train_steps") == \
+        sql(db, "SELECT SUM(steps), SUM(steps) FROM run_models")
 
 
 def test_lock_held_too_long_is_one_clear_line(tmp_path, monkeypatch):
