@@ -49,7 +49,7 @@ def measure(name: str, steps: int, rows: int, length: int, vocab: int, precision
     """Seconds per optimizer step (after two warm-up steps); under torchrun each rank takes its share."""
     from wmg.distributed import Ranks
     from wmg.train import autocast, make_optimizer, token_loss_sum
-    from wmg.config import TrainConfig
+    from wmg.config import REGISTRY, defaults_for
 
     ranks = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -64,7 +64,7 @@ def measure(name: str, steps: int, rows: int, length: int, vocab: int, precision
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, forward_sync_buffers=False)
-    opt = make_optimizer(model, TrainConfig(learning_rate=1e-4))
+    opt = make_optimizer(model, defaults_for(REGISTRY[name], "scratch"))  # the scratch recipe's optimizer
     full = batch(spec, rows, length, vocab, 0)
     start, stop = ranks.rows(rows) if ranks else (0, rows)
     mine = {k: v[start:stop] for k, v in full.items()}
