@@ -102,3 +102,10 @@ def test_a_rank_that_dies_leaves_the_run_interrupted_and_it_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert re.search(r"Resuming from .*: step [1-9]\d* of", r.stdout)
     assert q(db, "SELECT status, resumes FROM runs") == [("completed", 1)]
+
+
+def test_a_bad_option_under_torchrun_is_one_line_and_no_rank_is_left_waiting(tmp_path):
+    r = subprocess.run(torchrun(2, "train", "--tiny", "--data", tmp_path / "missing.jsonl", "--db", tmp_path / "r.db",
+                                "--no-progress"), env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "missing.jsonl" in r.stderr and "Traceback (most recent call last)" not in r.stderr.split("missing.jsonl")[0]

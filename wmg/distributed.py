@@ -103,6 +103,12 @@ def _broadcast(obj: Any = None) -> Any:
     return box[0]
 
 
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
 @dataclass
 class Job:
     """What a follower needs to run the training loop beside rank 0."""
@@ -121,15 +127,18 @@ def send_job(job: Job) -> None:
 
 @contextlib.contextmanager
 def leading(ranks: Ranks):
-    """Rank 0 for the length of a command: the followers are told to stop when it ends, however it ends."""
+    """Rank 0 for the length of a command. When the command ends well the followers are told to
+    stop; when it fails, rank 0 says nothing more (the followers may be inside a collective
+    that a message would not match) and its exit breaks their next collective instead."""
     _join(ranks)
     try:
         yield
+    except BaseException:
+        raise
+    else:
+        _broadcast(None)
+        _barrier()  # every follower has the message before any rank tears its connections down
     finally:
-        try:
-            _broadcast(None)
-        except Exception:  # a follower already gone: nothing to tell it
-            pass
         _leave()
 
 
@@ -143,8 +152,12 @@ def follow(ranks: Ranks) -> int:
     _join(ranks)
     try:
         while True:
-            job = _broadcast()
+            try:
+                job = _broadcast()
+            except (torch.distributed.DistError, RuntimeError):
+                return 1  # rank 0 stopped with an error (it reports it) or died
             if job is None:
+                _barrier()
                 return 0
             try:
                 train(job.model, job.train_data, job.cfg, job.model_type, job.pad_id, device=job.device,
