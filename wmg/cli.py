@@ -477,7 +477,7 @@ def _study_summary(db, study, output: Output) -> None:
     from .analysis import select
     from .analysis.questions import models as models_analysis
 
-    done = [r for r in study.runs if r.latest_evaluation is not None and r.latest_evaluation.status == "completed"]
+    done = [r for r in study.runs if r.compared]
     echo("")
     echo(f"Study {study.id}: {len(done)} of {study.folds * len(study.seeds)} runs trained and compared "
          f"(runs {', '.join(str(r.id) for r in study.runs) or 'none'})")

@@ -143,7 +143,7 @@ def setup(device: str = "cpu", platform: str = "auto", echo=print, precision: st
         platform = "windows" if _platform.system() == "Windows" else "unix"
     cores = os.cpu_count() or 1
     n_workers = min(2, cores) if platform == "unix" else 0
-    from .distributed import threads_per_process
+    from .distributed import local_ranks, threads_per_process
 
     threads = threads_per_process()  # the physical cores, shared among the ranks torchrun started here
     if device == "cpu":
@@ -154,7 +154,7 @@ def setup(device: str = "cpu", platform: str = "auto", echo=print, precision: st
     echo(RULE)
     if device == "cpu":
         echo("✓ Device: CPU (CUDA and MPS hidden from PyTorch; opt in with --device cuda|mps)")
-        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        ranks = local_ranks()
         echo(f"✓ Compute threads: {threads} (physical cores of {cores} logical CPUs"
              + (f", shared by {ranks} torchrun processes)" if ranks > 1 else ")"))
     else:

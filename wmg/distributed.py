@@ -70,11 +70,16 @@ def current() -> Ranks | None:
     return _current
 
 
+def local_ranks() -> int:
+    """How many ranks torchrun started on this machine (1 outside torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
 def threads_per_process() -> int:
     """This machine's physical cores shared among the ranks torchrun started on it."""
     from .device import physical_cores
 
-    return max(1, physical_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    return max(1, physical_cores() // local_ranks())
 
 
 def _join(ranks: Ranks) -> None:
@@ -132,10 +137,7 @@ def leading(ranks: Ranks):
     that a message would not match) and its exit breaks their next collective instead."""
     _join(ranks)
     try:
-        yield
-    except BaseException:
-        raise
-    else:
+        yield  # an exception from the command is raised here, and skips the message
         _broadcast(None)
         _barrier()  # every follower has the message before any rank tears its connections down
     finally:
@@ -154,7 +156,7 @@ def follow(ranks: Ranks) -> int:
         while True:
             try:
                 job = _broadcast()
-            except (torch.distributed.DistError, RuntimeError):
+            except RuntimeError:  # torch.distributed's errors included
                 return 1  # rank 0 stopped with an error (it reports it) or died
             if job is None:
                 _barrier()

@@ -498,8 +498,7 @@ def run_study(db, study_id: int, echo: Echo = print, progress: bool = True, only
         if run is not None and run.status == "running":
             echo(f"✓ Run {run.id} is being trained by pid {run.pid} on {run.host}; left to it")
             continue
-        if run is not None and run.status == "completed" and run.latest_evaluation is not None \
-                and run.latest_evaluation.status == "completed":
+        if run is not None and run.compared:
             echo(f"✓ Run {run.id} is trained and compared")
             continue
         if run is not None and run.lease_until is not None and run.lease_until > repo.now():

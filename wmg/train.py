@@ -281,7 +281,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
                     shared = torch.tensor([loss_total, float(stop_now)], dtype=torch.float64)
                     torch.distributed.all_reduce(shared)
                     loss_total, stop_now = float(shared[0]), bool(shared[1])
-            except (torch.distributed.DistError, RuntimeError) as exc:
+            except RuntimeError as exc:  # torch.distributed's errors included
                 if ranks is None or not _collective_failure(exc):
                     raise
                 bar.close()

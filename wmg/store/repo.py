@@ -75,6 +75,12 @@ class RunInfo:
     lease_owner: str | None = None  # `wmg work`: the worker holding the run, and until when (UTC)
     lease_until: datetime | None = None
 
+    @property
+    def compared(self) -> bool:
+        """Trained, and its latest comparison completed: nothing of this run is left to make."""
+        ev = self.latest_evaluation
+        return self.status == "completed" and ev is not None and ev.status == "completed"
+
 
 @dataclass(frozen=True)
 class StudyInfo:
