@@ -19,7 +19,7 @@ from wmg.config import REGISTRY
 from wmg.models import load_trained
 from wmg.parse import location_in_excerpt, parse_output
 from wmg.prompts import seq2seq_prompt
-from wmg.store import repo
+from wmg.store import Store
 
 
 def main() -> None:
@@ -29,13 +29,14 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--words", type=int, default=2, help="gold location words given (K)")
     a = ap.parse_args()
-    run = repo.get_run(a.db, a.run_id)
+    store = Store(a.db)
+    run = store.get_run(a.run_id)
     info = next(m for m in run.models if m.name == a.model)
     spec = REGISTRY[a.model]
     model, tok = load_trained(spec, info.checkpoint_path)
     model.eval()
     n = next_right = still_span = 0
-    for x in repo.run_examples(a.db, a.run_id, "validation"):
+    for x in store.run_examples(a.run_id, "validation"):
         gold = parse_output(x.gold_output)
         words = (gold.location or "").split()
         if len(words) < a.words + 2:

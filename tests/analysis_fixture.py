@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from wmg.data import Example
 from wmg.parse import normalize_type
 from wmg.pipeline import example_rows
-from wmg.store import repo
+from wmg.store import BaselineRow, Store
 
 RW, AR, CF = "ReadWrite gadget", "Arithmetic/Computation gadget", "Control-Flow gadget"
 IO, TS, CO = "IO and Side-Effect gadget", "Timing/Synchronization gadget", "Composition gadget"
@@ -17,7 +17,7 @@ OPEN = "Identify any weird machine gadget in the excerpt. Report gadget_type, lo
 
 
 @dataclass(frozen=True)
-class Spec:  # what repo.create_run reads of a model spec
+class Spec:  # what Store.create_run reads of a model spec
     name: str
     hub_id: str = "local"
     type: str = "seq2seq"
@@ -32,21 +32,22 @@ def make_run(db, models, golds, preds, words, forms, epochs=3, seed=1, study_id=
     examples = [Example(i, CAT.format("X") if f == "category" else OPEN, " ".join(["word"] * w), out(g))
                 for i, (g, w, f) in enumerate(zip(golds, words, forms))]
     train = [Example(100 + i, OPEN, "train " * 12, out(RW)) for i in range(3)]
-    run_id, ids = repo.create_run(
-        db, data_path="fixture.jsonl", data_sha256="0" * 64, examples_requested=None, eval_split=0.5, seed=seed,
+    store = Store(db)
+    run_id, ids = store.create_run(
+        data_path="fixture.jsonl", data_sha256="0" * 64, examples_requested=None, eval_split=0.5, seed=seed,
         init_requested="scratch", device="cpu", platform="unix", config={"epochs": epochs}, versions={"wmg": "test"},
         models=[(Spec(m), {"epochs": epochs}) for m in models], train=train, validation=examples,
         study_id=study_id, fold=fold)
     for k, m in enumerate(models):
         hp = {"epochs": epochs, "learning_rate": 1e-3, "micro_batch_size": 8, "grad_accum": 1}
-        repo.model_built(db, ids[m], init="scratch", note="fixture", parameters=1000 * (k + 1), vocab_size=100,
+        store.model_built(ids[m], init="scratch", note="fixture", parameters=1000 * (k + 1), vocab_size=100,
                          hyperparams=hp)
         steps = [type("S", (), dict(step=s, epoch=s / 2, loss=3.0 / s, lr=1e-3, tokens=50))() for s in (1, 2)]
-        repo.record_epoch(db, ids[m], steps, 1, 2.0, 2.5)
-        repo.model_finished(db, ids[m], steps=2, final_loss=1.5 - 0.1 * k, mean_loss=2.0, final_val_loss=2.5,
+        store.record_epoch(ids[m], steps, 1, 2.0, 2.5)
+        store.model_finished(ids[m], steps=2, final_loss=1.5 - 0.1 * k, mean_loss=2.0, final_val_loss=2.5,
                             seconds=10.0 * (k + 1), tokens_seen=100, checkpoint_path="/nonexistent")
-    repo.finish_run(db, run_id, "completed", None, 30.0)
-    eval_id, stored = repo.create_evaluation(db, run_id, "validation", {})
+    store.finish_run(run_id, "completed", None, 30.0)
+    eval_id, stored = store.create_evaluation(run_id, "validation", {})
     pred_rows, agr_rows = [], []
     for x, row in zip(stored, preds):
         texts = {m: out(t) for m, t in zip(models, row)}
@@ -54,9 +55,9 @@ def make_run(db, models, golds, preds, words, forms, epochs=3, seed=1, study_id=
         _, _, rows, agr_row = example_rows(x.id, x.gold_type, texts, {m: (10, 0.1) for m in models})
         pred_rows += rows
         agr_rows.append(agr_row)
-    base_rows = [repo.BaselineRow(x.id, name, t, normalize_type(t or "") == normalize_type(x.gold_type or ""))
+    base_rows = [BaselineRow(x.id, name, t, normalize_type(t or "") == normalize_type(x.gold_type or ""))
                  for name, types in (baselines or {}).items() for x, t in zip(stored, types)]
-    repo.complete_evaluation(db, eval_id, pred_rows, agr_rows, 1.0, None, base_rows)
+    store.complete_evaluation(eval_id, pred_rows, agr_rows, 1.0, None, base_rows)
     return run_id, eval_id
 
 

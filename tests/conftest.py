@@ -89,9 +89,9 @@ def schema_drift(db: str) -> list:
     from alembic.migration import MigrationContext
 
     from wmg.store.schema import Base
-    from wmg.store.session import get_engine
+    from wmg.store import Store
 
-    with get_engine(db).connect() as conn:
+    with Store(db).engine().connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     if is_pg(db):
         return diff

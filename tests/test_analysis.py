@@ -200,7 +200,7 @@ def test_plots_are_png(store, tmp_path):
 
 
 def test_bad_selections(store, new_store):
-    from wmg.store import repo
+    from wmg.store import Store
 
     def err(*args, db=store):
         r = CliRunner().invoke(main, ["analyze", *args, "--db", db])
@@ -220,12 +220,13 @@ def test_bad_selections(store, new_store):
     from wmg.data import Example
 
     db = new_store(backend)
-    rid, _ = repo.create_run(db, data_path="d", data_sha256="0" * 64, examples_requested=None, eval_split=0.5,
-                             seed=1, init_requested="scratch", device="cpu", platform="unix", config={},
-                             versions={}, models=[(Spec("m"), {})], train=[], validation=[Example(0, "i", "x", "o")])
+    fresh = Store(db)
+    rid, _ = fresh.create_run(data_path="d", data_sha256="0" * 64, examples_requested=None, eval_split=0.5,
+                              seed=1, init_requested="scratch", device="cpu", platform="unix", config={},
+                              versions={}, models=[(Spec("m"), {})], train=[], validation=[Example(0, "i", "x", "o")])
     assert "has no comparison yet" in err("models", "--run-id", str(rid), db=db)
-    eid, _ = repo.create_evaluation(db, rid, "validation", {})
-    repo.fail_evaluation(db, eid, "RuntimeError: out of memory")
+    eid, _ = fresh.create_evaluation(rid, "validation", {})
+    fresh.fail_evaluation(eid, "RuntimeError: out of memory")
     assert "failed: RuntimeError: out of memory" in err("models", "--run-id", str(rid), db=db)
     assert "not a run id" in err("models", "--run-id", "x")
 
@@ -258,7 +259,7 @@ def test_agreement_rates_mean_the_same_in_both_tables(any_db):
     """Regression: `raw_agreement` was 1.0 in the pairwise table and 0.0 in the all-models table of the
     same two-model run where neither model produced a type. Now both tables carry both rates."""
     from tests.analysis_fixture import make_run
-    from wmg.store.session import get_engine
+    from wmg.store import Store
 
     db = any_db
     make_run(db, ["m1", "m2"], [RW, AR], [(None, None), (RW, RW)], words=[10, 20], forms=["open", "open"])
@@ -267,6 +268,6 @@ def test_agreement_rates_mean_the_same_in_both_tables(any_db):
     assert [r["instruction_form"] for r in t["pairwise"]] == ["all", "open"]
     assert p["full_agreement"] == f["full_agreement"] == 0.5  # only the second example: the same non-empty type
     assert p["observed_agreement"] == f["observed_agreement"] == 1.0  # two empty types count as equal
-    cols = lambda v: [c["name"] for c in inspect(get_engine(db)).get_columns(v)]  # noqa: E731
+    cols = lambda v: [c["name"] for c in inspect(Store(db).engine()).get_columns(v)]  # noqa: E731
     assert "full_agreement" in cols("pairwise_agreement") and "full_agreement" in cols("fleiss_kappa")
     assert "raw_agreement" not in cols("pairwise_agreement") + cols("fleiss_kappa")

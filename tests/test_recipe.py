@@ -95,7 +95,7 @@ def test_tapt_examples_use_only_the_given_texts_and_the_tokenizers_sentinels():
 def test_pipeline_pretrains_on_the_training_split_only_and_records_the_kept_epoch(tmp_path, monkeypatch):
     import wmg.recipe as recipe
     from wmg.pipeline import TrainOptions, train_run
-    from wmg.store import repo
+    from wmg.store import Store
 
     seen = []
     real = recipe.tapt_examples
@@ -109,9 +109,10 @@ def test_pipeline_pretrains_on_the_training_split_only_and_records_the_kept_epoc
     opts = TrainOptions(data=str(BUNDLED), models="flan-t5-small,distilgpt2", examples=60, tiny=True,
                         checkpoints=str(tmp_path / "ck"), progress=False, folds=3, fold=2,
                         overrides={"epochs": 3, "tapt_epochs": 2, "dev_fraction": 0.2})
-    run_id = train_run(db, opts, echo=lambda *a: None)
-    held_out = {x.input for x in repo.run_examples(db, run_id, "validation")}
-    train_inputs = {x.input for x in repo.run_examples(db, run_id, "train")}
+    store = Store(db)
+    run_id = train_run(store, opts, echo=lambda *a: None)
+    held_out = {x.input for x in store.run_examples(run_id, "validation")}
+    train_inputs = {x.input for x in store.run_examples(run_id, "train")}
     assert len(seen) == 2
     for texts in seen:
         assert texts and not set(texts) & held_out and set(texts) < train_inputs  # the dev slice is left out too

@@ -254,42 +254,42 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypat
 WRITER = r"""
 import sys
 from wmg.data import Example
-from wmg.store import repo
-from wmg.store.repo import AgreementRow, PredictionRow
+from wmg.store import AgreementRow, PredictionRow, Store
 from wmg.config import resolve_models
 
 db, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 specs = resolve_models("flan-t5-small,distilgpt2")
 gold = "gadget_type: ReadWrite gadget; location: here; explanation: why."
 exs = [Example(i, "Find the gadget.", f"excerpt {i} of {name}", gold) for i in range(12)]
+store = Store(db)
 for k in range(n):
-    run_id, ids = repo.create_run(db, data_path=name, data_sha256="0" * 64, examples_requested=None, eval_split=0.5,
-                                  seed=k, init_requested="scratch", device="cpu", platform="unix", config={},
-                                  versions={}, models=[(s, {}) for s in specs], train=exs[:6], validation=exs[6:])
+    run_id, ids = store.create_run(data_path=name, data_sha256="0" * 64, examples_requested=None, eval_split=0.5,
+                                   seed=k, init_requested="scratch", device="cpu", platform="unix", config={},
+                                   versions={}, models=[(s, {}) for s in specs], train=exs[:6], validation=exs[6:])
     for mid in ids.values():
-        repo.record_epoch(db, mid, [], 1, 1.0, 1.0)
-    eid, stored = repo.create_evaluation(db, run_id, "validation", {})
+        store.record_epoch(mid, [], 1, 1.0, 1.0)
+    eid, stored = store.create_evaluation(run_id, "validation", {})
     preds = [PredictionRow(x.id, s.name, gold, "ReadWrite gadget", "here", "why.", "readwrite", "ReadWrite gadget",
                            {"gadget_type": True, "location": True, "explanation": True}, True, 5, 0.1)
              for x in stored for s in specs]
     agr = [AgreementRow(x.id, 2, True, ["ReadWrite gadget"], ["readwrite"], "ReadWrite gadget", "readwrite", 2, True)
            for x in stored]
-    repo.complete_evaluation(db, eid, preds, agr, 1.0, None)
-    repo.finish_run(db, run_id, "completed", None, 1.0)
+    store.complete_evaluation(eid, preds, agr, 1.0, None)
+    store.finish_run(run_id, "completed", None, 1.0)
 """
 
 READER = r"""
 import sys, time
-from wmg.analysis import query
+from wmg.store import Store
 db, seconds = sys.argv[1], float(sys.argv[2])
 end, checks = time.time() + seconds, 0
 while time.time() < end:
-    for row in query(db, "SELECT e.id, e.n_examples, (SELECT COUNT(*) FROM predictions p WHERE p.evaluation_id = e.id) AS p, "
-                         "(SELECT COUNT(*) FROM agreements a WHERE a.evaluation_id = e.id) AS a "
-                         "FROM evaluations e WHERE e.status = 'completed'"):
+    for row in Store(db).query("SELECT e.id, e.n_examples, (SELECT COUNT(*) FROM predictions p WHERE p.evaluation_id = e.id) AS p, "
+                               "(SELECT COUNT(*) FROM agreements a WHERE a.evaluation_id = e.id) AS a "
+                               "FROM evaluations e WHERE e.status = 'completed'"):
         assert row["p"] == 2 * row["n_examples"] and row["a"] == row["n_examples"], row
         checks += 1
-    query(db, "SELECT * FROM model_comparison")
+    Store(db).query("SELECT * FROM model_comparison")
 print(checks)
 """
 
@@ -370,14 +370,13 @@ def test_lock_held_too_long_is_one_clear_line(tmp_path, monkeypatch):
     holder = sqlite3.connect(db, isolation_level=None, timeout=0.1)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        from wmg.store import repo
-        from wmg.store.session import StoreError
+        from wmg.store import Store, StoreError
 
         with monkeypatch.context() as m:
             m.setattr(session, "BUSY_TIMEOUT_MS", 100)
             session._engine.cache_clear()
             with pytest.raises(StoreError, match="locked by another process; gave up after 2 tries"):
-                repo.set_checkpoint_dir(db, 1, "x")
+                Store(db).set_checkpoint_dir(1, "x")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -413,7 +412,7 @@ def _tables(path):
 @pytest.mark.parametrize("asset", OLD, ids=[p.stem for p in OLD])
 def test_old_database_upgrades_in_place_without_losing_data(asset, tmp_path):
     from conftest import schema_drift
-    from wmg.store.session import current_revision, head_revision
+    from wmg.store import Store
 
     db = str(tmp_path / "results.db")
     shutil.copy(asset, db)
@@ -423,7 +422,7 @@ def test_old_database_upgrades_in_place_without_losing_data(asset, tmp_path):
 
     r = CliRunner().invoke(main, ["runs", "--db", db])  # any command upgrades on first use
     assert r.exit_code == 0, r.output
-    assert current_revision(db) == head_revision()
+    assert Store(db).revision() == Store.head()
     after = _tables(db)
     for table, (cols, rows) in before.items():
         new_cols = after[table][0]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from tests.analysis_fixture import AR, CF, CO, IO, RW, TS, build, make_run
 from wmg.cli import main
-from wmg.store import repo
+from wmg.store import Store
 
 SELECTIONS = [["--all-runs"], ["--run-id", "1", "--run-id", "2"], ["--study", "1"], ["--evaluation-id", "3"]]
 COMMANDS = ["agreement", "by-type", "confidence", "disagreements", "models", "vote"]
@@ -22,7 +22,7 @@ STUDY_MODELS = ["beta", "Zeta", "(c)"]  # bytewise (SQLite): (c) < Zeta < beta; 
 
 def fill(db):
     build(db)
-    sid = repo.create_study(db, data_path="fixture.jsonl", data_sha256="0" * 64, folds=2, seeds=[7], config={})
+    sid = Store(db).create_study(data_path="fixture.jsonl", data_sha256="0" * 64, folds=2, seeds=[7], config={})
     make_run(db, STUDY_MODELS, [RW, AR, CF, IO], [(RW, RW, AR), (AR, CF, AR), (TS, CF, CF), (IO, IO, None)],
              words=[12, 5, 33, 8], forms=["open", "category", "paraphrase", "open"], seed=7, study_id=sid, fold=1,
              baselines={"tfidf-logreg": [RW, AR, AR, IO], "majority-class": [RW, RW, RW, RW]})
@@ -73,13 +73,10 @@ def test_every_view_gives_the_same_rows_in_sqlite_and_postgresql(stores):
     """The views themselves (what `sqlite3 results.db` or `psql` answers), row for row: integers and
     text identical, a mean of non-integer floats to 1e-12 (the two engines add floats up differently:
     SQLite compensates the rounding of its sums, PostgreSQL does not; e.g. 0.39999999999999997 and 0.4)."""
-    from conftest import sql
     from tests.test_store import VIEWS
 
-    def rows(db, view):
-        from wmg.analysis import _plain
-
-        return sorted((tuple(_plain(v) for v in r) for r in sql(db, f"SELECT * FROM {view}")), key=repr)
+    def rows(db, view):  # through Store.query, which hands back every dialect's values in SQLite's forms
+        return sorted((tuple(r.values()) for r in Store(db).query(f"SELECT * FROM {view}")), key=repr)
 
     sqlite, postgresql = stores
     for view in sorted(VIEWS - {"latest_evaluations", "run_summary"}):  # those two carry timestamps

@@ -12,42 +12,43 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL, sql
-from wmg.store import repo
+from wmg.store import Claim, Lease, Store, StoreError
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
 def _run(db, study_id, seed, fold, lease):
-    return repo.create_run(db, data_path="d.jsonl", data_sha256="0" * 64, examples_requested=None, eval_split=0.25,
-                           seed=seed, init_requested="scratch", device="cpu", platform="unix", config={}, versions={},
-                           models=[], train=[], validation=[], owner=("h", 1, None), study_id=study_id, fold=fold,
-                           lease=lease)[0]
+    return Store(db).create_run(data_path="d.jsonl", data_sha256="0" * 64, examples_requested=None, eval_split=0.25,
+                                seed=seed, init_requested="scratch", device="cpu", platform="unix", config={}, versions={},
+                                models=[], train=[], validation=[], owner=("h", 1, None), study_id=study_id,
+                                fold=fold, lease=lease)[0]
 
 
 def test_claims_hand_out_each_fold_once_and_an_expired_lease_is_taken_over(any_db):
-    sid = repo.create_study(any_db, data_path="d.jsonl", data_sha256="0" * 64, folds=3, seeds=[7], config={})
-    a, b, c = (repo.Lease(f"host-{n}:1:1", 0.5) for n in "abc")
-    assert repo.claim_study_run(any_db, sid, a) == repo.Claim(7, 1)
+    store = Store(any_db)
+    sid = store.create_study(data_path="d.jsonl", data_sha256="0" * 64, folds=3, seeds=[7], config={})
+    a, b, c = (Lease(f"host-{n}:1:1", 0.5) for n in "abc")
+    assert store.claim_study_run(sid, a) == Claim(7, 1)
     run1 = _run(any_db, sid, 7, 1, a)
-    assert repo.claim_study_run(any_db, sid, b) == repo.Claim(7, 2)  # fold 1 is a's now
-    with pytest.raises(repo.StoreError, match="already has a run for fold 1"):  # two workers on one fold meet here
+    assert store.claim_study_run(sid, b) == Claim(7, 2)  # fold 1 is a's now
+    with pytest.raises(StoreError, match="already has a run for fold 1"):  # two workers on one fold meet here
         _run(any_db, sid, 7, 1, b)
     _run(any_db, sid, 7, 2, b)
     _run(any_db, sid, 7, 3, b)
-    assert repo.claim_study_run(any_db, sid, c) == repo.Claim(waiting=3)  # all held, none done
-    assert repo.renew_lease(any_db, sid, 7, 2, b) and repo.renew_lease(any_db, sid, 7, 3, b)
+    assert store.claim_study_run(sid, c) == Claim(waiting=3)  # all held, none done
+    assert store.renew_lease(sid, 7, 2, b) and store.renew_lease(sid, 7, 3, b)
     time.sleep(0.6)  # a stops renewing; b renewed just before: only fold 1's lease runs out
-    repo.renew_lease(any_db, sid, 7, 2, b), repo.renew_lease(any_db, sid, 7, 3, b)
-    claim = repo.claim_study_run(any_db, sid, c)
+    store.renew_lease(sid, 7, 2, b), store.renew_lease(sid, 7, 3, b)
+    claim = store.claim_study_run(sid, c)
     assert (claim.seed, claim.fold, claim.run_id, claim.taken_from) == (7, 1, run1, a.owner)
-    taken = repo.get_run(any_db, run1)
+    taken = store.get_run(run1)
     assert (taken.status, taken.lease_owner) == ("interrupted", c.owner)
     assert "stopped renewing its lease" in taken.error
-    assert repo.renew_lease(any_db, sid, 7, 1, a) is False  # a, back from a stall, learns it lost the run
-    assert repo.renew_lease(any_db, sid, 7, 1, c) is True
-    repo.release_lease(any_db, sid, 7, 1, c)
-    assert repo.get_run(any_db, run1).lease_until is None
-    assert repo.claim_study_run(any_db, sid, c, fold=1) == repo.Claim(7, 1, run1)  # ours again, at once
+    assert store.renew_lease(sid, 7, 1, a) is False  # a, back from a stall, learns it lost the run
+    assert store.renew_lease(sid, 7, 1, c) is True
+    store.release_lease(sid, 7, 1, c)
+    assert store.get_run(run1).lease_until is None
+    assert store.claim_study_run(sid, c, fold=1) == Claim(7, 1, run1)  # ours again, at once
 
 
 # ---------------------------------------------------------------- three workers, one killed

@@ -29,7 +29,11 @@ DB_HELP = "Results store: a SQLite file path or any SQLAlchemy URL [env WMG_DB; 
 
 
 def db_option(f):
-    return click.option("--db", envvar="WMG_DB", default=None, metavar="URL|PATH", help=DB_HELP)(f)
+    """--db: the command's one `Store` (built here, opened on first use), its parameter `store`."""
+    from .store import Store
+
+    return click.option("--db", "store", envvar="WMG_DB", default=None, metavar="URL|PATH", help=DB_HELP,
+                        callback=lambda _ctx, _param, value: Store(value))(f)
 
 
 def handle_errors(f):
@@ -345,7 +349,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
-          record_only, study, resume, db, output):
+          record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
 
     Prints the new run's id; every step, loss and prediction goes to the results store.
@@ -362,7 +366,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
     ctx = click.get_current_context()
 
     def refuse_options(what: str, allowed: set[str]) -> None:
-        allowed = allowed | {"db", "progress", "fmt", "table", "out", "quiet", "as_json"}
+        allowed = allowed | {"store", "progress", "fmt", "table", "out", "quiet", "as_json"}
         given = [name for name in ctx.params if name not in allowed
                  and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
@@ -374,21 +378,19 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
         raise click.UsageError(f"--{'fold' if fold is not None else 'seeds'} needs --folds K (or --study ID)")
     if study is not None:
         refuse_options("--study continues a study", {"study", "fold", "show_examples"})
-        from .store import repo
 
-        st = repo.get_study(db, study)
+        st = store.get_study(study)
         tr = st.config["train"]
         dev.setup(tr["device"], tr["platform"], echo, precision=tr["precision"])
-        _run_study(db, study, fold, output, show_examples, progress)
+        _run_study(store, study, fold, output, show_examples, progress)
         return
     if resume is not None:
         refuse_options("--resume continues a run", {"resume", "compare", "baseline", "max_new_tokens", "no_repeat",
                                                     "location_span", "report", "show_examples"})
-        from .store import repo
 
-        run = repo.get_run(db, resume)
+        run = store.get_run(resume)
         info = dev.setup(run.device, run.platform, echo, precision=run.config["precision"])
-        resume_run(db, resume, echo, progress)
+        resume_run(store, resume, echo, progress)
         run_id, prec, device = resume, info.precision, run.device
     else:
         names = [s.name for s in resolve_models(models)]  # fail fast on an unknown name, before the banner
@@ -428,7 +430,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
             if not compare:
                 raise click.UsageError("--folds makes a study, which compares every fold; drop --no-compare")
             opts.folds = folds
-            sid = start_study(db, opts, folds, [seed + i for i in range(seeds)], {
+            sid = start_study(store, opts, folds, [seed + i for i in range(seeds)], {
                 "max_new_tokens": max_new_tokens, "precision": prec, "device": device, "no_repeat_ngram_size": no_repeat,
                 "location_span": location_span, "report": report, "baseline": baseline})
             echo(f"✓ Study {sid}: {folds} folds x {seeds} seed{'s' if seeds > 1 else ''} "
@@ -441,14 +443,14 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
 
                     output.emit([Table("study", "Study", ["study_id"], [[sid]])])
                 return
-            _run_study(db, sid, fold, output, show_examples and ctx.get_parameter_source("show_examples")
+            _run_study(store, sid, fold, output, show_examples and ctx.get_parameter_source("show_examples")
                        == click.core.ParameterSource.COMMANDLINE, progress)
             return
-        run_id = train_run(db, opts, echo)
+        run_id = train_run(store, opts, echo)
     echo("")
     echo(f"Run id: {run_id}")
     if compare:
-        comparison = compare_run(db, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec,
+        comparison = compare_run(store, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec,
                                                     device=device, no_repeat_ngram_size=no_repeat,
                                                     location_span=location_span, report=report,
                                                     progress=progress, baseline=baseline), echo)
@@ -472,7 +474,7 @@ def _shown(show_examples: bool):
     return shown
 
 
-def _study_summary(db, study, output: Output) -> None:
+def _study_summary(store, study, output: Output) -> None:
     """How far the study is, and its pooled analysis."""
     from .analysis import select
     from .analysis.questions import models as models_analysis
@@ -481,20 +483,20 @@ def _study_summary(db, study, output: Output) -> None:
     echo("")
     echo(f"Study {study.id}: {len(done)} of {study.folds * len(study.seeds)} runs trained and compared "
          f"(runs {', '.join(str(r.id) for r in study.runs) or 'none'})")
-    output.emit([t for t in models_analysis(db, select(db, study_ids=[study.id])) if t.name.startswith("study")])
+    output.emit([t for t in models_analysis(store, select(store, study_ids=[study.id])) if t.name.startswith("study")])
     echo(f"Study id: {study.id}  (`wmg analyze models --study {study.id}` shows this again, with every fold)")
 
 
-def _run_study(db, study_id: int, fold: int | None, output: Output, show_examples: bool, progress: bool) -> None:
+def _run_study(store, study_id: int, fold: int | None, output: Output, show_examples: bool, progress: bool) -> None:
     """Make the study's missing runs, each compared as it finishes, then print the pooled analysis."""
     from .pipeline import run_study
 
     try:
-        study = run_study(db, study_id, echo, progress, fold, _shown(show_examples))
+        study = run_study(store, study_id, echo, progress, fold, _shown(show_examples))
     except RunInterrupted as exc:
         raise RunInterrupted(f"{exc} (or continue the whole study with `wmg train --study {study_id}`)",
                              exc.signal_name) from None
-    _study_summary(db, study, output)
+    _study_summary(store, study, output)
 
 
 @main.command(short_help="Make a study's runs together with other workers sharing the store.")
@@ -513,7 +515,7 @@ def _run_study(db, study_id: int, fold: int | None, output: Output, show_example
 @db_option
 @output_options(("study", "study_pairs"))
 @handle_errors
-def work(study_id, fold, lease_seconds, poll_seconds, show_examples, progress, db, output):
+def work(study_id, fold, lease_seconds, poll_seconds, show_examples, progress, store, output):
     """Claim and make a study's runs until none is left, beside any number of other
     `wmg work` processes on machines sharing the store (PostgreSQL, or a SQLite file on one
     machine). Each run is claimed once, under a lease renewed while it trains; a worker that
@@ -522,20 +524,19 @@ def work(study_id, fold, lease_seconds, poll_seconds, show_examples, progress, d
     prints the study's pooled analysis.
     """
     from . import device as dev
-    from .store import repo
     from .work import work_study
 
-    st = repo.get_study(db, study_id)
+    st = store.get_study(study_id)
     tr = st.config["train"]
     dev.setup(tr["device"], tr["platform"], echo, precision=tr["precision"])
     try:
-        done = work_study(db, study_id, echo, progress, lease_seconds, poll_seconds, fold, _shown(show_examples))
+        done = work_study(store, study_id, echo, progress, lease_seconds, poll_seconds, fold, _shown(show_examples))
     except RunInterrupted as exc:
         raise RunInterrupted(f"{exc} (or let any `wmg work --study {study_id}` take it over)",
                              exc.signal_name) from None
     echo(f"✓ This worker made run(s) {', '.join(map(str, done.made)) or 'none'}"
          + (f"; took over {', '.join(map(str, done.taken_over))}" if done.taken_over else ""))
-    _study_summary(db, done.study, output)
+    _study_summary(store, done.study, output)
 
 
 # ---------------------------------------------------------------- compare / predict
@@ -576,45 +577,44 @@ def _compare_options(f):
 @output_options(("comparison",))
 @handle_errors
 def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, location_span, data, report,
-            show_examples, judges, baseline, progress, db, output):
+            show_examples, judges, baseline, progress, store, output):
     """Every model of a run predicts on its validation split (or --data); predictions, format checks and
     agreement are stored as a new evaluation."""
     from . import device as dev
     from .pipeline import CompareOptions, compare_run
-    from .store import repo
 
-    repo.get_run(db, run_id)  # an unknown id fails before any banner
+    store.get_run(run_id)  # an unknown id fails before any banner
     if data and not Path(data).is_file():
         raise DataError(f"{data}: data file not found")
     info = dev.setup(device, "auto", echo, precision=precision, workers=False)
-    comparison = compare_run(db, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens,
+    comparison = compare_run(store, CompareOptions(run_id=run_id, data=data, max_new_tokens=max_new_tokens,
                                                 no_repeat_ngram_size=no_repeat, location_span=location_span,
                                                 batch_size=batch_size,
                                                 precision=info.precision, device=device, report=report,
                                                 progress=progress, baseline=baseline), echo)
     show_comparison(comparison, output, show_examples)
     if judges:
-        _judge_into_report(db, comparison.evaluation_id, judges, report, progress)
+        _judge_into_report(store, comparison.evaluation_id, judges, report, progress)
 
 
-def _judge_into_report(db, eid, judges, report, progress):
+def _judge_into_report(store, eid, judges, report, progress):
     from .judging import add_to_report, judge_evaluation, summary
 
     set_ids = {}
     echo("")
     echo("SEMANTIC AGREEMENT:")
-    string = query_string_rate(db, eid)
+    string = query_string_rate(store, eid)
     echo(f"  string agreement (normalized types equal): {string:.1%}")
     for name in judges:
         try:
-            set_ids[name], rows = judge_evaluation(db, eid, name, progress=progress)
+            set_ids[name], rows = judge_evaluation(store, eid, name, progress=progress)
         except JudgeError as exc:
             raise ConfigError(f"{name} judge: {exc}") from None
         s = summary(rows)
         echo(f"  {name} judge: full {s['full_rate']:.1%}, full or partial {s['full_or_partial_rate']:.1%} "
              f"(judgment set {set_ids[name]})")
     if report:
-        add_to_report(report, db, set_ids)
+        add_to_report(report, store, set_ids)
 
 
 @main.command(short_help="Every model of a run on one custom excerpt.")
@@ -625,19 +625,18 @@ def _judge_into_report(db, eid, judges, report, progress):
 @db_option
 @output_options(("predictions",), json_alias=True)
 @handle_errors
-def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, location_span, instruction, excerpt, db,
+def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, location_span, instruction, excerpt, store,
             output):
     """Every model of a trained run on one custom excerpt (nothing is stored)."""
     from . import device as dev
     from .console import prediction_tables, show_prediction
     from .pipeline import CompareOptions, predict as do_predict
-    from .store import repo
 
     if not excerpt.strip():
         raise click.BadParameter("is empty", param_hint="--excerpt")
-    repo.get_run(db, run_id)
+    store.get_run(run_id)
     info = dev.setup(device, "auto", echo, precision=precision, workers=False)
-    result = do_predict(db, run_id, instruction, excerpt,
+    result = do_predict(store, run_id, instruction, excerpt,
                         CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                        no_repeat_ngram_size=no_repeat, location_span=location_span,
                                        precision=info.precision, device=device,
@@ -653,16 +652,15 @@ def predict(run_id, max_new_tokens, batch_size, precision, device, no_repeat, lo
 @db_option
 @output_options(("runs",))
 @handle_errors
-def runs(db, output):
+def runs(store, output):
     """Every run: status, and per model its init, losses and latest comparison scores."""
     from .console import runs_table
     from .interrupt import process_alive
-    from .store import repo
 
-    for run_id in repo.reap_dead_runs(db, process_alive):
+    for run_id in store.reap_dead_runs(process_alive):
         warn(f"run {run_id}: its process is gone (killed or crashed); marked interrupted, "
              f"resume with `wmg train --resume {run_id}`")
-    t = runs_table(repo.list_runs(db))
+    t = runs_table(store.list_runs())
     if not t.rows and not output.machine:
         t.notes.append("no runs yet: start one with `wmg train`")
     output.emit([t])
@@ -673,12 +671,11 @@ def runs(db, output):
 @db_option
 @output_options(("run", "models", "config"))
 @handle_errors
-def show(run_id, db, output):
+def show(run_id, store, output):
     """One run in detail: data, versions, each model's init, hyperparameters, losses and scores."""
     from .console import show_tables
-    from .store import repo
 
-    output.emit(show_tables(repo.get_run(db, run_id)))
+    output.emit(show_tables(store.get_run(run_id)))
 
 
 # ---------------------------------------------------------------- db
@@ -687,34 +684,29 @@ def db():
     """The results store's schema (Alembic migrations)."""
 
 
-def _revision_table(db, rev):
+def _revision_table(store, rev):
     from .console import Table
-    from .store.session import head_revision
 
-    return [Table("schema", "Schema", ["revision", "head"], [[rev, head_revision()]])]
+    return [Table("schema", "Schema", ["revision", "head"], [[rev, store.head()]])]
 
 
 @db.command("upgrade")
 @db_option
 @output_options(("schema",), quiet=False)
 @handle_errors
-def db_upgrade(db, output):
+def db_upgrade(store, output):
     """Create the schema or upgrade it to the newest revision."""
-    from .store.session import current_revision, get_engine
-
-    get_engine(db)
-    output.emit(_revision_table(db, current_revision(db)))
+    store.engine()  # upgrades on first use
+    output.emit(_revision_table(store, store.revision()))
 
 
 @db.command("current")
 @db_option
 @output_options(("schema",), quiet=False)
 @handle_errors
-def db_current(db, output):
+def db_current(store, output):
     """The schema revision of the store (none if it was never initialised) and this wmg's newest."""
-    from .store.session import current_revision
-
-    output.emit(_revision_table(db, current_revision(db) or "none"))
+    output.emit(_revision_table(store, store.revision() or "none"))
 
 
 # ---------------------------------------------------------------- analyze / plot
@@ -732,13 +724,13 @@ def _selection_options(f):
     return f
 
 
-def _select(db, run_ids, all_runs, evaluation_ids, study_ids=()):
+def _select(store, run_ids, all_runs, evaluation_ids, study_ids=()):
     from .analysis import select
 
     if not (run_ids or all_runs or evaluation_ids or study_ids):
         raise click.UsageError("nothing selected: give --run-id N (repeatable), --evaluation-id N, --study ID "
                                "or --all-runs")
-    return select(db, run_ids, all_runs, evaluation_ids, study_ids)
+    return select(store, run_ids, all_runs, evaluation_ids, study_ids)
 
 
 @main.group(short_help="Research analyses over the results store.")
@@ -755,10 +747,10 @@ def _analysis_command(name: str, tables: tuple[str, ...], short: str, doc: str):
     @db_option
     @output_options(tables, quiet=False)
     @handle_errors
-    def command(run_ids, evaluation_ids, study_ids, all_runs, db, output):
+    def command(run_ids, evaluation_ids, study_ids, all_runs, store, output):
         from .analysis.questions import QUESTIONS
 
-        output.emit(QUESTIONS[name](db, _select(db, run_ids, all_runs, evaluation_ids, study_ids)))
+        output.emit(QUESTIONS[name](store, _select(store, run_ids, all_runs, evaluation_ids, study_ids)))
 
     return command
 
@@ -794,17 +786,17 @@ for _name, _tables, _short, _doc in [
 @db_option
 @output_options(("runs",), quiet=False)
 @handle_errors
-def analyze_runs(run_ids, all_runs, db, output):
+def analyze_runs(run_ids, all_runs, store, output):
     """One row per run and model: the configuration that differs between runs (examples, epochs, learning
     rate, models, init, seed), the agreement rate, and each model's format and gold-type accuracy."""
-    from .analysis import AnalysisError, query
+    from .analysis import AnalysisError
     from .analysis.questions import runs as runs_table
 
-    known = {r["id"] for r in query(db, "SELECT id FROM runs")}
+    known = {r["id"] for r in store.query("SELECT id FROM runs")}
     for rid in run_ids:
         if rid not in known:
             raise AnalysisError(f"no run with id {rid}")
-    output.emit(runs_table(db, list(run_ids) or None))
+    output.emit(runs_table(store, list(run_ids) or None))
 
 
 @main.command(short_help="PNG figures of runs and comparisons.")
@@ -820,24 +812,24 @@ def analyze_runs(run_ids, all_runs, db, output):
               help="How to list the files written: table, json or csv.")
 @db_option
 @handle_errors
-def plot(run_ids, evaluation_ids, study_ids, all_runs, out, fmt, db):
+def plot(run_ids, evaluation_ids, study_ids, all_runs, out, fmt, store):
     """PNG figures: training loss curves of every model, per-label accuracy bars, the confusion matrix of
     each model, and across runs the agreement and accuracy trend."""
     from .analysis.plots import plot_all
     from .console import Table, emit
 
-    sel = _select(db, run_ids, all_runs, evaluation_ids, study_ids)
-    paths = plot_all(db, sel, out) if sel else []
+    sel = _select(store, run_ids, all_runs, evaluation_ids, study_ids)
+    paths = plot_all(store, sel, out) if sel else []
     emit([Table("files", "Figures written", ["path"], [[str(p)] for p in paths])], fmt, echo=click.echo, warn=warn)
 
 
 # ---------------------------------------------------------------- judge / annotate
-def _evaluation_of(db, run_id, evaluation_id) -> int:
+def _evaluation_of(store, run_id, evaluation_id) -> int:
     from .analysis import select
 
     if evaluation_id is None and run_id is None:
         raise click.UsageError("give --run-id N (its latest comparison) or --evaluation-id N")
-    return select(db, [run_id] if run_id and not evaluation_id else [],
+    return select(store, [run_id] if run_id and not evaluation_id else [],
                   evaluation_ids=[evaluation_id] if evaluation_id else [])[0].evaluation_id
 
 
@@ -877,24 +869,24 @@ def _llm_options(f):
 @output_options(("semantic", "judges", "confusion"))
 @handle_errors
 def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, base_url, api_key, timeout,
-          retries, progress, db, output):
+          retries, progress, store, output):
     """Semantic agreement: a judge gives every example of a comparison a verdict (full, partial,
     disagreement, invalid) with an explanation and a confidence, between the models (every pair and
     overall) and for each model against the gold output. Verdicts of several judges live side by side."""
     from .console import Table
     from .judging import compare_to_manual, judge_evaluation, summary
 
-    eid = _evaluation_of(db, run_id, evaluation_id)
+    eid = _evaluation_of(store, run_id, evaluation_id)
     if compare_to:
-        output.emit(compare_to_manual(db, eid, judges))
+        output.emit(compare_to_manual(store, eid, judges))
         return
     if not judges:
         raise click.UsageError("give --judge rules|embedding|llm (or --compare-to manual)")
     rows = []
-    string = query_string_rate(db, eid)
+    string = query_string_rate(store, eid)
     for name in judges:
         try:
-            set_id, verdicts = judge_evaluation(db, eid, name, replace=replace, progress=progress,
+            set_id, verdicts = judge_evaluation(store, eid, name, replace=replace, progress=progress,
                                                 api=api, base_url=base_url, model=judge_model, api_key=api_key,
                                                 timeout=timeout, retries=retries)
         except JudgeError as exc:
@@ -908,10 +900,9 @@ def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, 
                        rows, ["string_agreement: every model gave the same non-empty normalized type"])])
 
 
-def query_string_rate(db, eid) -> float:
-    from .store import repo
+def query_string_rate(store, eid) -> float:
 
-    return repo.get_evaluation(db, eid).full_agreement_rate or 0.0
+    return store.get_evaluation(eid).full_agreement_rate or 0.0
 
 
 @main.command(short_help="Label the models' outputs by hand.")
@@ -926,21 +917,21 @@ def query_string_rate(db, eid) -> float:
               help="Export every label of the comparison to a CSV.")
 @db_option
 @handle_errors
-def annotate(run_id, evaluation_id, annotator, all_examples, import_path, export_path, db):
+def annotate(run_id, evaluation_id, annotator, all_examples, import_path, export_path, store):
     """Label the models' outputs by hand: each disagreement is shown (instruction, excerpt, gold,
     each model's output) and gets full / partial / disagreement / invalid and an optional note.
     Labels are stored as they are given, so a session resumes where it stopped."""
     from .judging import annotate_session, export_csv, import_csv
 
-    eid = _evaluation_of(db, run_id, evaluation_id)
+    eid = _evaluation_of(store, run_id, evaluation_id)
     try:
         if import_path:
-            click.echo(f"imported {import_csv(db, eid, import_path, annotator)} labels into evaluation {eid}")
+            click.echo(f"imported {import_csv(store, eid, import_path, annotator)} labels into evaluation {eid}")
         if export_path:
-            click.echo(f"exported {export_csv(db, eid, export_path)} labels to {export_path}")
+            click.echo(f"exported {export_csv(store, eid, export_path)} labels to {export_path}")
         if import_path or export_path:
             return
-        done, left = annotate_session(db, eid, annotator, lambda q: click.prompt(q, default="", show_default=False),
+        done, left = annotate_session(store, eid, annotator, lambda q: click.prompt(q, default="", show_default=False),
                                       click.echo, include_agreements=all_examples)
     except JudgeError as exc:
         raise ConfigError(str(exc)) from None

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .console import Table, Wide
 from .judges.base import Judge, JudgeError, Verdict
-from .store import repo
+from .store import EvaluationItem, JudgmentRow, Store
 
 JUDGES = ("rules", "embedding", "llm")
 LABELS = ("full", "partial", "disagreement", "invalid")
@@ -28,7 +28,7 @@ def _safe_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-def make_judge(name: str, db: str | None = None, **llm) -> tuple[Judge, dict]:
+def make_judge(name: str, store: Store, **llm) -> tuple[Judge, dict]:
     """The judge and the configuration stored with its verdicts (never a key)."""
     if name == "rules":
         from .judges.rules import RulesJudge
@@ -37,7 +37,7 @@ def make_judge(name: str, db: str | None = None, **llm) -> tuple[Judge, dict]:
     if name == "embedding":
         from .judges.embedding import EmbeddingJudge
 
-        judge = EmbeddingJudge.fit(manual_pairs(db)) if db else EmbeddingJudge()
+        judge = EmbeddingJudge.fit(manual_pairs(store)) if store else EmbeddingJudge()
         return judge, {"full_threshold": judge.full_threshold, "partial_threshold": judge.partial_threshold,
                        "fitted_on_annotations": judge.fitted_on}
     if name == "llm":
@@ -49,19 +49,15 @@ def make_judge(name: str, db: str | None = None, **llm) -> tuple[Judge, dict]:
     raise JudgeError(f"unknown judge {name!r}; judges: {', '.join(JUDGES)}")
 
 
-def manual_pairs(db: str | None) -> list[tuple[str, str, str]]:
+def manual_pairs(store: Store) -> list[tuple[str, str, str]]:
     """(first model's output, second model's output, manual label) for every annotation in the store."""
-    from sqlalchemy import text
-
-    from .store.session import get_engine
-
-    with get_engine(db).connect() as conn:
-        rows = conn.execute(text("""
-            SELECT a.id, a.label, p.raw_text FROM annotations a
-            JOIN predictions p ON p.evaluation_id = a.evaluation_id AND p.example_id = a.example_id
-            JOIN run_models m ON m.id = p.run_model_id ORDER BY a.id, m.position""")).all()
+    rows = store.query("""
+        SELECT a.id, a.label, p.raw_text FROM annotations a
+        JOIN predictions p ON p.evaluation_id = a.evaluation_id AND p.example_id = a.example_id
+        JOIN run_models m ON m.id = p.run_model_id ORDER BY a.id, m.position""")
     texts: dict[tuple[int, str], list[str]] = {}
-    for aid, label, raw in rows:
+    for r in rows:
+        aid, label, raw = r["id"], r["label"], r["raw_text"]
         texts.setdefault((aid, label), []).append(raw)
     return [(t[0], t[1], label) for (_, label), t in texts.items() if len(t) >= 2]
 
@@ -78,10 +74,10 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
     return Verdict("partial", f"{kinds.count('partial')} of {len(kinds)} pairs agree partially, the rest fully.", conf)
 
 
-def judge_items(judge: Judge, items: Sequence[repo.EvaluationItem], progress: bool = True) -> list[repo.JudgmentRow]:
+def judge_items(judge: Judge, items: Sequence[EvaluationItem], progress: bool = True) -> list[JudgmentRow]:
     from .progress import bar as progress_bar
 
-    rows: list[repo.JudgmentRow] = []
+    rows: list[JudgmentRow] = []
     bar = progress_bar(len(items), f"judge {judge.name}", enabled=progress, unit="examples")
     for it in items:
         models = list(it.outputs)
@@ -89,36 +85,36 @@ def judge_items(judge: Judge, items: Sequence[repo.EvaluationItem], progress: bo
         for a, b in combinations(models, 2):
             v = judge.compare(it.outputs[a], it.outputs[b], it.gold_output)
             pair_verdicts.append(v)
-            rows.append(repo.JudgmentRow(it.example_id, "pair", a, b, v.verdict, v.explanation, v.confidence))
+            rows.append(JudgmentRow(it.example_id, "pair", a, b, v.verdict, v.explanation, v.confidence))
         if len(pair_verdicts) == 1:
             v = pair_verdicts[0]
-            rows.append(repo.JudgmentRow(it.example_id, "overall", None, None, v.verdict, v.explanation, v.confidence))
+            rows.append(JudgmentRow(it.example_id, "overall", None, None, v.verdict, v.explanation, v.confidence))
         elif pair_verdicts:
             v = combine(pair_verdicts)
-            rows.append(repo.JudgmentRow(it.example_id, "overall", None, None, v.verdict, v.explanation, v.confidence))
+            rows.append(JudgmentRow(it.example_id, "overall", None, None, v.verdict, v.explanation, v.confidence))
         for m in models:
             v = judge.against_gold(it.outputs[m], it.gold_output)
-            rows.append(repo.JudgmentRow(it.example_id, "gold", m, None, v.verdict, v.explanation, v.confidence))
+            rows.append(JudgmentRow(it.example_id, "gold", m, None, v.verdict, v.explanation, v.confidence))
         bar.update(1)
     bar.close()
     return rows
 
 
-def judge_evaluation(db: str | None, evaluation_id: int, name: str, replace: bool = False, progress: bool = True,
-                     **llm) -> tuple[int, list[repo.JudgmentRow]]:
+def judge_evaluation(store: Store, evaluation_id: int, name: str, replace: bool = False, progress: bool = True,
+                     **llm) -> tuple[int, list[JudgmentRow]]:
     """Judge every example; the verdicts are stored only if every one was reached."""
-    judge, config = make_judge(name, db, **llm)
-    items = repo.evaluation_items(db, evaluation_id)
+    judge, config = make_judge(name, store, **llm)
+    items = store.evaluation_items(evaluation_id)
     if not items:
         raise JudgeError(f"evaluation {evaluation_id} has no predictions to judge")
     start = time.perf_counter()
     rows = judge_items(judge, items, progress)
-    set_id = repo.save_judgments(db, evaluation_id, judge.describe(), config, rows, time.perf_counter() - start,
+    set_id = store.save_judgments(evaluation_id, judge.describe(), config, rows, time.perf_counter() - start,
                                  replace=replace)
     return set_id, rows
 
 
-def summary(rows: Sequence[repo.JudgmentRow]) -> dict:
+def summary(rows: Sequence[JudgmentRow]) -> dict:
     overall = [r.verdict for r in rows if r.kind == "overall"]
     n = max(1, len(overall))
     c = Counter(overall)
@@ -137,27 +133,27 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
     return None if pe >= 1 else (po - pe) / (1 - pe)
 
 
-def compare_to_manual(db: str | None, evaluation_id: int, judges: Sequence[str] = ()) -> list[Table]:
+def compare_to_manual(store: Store, evaluation_id: int, judges: Sequence[str] = ()) -> list[Table]:
     """How well each judge's latest verdicts (and plain string matching) match the manual labels."""
-    labels = repo.annotations(db, evaluation_id)
+    labels = store.annotations(evaluation_id)
     if not labels:
         raise JudgeError(f"evaluation {evaluation_id} has no manual labels yet: run `wmg annotate` first")
-    items = {it.example_id: it for it in repo.evaluation_items(db, evaluation_id)}
+    items = {it.example_id: it for it in store.evaluation_items(evaluation_id)}
     candidates: dict[str, dict[int, str]] = {
         "string match": {eid: ("full" if it.full_agreement else "disagreement") for eid, it in items.items()}}
-    sets = repo.judgment_sets(db, evaluation_id)
-    for name in dict.fromkeys(s["judge"] for s in sets):
+    sets = store.judgment_sets(evaluation_id)
+    for name in dict.fromkeys(s.judge for s in sets):
         if judges and name not in judges:
             continue
-        latest = [s for s in sets if s["judge"] == name][-1]
-        candidates[f"{name} (set {latest['id']})"] = repo.overall_verdicts(db, latest["id"])
+        latest = [s for s in sets if s.judge == name][-1]
+        candidates[f"{name} (set {latest.id})"] = store.overall_verdicts(latest.id)
     missing = [j for j in judges if not any(k.startswith(j + " ") for k in candidates)]
     if missing:
         raise JudgeError(f"judge {missing[0]!r} has not judged evaluation {evaluation_id}: "
                          f"run `wmg judge --evaluation-id {evaluation_id} --judge {missing[0]}` first")
     summary_rows, conf_rows = [], []
     for name, verdicts in candidates.items():
-        pairs = [(l["label"], verdicts[l["example_id"]]) for l in labels if l["example_id"] in verdicts]
+        pairs = [(l.label, verdicts[l.example_id]) for l in labels if l.example_id in verdicts]
         if not pairs:
             continue
         manual, judged = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -179,15 +175,15 @@ def compare_to_manual(db: str | None, evaluation_id: int, judges: Sequence[str] 
 
 
 # ---------------------------------------------------------------- annotation
-def annotate_session(db: str | None, evaluation_id: int, annotator: str, ask: Callable[[str], str],
+def annotate_session(store: Store, evaluation_id: int, annotator: str, ask: Callable[[str], str],
                      say: Callable[[str], None], include_agreements: bool = False) -> tuple[int, int]:
     """Show each unlabelled disagreement and record a label; returns (labelled now, remaining).
 
     Every label is stored as soon as it is given, so quitting and starting again
     resumes where the annotator stopped.
     """
-    done = {a["example_id"] for a in repo.annotations(db, evaluation_id, annotator)}
-    todo = [it for it in repo.evaluation_items(db, evaluation_id)
+    done = {a.example_id for a in store.annotations(evaluation_id, annotator)}
+    todo = [it for it in store.evaluation_items(evaluation_id)
             if (include_agreements or not it.full_agreement) and it.example_id not in done]
     keys = {"f": "full", "p": "partial", "d": "disagreement", "i": "invalid"}
     labelled = 0
@@ -210,7 +206,7 @@ def annotate_session(db: str | None, evaluation_id: int, annotator: str, ask: Ca
             continue
         label = keys.get(answer[:1], answer)
         note = ask("Note (optional, Enter to skip)").strip()
-        repo.save_annotation(db, evaluation_id, it.example_id, annotator, label, note)
+        store.save_annotation(evaluation_id, it.example_id, annotator, label, note)
         labelled += 1
     return labelled, len(todo) - labelled
 
@@ -218,22 +214,22 @@ def annotate_session(db: str | None, evaluation_id: int, annotator: str, ask: Ca
 CSV_FIELDS = ["evaluation_id", "example_id", "position", "annotator", "label", "note"]
 
 
-def export_csv(db: str | None, evaluation_id: int, path: str) -> int:
+def export_csv(store: Store, evaluation_id: int, path: str) -> int:
     import csv
 
-    rows = repo.annotations(db, evaluation_id)
+    rows = store.annotations(evaluation_id)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({f: getattr(r, f) for f in CSV_FIELDS} for r in rows)
     return len(rows)
 
 
-def import_csv(db: str | None, evaluation_id: int, path: str, default_annotator: str) -> int:
+def import_csv(store: Store, evaluation_id: int, path: str, default_annotator: str) -> int:
     """Labels made elsewhere: rows name the example by example_id or by position; all are checked first."""
     import csv
 
-    items = {it.example_id: it for it in repo.evaluation_items(db, evaluation_id)}
+    items = {it.example_id: it for it in store.evaluation_items(evaluation_id)}
     by_pos = {it.position: it.example_id for it in items.values()}
     parsed = []
     with open(path, newline="", encoding="utf-8") as fh:
@@ -256,11 +252,11 @@ def import_csv(db: str | None, evaluation_id: int, path: str, default_annotator:
             parsed.append((eid, (row.get("annotator") or "").strip() or default_annotator, label,
                            (row.get("note") or "").strip()))
     for eid, who, label, note in parsed:
-        repo.save_annotation(db, evaluation_id, eid, who, label, note)
+        store.save_annotation(evaluation_id, eid, who, label, note)
     return len(parsed)
 
 
-def add_to_report(report_path: str, db: str | None, set_ids: dict[str, int]) -> None:
+def add_to_report(report_path: str, store: Store, set_ids: dict[str, int]) -> None:
     """Put each judge's verdicts and semantic agreement rates into an ensemble report."""
     from .pipeline import write_report
 
@@ -268,7 +264,7 @@ def add_to_report(report_path: str, db: str | None, set_ids: dict[str, int]) -> 
         report = json.load(fh)
     sem = {}
     for name, sid in set_ids.items():
-        rows = repo.set_judgments(db, sid)
+        rows = store.set_judgments(sid)
         sem[name] = dict(summary(rows), judgment_set_id=sid)
         by_example: dict[int, dict] = {}
         for r in rows:

@@ -26,7 +26,7 @@ from .parse import canonical_label, location_in_excerpt, parse_output
 from .progress import above_bar
 from .prompts import causal_answer, seq2seq_prompt
 from .rouge import rouge_f1
-from .store import repo
+from .store import AgreementRow, BaselineRow, Lease, ModelInfo, PredictionRow, RunInfo, Store, StudyInfo, now
 
 Echo = Callable[[str], None]
 
@@ -158,7 +158,7 @@ def _checkpoint_root(base: str, run_id: int) -> Path:
     return root
 
 
-def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id: int, spec: ModelSpec,
+def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_model_id: int, spec: ModelSpec,
                 opts: TrainOptions, train: list[Example], val: list[Example], ckpt_root: Path, echo: Echo,
                 stop: Callable[[], bool] | None = None) -> None:
     """Train one model, checkpointing every epoch and on `stop()`. With `model_info` (a
@@ -179,12 +179,12 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
         model, tok = load_model_folder(folder, spec.type)
         cfg = TrainConfig(**model_info.hyperparams)
         init, note = model_info.init, model_info.init_note
-        repo.truncate_training(db, run_model_id, state["step"], len(state["epoch_train"]))
+        store.truncate_training(run_model_id, state["step"], len(state["epoch_train"]))
         echo(f"✓ Resuming from {folder}: step {state['step']} of {state['total_steps']} "
              f"(epoch {state['epoch'] + 1}, {state['next_group']} steps into it) [init={init}]")
     else:
         if model_info is not None:  # resumed run, but this model never reached a checkpoint
-            repo.truncate_training(db, run_model_id, 0, 0)
+            store.truncate_training(run_model_id, 0, 0)
         seed_everything(opts.seed)
         built = build(spec, "scratch" if opts.tiny else opts.init, tokenizer_corpus(train),
                       source=opts.sources.get(spec.name), vocab_size=opts.scratch_vocab,
@@ -202,7 +202,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
                  "vocabulary; this one has a tokenizer trained on the training split)"}
     echo(f"  Parameters: {n_params:,} | vocabulary: {len(tok):,}"
          + (" (tiny test architecture)" if opts.tiny else published.get(init, "")))
-    repo.model_built(db, run_model_id, init=init, note=note, parameters=n_params, vocab_size=len(tok),
+    store.model_built(run_model_id, init=init, note=note, parameters=n_params, vocab_size=len(tok),
                      hyperparams=cfg.to_dict())
     echo("  Tokenizing datasets...")
     fit, dev = dev_slice(train, cfg.dev_fraction, cfg.seed)
@@ -235,7 +235,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
             say(f"{spec.name}: step={st.step} epoch={st.epoch:.2f} loss={st.loss:.4f} learning_rate={st.lr:.3g}")
 
     def on_epoch(epoch, train_loss, val_loss, dev):
-        repo.record_epoch(db, run_model_id, list(pending), epoch, train_loss, val_loss, dev)
+        store.record_epoch(run_model_id, list(pending), epoch, train_loss, val_loss, dev)
         pending.clear()
         vl = f"{val_loss:.4f}" if val_loss is not None else "n/a"
         dv = f" dev_accuracy={dev[0]:.1%} dev_format={dev[1]:.1%}" if dev else ""
@@ -245,7 +245,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
         # The store first, then the checkpoint: a crash in between leaves rows past the
         # checkpoint, which a resume removes; the other order would lose rows.
         if pending:
-            repo.record_steps(db, run_model_id, list(pending))
+            store.record_steps(run_model_id, list(pending))
             pending.clear()
         t0 = time.perf_counter()
         path = resume_dir.save(model, tok, st)
@@ -257,7 +257,7 @@ def train_model(db, run_id: int, model_info: repo.ModelInfo | None, run_model_id
                         select=dev_selector(tok, spec, cfg, dev, opts.device) if dev else None)
     out = save_model_folder(ckpt_root / spec.name / "final_model", model, tok)
     chosen = result.chosen_epoch or cfg.epochs
-    repo.model_finished(db, run_model_id, steps=result.steps, final_loss=result.final_loss,
+    store.model_finished(run_model_id, steps=result.steps, final_loss=result.final_loss,
                         mean_loss=result.mean_loss, final_val_loss=result.epoch_val_losses[chosen - 1],
                         seconds=result.seconds, tokens_seen=result.tokens_seen, checkpoint_path=str(out),
                         chosen_epoch=chosen)
@@ -322,8 +322,8 @@ def expected_inits(specs: list[ModelSpec], opts: TrainOptions) -> dict[str, str]
     return {s.name: "pretrained" if pretrained_available(s, opts.sources.get(s.name)) else "scratch" for s in specs}
 
 
-def train_run(db, opts: TrainOptions, echo: Echo = print, study_id: int | None = None,
-              lease: repo.Lease | None = None) -> int:
+def train_run(store: Store, opts: TrainOptions, echo: Echo = print, study_id: int | None = None,
+              lease: Lease | None = None) -> int:
     """Train every model of a new run; returns the run id. The run is marked failed or
     interrupted if anything stops it."""
     from .interrupt import process_identity
@@ -338,56 +338,61 @@ def train_run(db, opts: TrainOptions, echo: Echo = print, study_id: int | None =
     train, val = prepare_data(opts, echo)
     configs = [(spec, hyperparams(spec, inits[spec.name], opts).to_dict()) for spec in specs]
     run_config = {k: v for k, v in vars(opts).items() if k not in ("progress",)}
-    run_id, model_ids = repo.create_run(
-        db, data_path=str(opts.data), data_sha256=file_sha256(opts.data), examples_requested=opts.examples,
+    run_id, model_ids = store.create_run(
+        data_path=str(opts.data), data_sha256=file_sha256(opts.data), examples_requested=opts.examples,
         eval_split=len(val) / (len(train) + len(val)) if opts.folds else opts.eval_split, seed=opts.seed,
         init_requested=opts.init, device=opts.device, platform=opts.platform, config=run_config, versions=versions(),
         models=configs, train=train, validation=val, owner=process_identity(), study_id=study_id, fold=opts.fold, lease=lease)
     echo(f"✓ Run {run_id} recorded in the results store")
     ckpt_root = _checkpoint_root(opts.checkpoints, run_id).resolve()  # a resume may start elsewhere
-    repo.set_checkpoint_dir(db, run_id, str(ckpt_root))
-    _train_models(db, run_id, specs, {s.name: None for s in specs}, model_ids, opts, train, val, ckpt_root, 0.0, echo)
+    store.set_checkpoint_dir(run_id, str(ckpt_root))
+    _train_models(store, run_id, specs, {s.name: None for s in specs}, model_ids, opts, train, val, ckpt_root, 0.0, echo)
     return run_id
 
 
-def _train_models(db, run_id: int, specs: list[ModelSpec], infos: dict, model_ids: dict[str, int],
+def _train_models(store: Store, run_id: int, specs: list[ModelSpec], infos: dict, model_ids: dict[str, int],
                   opts: TrainOptions, train: list[Example], val: list[Example], ckpt_root: Path,
                   prior_seconds: float, echo: Echo) -> None:
     """Train the models of a run in order under a graceful stop; mark the run with how it ended."""
     from .distributed import RankLost
-    from .interrupt import GracefulStop
+    from .interrupt import GracefulStop, Terminated
     from .train import TrainingInterrupted
 
     start = time.perf_counter()
     stop = GracefulStop(above_bar(echo, opts.progress))
     elapsed = lambda: prior_seconds + time.perf_counter() - start  # noqa: E731
-    try:
-        with stop:
+    # The signals stay caught until the run's end is stored: a SIGTERM arriving while the run is
+    # marked (torchrun's agent sends one to rank 0 as soon as another rank dies) must not cut that
+    # write short and leave the run `running`.
+    with stop:
+        try:
             for spec in specs:
                 info = infos.get(spec.name)
                 if info is not None and info.status == "completed":
                     echo(f"✓ {spec.name}: already trained in this run ({info.checkpoint_path})")
                     continue
-                train_model(db, run_id, info, model_ids[spec.name], spec, opts, train, val, ckpt_root, echo, stop)
-    except TrainingInterrupted as exc:
-        msg = f"stopped by {stop.requested} after step {exc.step}; resume with `wmg train --resume {run_id}`"
-        repo.finish_run(db, run_id, "interrupted", msg, elapsed())
-        raise RunInterrupted(f"run {run_id} {msg}", stop.requested) from None
-    except RankLost as exc:
-        msg = f"{exc}; resume with `wmg train --resume {run_id}` (under torchrun or not)"
-        repo.finish_run(db, run_id, "interrupted", msg, elapsed())
-        raise RunInterrupted(f"run {run_id} {msg}", None) from None
-    except KeyboardInterrupt:
-        msg = f"stopped at once by a second signal; resume from the last epoch with `wmg train --resume {run_id}`"
-        repo.finish_run(db, run_id, "interrupted", msg, elapsed())
-        raise RunInterrupted(f"run {run_id} {msg}", stop.requested or "SIGINT") from None
-    except BaseException as exc:
-        repo.finish_run(db, run_id, "failed", f"{type(exc).__name__}: {exc}", elapsed())
-        raise
-    repo.finish_run(db, run_id, "completed", None, elapsed())
+                train_model(store, run_id, info, model_ids[spec.name], spec, opts, train, val, ckpt_root, echo, stop)
+        except TrainingInterrupted as exc:
+            msg = f"stopped by {stop.requested} after step {exc.step}; resume with `wmg train --resume {run_id}`"
+            store.finish_run(run_id, "interrupted", msg, elapsed())
+            raise RunInterrupted(f"run {run_id} {msg}", stop.requested) from None
+        except RankLost as exc:
+            msg = f"{exc}; resume with `wmg train --resume {run_id}` (under torchrun or not)"
+            store.finish_run(run_id, "interrupted", msg, elapsed())
+            raise RunInterrupted(f"run {run_id} {msg}", stop.requested) from None
+        except KeyboardInterrupt:
+            msg = f"stopped at once by a second signal; resume from the last epoch with `wmg train --resume {run_id}`"
+            store.finish_run(run_id, "interrupted", msg, elapsed())
+            raise RunInterrupted(f"run {run_id} {msg}", stop.requested or "SIGINT") from None
+        except BaseException as exc:
+            store.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}", elapsed())
+            raise
+        store.finish_run(run_id, "completed", None, elapsed())
+    if stop.requested:  # a signal after the last step: the run is complete, the command stops here
+        raise Terminated if stop.requested == "SIGTERM" else KeyboardInterrupt
 
 
-def resume_run(db, run_id: int, echo: Echo = print, progress: bool = True) -> repo.RunInfo:
+def resume_run(store: Store, run_id: int, echo: Echo = print, progress: bool = True) -> RunInfo:
     """Continue an interrupted (or failed) run from its last checkpoints, with the options,
     split and hyperparameters it was started with."""
     from dataclasses import fields
@@ -395,8 +400,8 @@ def resume_run(db, run_id: int, echo: Echo = print, progress: bool = True) -> re
     from .checkpoint import ResumeDir
     from .interrupt import process_alive, process_identity
 
-    repo.reap_dead_runs(db, process_alive)
-    run = repo.get_run(db, run_id)
+    store.reap_dead_runs(process_alive)
+    run = store.get_run(run_id)
     if run.status == "completed":
         raise ConfigError(f"run {run_id} is completed; there is nothing to resume")
     if run.status == "running":
@@ -412,7 +417,7 @@ def resume_run(db, run_id: int, echo: Echo = print, progress: bool = True) -> re
 
     def examples(split_name: str) -> list[Example]:
         return [Example(x.source_line, x.instruction, x.input, x.gold_output)
-                for x in repo.run_examples(db, run_id, split_name)]
+                for x in store.run_examples(run_id, split_name)]
 
     train, val = examples("train"), examples("validation")
     echo(f"✓ Train: {len(train)} | Validation: {len(val)} (the run's own split, from the results store)")
@@ -423,26 +428,26 @@ def resume_run(db, run_id: int, echo: Echo = print, progress: bool = True) -> re
             if folder is not None:
                 rd.verify(folder)
                 rd.load_state(folder)
-    repo.restart_run(db, run_id, process_identity())
+    store.restart_run(run_id, process_identity())
     infos = {m.name: m for m in run.models}
-    _train_models(db, run_id, specs, infos, {m.name: m.id for m in run.models}, opts, train, val,
+    _train_models(store, run_id, specs, infos, {m.name: m.id for m in run.models}, opts, train, val,
                   Path(run.checkpoint_dir), run.train_seconds or 0.0, echo)
-    return repo.get_run(db, run_id)
+    return store.get_run(run_id)
 
 
 # ---------------------------------------------------------------- studies
-def start_study(db, opts: TrainOptions, folds: int, seeds: list[int], compare: dict) -> int:
+def start_study(store: Store, opts: TrainOptions, folds: int, seeds: list[int], compare: dict) -> int:
     """Record a study: K folds x N seeds of one configuration. Its runs are made by `run_study`."""
     load_jsonl(opts.data)  # a bad data file is refused before anything is stored
     config = {"train": {k: v for k, v in vars(opts).items() if k not in ("progress", "fold", "seed")},
               "compare": compare}
-    return repo.create_study(db, data_path=str(opts.data), data_sha256=file_sha256(opts.data), folds=folds,
+    return store.create_study(data_path=str(opts.data), data_sha256=file_sha256(opts.data), folds=folds,
                              seeds=seeds, config=config)
 
 
-def _study_ready(db, study_id: int, only_fold: int | None) -> repo.StudyInfo:
+def _study_ready(store: Store, study_id: int, only_fold: int | None) -> StudyInfo:
     """The study, checked: the fold in range and its data file unchanged since it began."""
-    study = repo.get_study(db, study_id)
+    study = store.get_study(study_id)
     if only_fold is not None and not 1 <= only_fold <= study.folds:
         raise ConfigError(f"--fold must be between 1 and {study.folds} (study {study_id} has {study.folds} folds)")
     if file_sha256(study.config["train"]["data"]) != study.data_sha256:
@@ -451,9 +456,9 @@ def _study_ready(db, study_id: int, only_fold: int | None) -> repo.StudyInfo:
     return study
 
 
-def make_study_run(db, study: repo.StudyInfo, seed: int, fold: int, run: repo.RunInfo | None, echo: Echo,
+def make_study_run(store: Store, study: StudyInfo, seed: int, fold: int, run: RunInfo | None, echo: Echo,
                    progress: bool, on_comparison: Callable[[Comparison], None] | None = None,
-                   lease: repo.Lease | None = None) -> int:
+                   lease: Lease | None = None) -> int:
     """One (seed, fold) of a study: its run made (or resumed) and compared. Returns the run id."""
     from dataclasses import fields
 
@@ -461,17 +466,17 @@ def make_study_run(db, study: repo.StudyInfo, seed: int, fold: int, run: repo.Ru
         names = {f.name for f in fields(TrainOptions)}
         opts = TrainOptions(**{k: v for k, v in study.config["train"].items() if k in names})
         opts.seed, opts.fold, opts.progress = seed, fold, progress
-        run_id = train_run(db, opts, echo, study_id=study.id, lease=lease)
+        run_id = train_run(store, opts, echo, study_id=study.id, lease=lease)
     else:
         run_id = run.id
         if run.status != "completed":
-            resume_run(db, run_id, echo, progress)
+            resume_run(store, run_id, echo, progress)
     cmp = study.config["compare"]
     report = cmp.get("report")
     if report:
         p = Path(report)
         report = str(p.with_name(f"{p.stem}.study{study.id}.fold{fold}.seed{seed}{p.suffix}"))
-    comparison = compare_run(db, CompareOptions(
+    comparison = compare_run(store, CompareOptions(
         run_id=run_id, max_new_tokens=cmp["max_new_tokens"], precision=cmp["precision"], device=cmp["device"],
         no_repeat_ngram_size=cmp["no_repeat_ngram_size"], location_span=cmp.get("location_span", False),
         report=report, progress=progress, baseline=cmp["baseline"]), echo)
@@ -480,20 +485,20 @@ def make_study_run(db, study: repo.StudyInfo, seed: int, fold: int, run: repo.Ru
     return run_id
 
 
-def run_study(db, study_id: int, echo: Echo = print, progress: bool = True, only_fold: int | None = None,
-              on_comparison: Callable[[Comparison], None] | None = None) -> repo.StudyInfo:
+def run_study(store: Store, study_id: int, echo: Echo = print, progress: bool = True, only_fold: int | None = None,
+              on_comparison: Callable[[Comparison], None] | None = None) -> StudyInfo:
     """Make every missing run of a study (or of one fold), in (seed, fold) order: each an ordinary
     run, trained and compared. A run of the study that was interrupted is resumed; one that is
     trained but not compared is compared; one running in another process (or held by a
     `wmg work` lease) is left to it."""
     from .interrupt import process_alive
 
-    repo.reap_dead_runs(db, process_alive)
-    study = _study_ready(db, study_id, only_fold)
+    store.reap_dead_runs(process_alive)
+    study = _study_ready(store, study_id, only_fold)
     todo = [(seed, fold) for seed in study.seeds for fold in range(1, study.folds + 1)
             if only_fold is None or fold == only_fold]
     for n, (seed, fold) in enumerate(todo, 1):
-        run = next((r for r in repo.get_study(db, study_id).runs if r.seed == seed and r.fold == fold), None)
+        run = next((r for r in store.get_study(study_id).runs if r.seed == seed and r.fold == fold), None)
         banner(echo, f"STUDY {study_id}: FOLD {fold} OF {study.folds}, SEED {seed} ({n} of {len(todo)})")
         if run is not None and run.status == "running":
             echo(f"✓ Run {run.id} is being trained by pid {run.pid} on {run.host}; left to it")
@@ -501,11 +506,11 @@ def run_study(db, study_id: int, echo: Echo = print, progress: bool = True, only
         if run is not None and run.compared:
             echo(f"✓ Run {run.id} is trained and compared")
             continue
-        if run is not None and run.lease_until is not None and run.lease_until > repo.now():
+        if run is not None and run.lease_until is not None and run.lease_until > now():
             echo(f"✓ Run {run.id} is held by worker {run.lease_owner}; left to it")
             continue
-        make_study_run(db, study, seed, fold, run, echo, progress, on_comparison)
-    return repo.get_study(db, study_id)
+        make_study_run(store, study, seed, fold, run, echo, progress, on_comparison)
+    return store.get_study(study_id)
 
 
 # ---------------------------------------------------------------- comparison
@@ -535,7 +540,7 @@ class Comparison:
     report_path: str | None
 
 
-def _usable_models(run: repo.RunInfo) -> list[repo.ModelInfo]:
+def _usable_models(run: RunInfo) -> list[ModelInfo]:
     if run.status == "running":
         raise ConfigError(f"run {run.id} is still running (or was killed); it has no complete models to compare")
     done = [m for m in run.models if m.status == "completed"]
@@ -550,7 +555,7 @@ def _usable_models(run: repo.RunInfo) -> list[repo.ModelInfo]:
     return done
 
 
-def _generate_all(run: repo.RunInfo, models: list[repo.ModelInfo], prompts: list[str], excerpts: list[str],
+def _generate_all(run: RunInfo, models: list[ModelInfo], prompts: list[str], excerpts: list[str],
                   opts: CompareOptions, echo: Echo) -> dict[str, list]:
     from .config import REGISTRY
     from .generate import generate
@@ -596,19 +601,19 @@ def example_rows(example_id: int, gold_type: str | None, texts: dict[str, str],
     for m in names:
         p = parsed[m]
         rouge = rouge_f1(texts[m], gold_output) if gold_output is not None else ()
-        preds.append(repo.PredictionRow(
+        preds.append(PredictionRow(
             example_id, m, texts[m], p.gadget_type, p.location, p.explanation, p.normalized_type,
             canonical_label(p.gadget_type), p.format_checks, agr.matches_gold[m], *stats[m], *rouge,
             location_in_excerpt=location_in_excerpt(p.location, excerpt) if excerpt is not None else None))
-    agr_row = repo.AgreementRow(
+    agr_row = AgreementRow(
         example_id, len(names), agr.full_agreement, agr.unique_types, agr.unique_normalized_types,
         agr.majority_type, agr.majority_normalized, agr.majority_count, agr.majority_matches_gold)
     return parsed, agr, preds, agr_row
 
 
-def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
+def compare_run(store: Store, opts: CompareOptions, echo: Echo = print) -> Comparison:
     """Generate with every model of a run, parse, score agreement, store and report."""
-    run = repo.get_run(db, opts.run_id)
+    run = store.get_run(opts.run_id)
     models = _usable_models(run)
     names = [m.name for m in models]
     external = load_jsonl(opts.data) if opts.data else None
@@ -616,7 +621,7 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
     cfg = {"max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "precision": opts.precision,
            "device": opts.device, "data": opts.data, "no_repeat_ngram_size": opts.no_repeat_ngram_size,
            "location_span": opts.location_span}
-    eval_id, examples = repo.create_evaluation(db, run.id, opts.data or "validation", cfg, external)
+    eval_id, examples = store.create_evaluation(run.id, opts.data or "validation", cfg, external)
     echo(f"✓ Evaluation {eval_id} of run {run.id}: {len(examples)} examples "
          f"({'every line of ' + opts.data if opts.data else 'the validation split'}), models: {', '.join(names)}")
     start = time.perf_counter()
@@ -639,24 +644,24 @@ def compare_run(db, opts: CompareOptions, echo: Echo = print) -> Comparison:
                 "location_in_excerpt": {row.model: row.location_in_excerpt for row in rows},
                 "agreement": agr.to_dict(),
             })
-        base_rows = _baselines(db, run, examples, results, echo) if opts.baseline else []
+        base_rows = _baselines(store, run, examples, results, echo) if opts.baseline else []
         summary = summarize(results, names, run, eval_id)
         report_path = write_report(opts.report, summary, results) if opts.report else None
-        repo.complete_evaluation(db, eval_id, preds, agrs, time.perf_counter() - start, report_path, base_rows)
+        store.complete_evaluation(eval_id, preds, agrs, time.perf_counter() - start, report_path, base_rows)
     except BaseException as exc:
-        repo.fail_evaluation(db, eval_id, f"{type(exc).__name__}: {exc}")
+        store.fail_evaluation(eval_id, f"{type(exc).__name__}: {exc}")
         raise
     return Comparison(eval_id, summary, results, names, report_path)
 
 
-def _baselines(db, run: repo.RunInfo, examples, results: list[dict], echo: Echo) -> list[repo.BaselineRow]:
+def _baselines(store: Store, run: RunInfo, examples, results: list[dict], echo: Echo) -> list[BaselineRow]:
     """Fit the reference baselines on the run's training split, predict every evaluated example,
     and note each prediction in its result record (`baselines`, `baseline_matches_gold`)."""
     from .baseline import fit_predict
     from .parse import normalize_type
 
     t0 = time.perf_counter()
-    train = [Example(x.source_line, x.instruction, x.input, x.gold_output) for x in repo.run_examples(db, run.id, "train")]
+    train = [Example(x.source_line, x.instruction, x.input, x.gold_output) for x in store.run_examples(run.id, "train")]
     evaluate = [Example(x.source_line, x.instruction, x.input, x.gold_output) for x in examples]
     predicted = fit_predict(train, evaluate, run.seed)
     rows = []
@@ -666,13 +671,13 @@ def _baselines(db, run: repo.RunInfo, examples, results: list[dict], echo: Echo)
         for name, preds in predicted.items():
             hit = bool(gold) and preds[i] is not None and normalize_type(preds[i]) == gold
             r["baselines"][name], r["baseline_matches_gold"][name] = preds[i], hit
-            rows.append(repo.BaselineRow(x.id, name, preds[i], hit))
+            rows.append(BaselineRow(x.id, name, preds[i], hit))
     echo(f"  [baselines] {', '.join(predicted)} fitted on the run's {len(train)} training examples "
          f"({time.perf_counter() - t0:.1f} s)")
     return rows
 
 
-def summarize(results: list[dict], names: list[str], run: repo.RunInfo, eval_id: int) -> dict:
+def summarize(results: list[dict], names: list[str], run: RunInfo, eval_id: int) -> dict:
     """The report's summary: the tutorial's fields, each rate's 95% Wilson interval, and every
     figure again per instruction form (a category-form instruction names the answer)."""
     from .stats import wilson
@@ -749,8 +754,8 @@ def write_report(path: str, summary: dict, results: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------- custom excerpt
-def predict(db, run_id: int, instruction: str, excerpt: str, opts: CompareOptions, echo: Echo = print) -> dict:
-    run = repo.get_run(db, run_id)
+def predict(store: Store, run_id: int, instruction: str, excerpt: str, opts: CompareOptions, echo: Echo = print) -> dict:
+    run = store.get_run(run_id)
     models = _usable_models(run)
     names = [m.name for m in models]
     opts.progress = False

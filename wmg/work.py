@@ -1,7 +1,7 @@
 """`wmg work --study ID`: one of any number of worker processes, on any machines sharing the
 results store, that make a study's runs between them.
 
-A worker claims one (seed, fold) at a time under a lease (`repo.claim_study_run`), renews the
+A worker claims one (seed, fold) at a time under a lease (`Store.claim_study_run`), renews the
 lease from a background thread while it trains and compares, and gives it up when the run is
 done. A worker that dies (SIGKILL, power loss, a machine cut off) stops renewing; once its
 lease has run out another worker takes the run over and resumes it from its last checkpoint,
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from .console import banner
 from .interrupt import process_alive, process_identity
 from .pipeline import Echo, _study_ready, make_study_run
-from .store import repo
+from .store import Lease, Store, StoreError, StudyInfo
 
 LEASE_SECONDS = 120.0
 LOST_LEASE_EXIT = 75  # EX_TEMPFAIL: nothing wrong with the run; another worker has it
@@ -38,8 +38,8 @@ def worker_name() -> str:
 class Heartbeat:
     """Renews the lease on one (seed, fold) every third of its length, in a daemon thread."""
 
-    def __init__(self, db, study_id: int, seed: int, fold: int, lease: repo.Lease):
-        self.db, self.key, self.lease = db, (study_id, seed, fold), lease
+    def __init__(self, store: Store, study_id: int, seed: int, fold: int, lease: Lease):
+        self.store, self.key, self.lease = store, (study_id, seed, fold), lease
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="wmg-lease", daemon=True)
 
@@ -47,7 +47,7 @@ class Heartbeat:
         renewed = time.monotonic()
         while not self._stop.wait(self.lease.seconds / 3):
             try:
-                held = repo.renew_lease(self.db, *self.key, self.lease)
+                held = self.store.renew_lease(*self.key, self.lease)
             except Exception as exc:  # the store unreachable for a moment: try again next beat
                 held = None
                 print(f"wmg work: could not renew the lease on study {self.key[0]} fold {self.key[2]}: "
@@ -71,23 +71,23 @@ class Heartbeat:
 @dataclass(frozen=True)
 class WorkDone:
     """What one worker made: the runs it finished, the runs it took over from dead workers."""
-    study: repo.StudyInfo
+    study: StudyInfo
     made: list[int]
     taken_over: list[int]
 
 
-def work_study(db, study_id: int, echo: Echo = print, progress: bool = True, lease_seconds: float = LEASE_SECONDS,
+def work_study(store: Store, study_id: int, echo: Echo = print, progress: bool = True, lease_seconds: float = LEASE_SECONDS,
                poll_seconds: float | None = None, only_fold: int | None = None, on_comparison=None) -> WorkDone:
     """Claim, make and compare the study's runs until none is left; see the module's docstring."""
-    study = _study_ready(db, study_id, only_fold)
-    lease = repo.Lease(worker_name(), lease_seconds)
+    study = _study_ready(store, study_id, only_fold)
+    lease = Lease(worker_name(), lease_seconds)
     poll = poll_seconds if poll_seconds is not None else max(1.0, lease_seconds / 4)
     echo(f"✓ Worker {lease.owner} on study {study_id} ({study.folds} folds x {len(study.seeds)} seeds), "
          f"lease {lease_seconds:g} s")
     made, taken, waited = [], [], False
     while True:
-        repo.reap_dead_runs(db, process_alive)  # this machine's dead processes, at once
-        claim = repo.claim_study_run(db, study_id, lease, only_fold)
+        store.reap_dead_runs(process_alive)  # this machine's dead processes, at once
+        claim = store.claim_study_run(study_id, lease, only_fold)
         if claim.done:
             break
         if claim.seed is None:
@@ -99,22 +99,22 @@ def work_study(db, study_id: int, echo: Echo = print, progress: bool = True, lea
         waited = False
         run = None
         if claim.run_id is not None:
-            run = repo.get_run(db, claim.run_id)
+            run = store.get_run(claim.run_id)
         banner(echo, f"STUDY {study_id}: FOLD {claim.fold} OF {study.folds}, SEED {claim.seed} (worker {lease.owner})")
         if claim.taken_from:
             echo(f"✓ Run {claim.run_id} taken over from worker {claim.taken_from}: {run.error or 'its lease ran out'}")
             taken.append(claim.run_id)
         try:
-            with Heartbeat(db, study_id, claim.seed, claim.fold, lease):
+            with Heartbeat(store, study_id, claim.seed, claim.fold, lease):
                 try:
-                    run_id = make_study_run(db, study, claim.seed, claim.fold, run, echo, progress, on_comparison,
+                    run_id = make_study_run(store, study, claim.seed, claim.fold, run, echo, progress, on_comparison,
                                             lease=lease)
-                except repo.StoreError as exc:
+                except StoreError as exc:
                     if "already has a run" not in str(exc):
                         raise
                     echo(f"  fold {claim.fold}, seed {claim.seed} was just taken by another worker; claiming again")
                     continue
         finally:
-            repo.release_lease(db, study_id, claim.seed, claim.fold, lease)
+            store.release_lease(study_id, claim.seed, claim.fold, lease)
         made.append(run_id)
-    return WorkDone(repo.get_study(db, study_id), made, taken)
+    return WorkDone(store.get_study(study_id), made, taken)

@@ -8,14 +8,10 @@ Nothing here loads a model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
-from typing import Any, Iterable, Sequence
-
-from sqlalchemy import text
+from typing import Iterable, Sequence
 
 from ..console import Table, Wide  # noqa: F401  (the analyses' result type)
-from ..store.session import StoreError, get_engine
+from ..store import Store, StoreError
 
 
 @dataclass(frozen=True)
@@ -32,31 +28,12 @@ class AnalysisError(StoreError):
     """A selection that cannot be analysed (reported as one line)."""
 
 
-def _plain(value: Any) -> Any:
-    """A value as SQLite hands it back, whatever the store: PostgreSQL's booleans as 0/1, its NUMERIC
-    (a SUM of counts, a number read from JSON) as an int when written without a fraction and a float
-    otherwise, its timestamps as SQLAlchemy writes them to SQLite. No-ops on SQLite's own values."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, Decimal):
-        exponent = value.as_tuple().exponent
-        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ", timespec="microseconds")
-    return value
-
-
-def query(db: str | None, sql: str, **params) -> list[dict[str, Any]]:
-    with get_engine(db).connect() as conn:
-        return [{k: _plain(v) for k, v in r._mapping.items()} for r in conn.execute(text(sql), params)]
-
-
 def _ids(sel: Sequence[Selected]) -> str:
     """An IN list of evaluation ids (integers from the database, safe to inline)."""
     return ",".join(str(int(s.evaluation_id)) for s in sel) or "NULL"
 
 
-def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
+def select(store: Store, run_ids: Iterable[int] = (), all_runs: bool = False,
            evaluation_ids: Iterable[int] = (), study_ids: Iterable[int] = ()) -> list[Selected]:
     """The evaluations to analyse: each run's latest comparison, or the ones named; with a
     study, the latest completed comparison of each of its runs (a study still running gives
@@ -72,9 +49,9 @@ def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
     chosen: list[tuple[int, int]] = []
     in_study: dict[int, tuple[int, int, int]] = {}  # evaluation -> (study, fold, seed)
     for sid in study_ids:
-        if not query(db, "SELECT id FROM studies WHERE id = :s", s=sid):
+        if not store.query("SELECT id FROM studies WHERE id = :s", s=sid):
             raise AnalysisError(f"no study with id {sid}")
-        rows = query(db, "SELECT r.id AS run_id, r.fold, r.seed, MAX(e.id) AS eid FROM runs r "
+        rows = store.query("SELECT r.id AS run_id, r.fold, r.seed, MAX(e.id) AS eid FROM runs r "
                          "JOIN evaluations e ON e.run_id = r.id AND e.status = 'completed' AND e.source = 'validation' "
                          "WHERE r.study_id = :s GROUP BY r.id, r.fold, r.seed ORDER BY r.seed, r.fold", s=sid)
         if not rows:
@@ -83,7 +60,7 @@ def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
             chosen.append((r["run_id"], r["eid"]))
             in_study[r["eid"]] = (sid, r["fold"], r["seed"])
     for eid in evaluation_ids:
-        row = query(db, "SELECT id, run_id, status, error FROM evaluations WHERE id = :i", i=eid)
+        row = store.query("SELECT id, run_id, status, error FROM evaluations WHERE id = :i", i=eid)
         if not row:
             raise AnalysisError(f"no evaluation with id {eid}")
         if row[0]["status"] != "completed":
@@ -91,12 +68,12 @@ def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
                                 + (f": {row[0]['error']}" if row[0]["error"] else ""))
         chosen.append((row[0]["run_id"], eid))
     if all_runs:
-        rows = query(db, "SELECT run_id, id FROM latest_evaluations ORDER BY run_id")
+        rows = store.query("SELECT run_id, id FROM latest_evaluations ORDER BY run_id")
         chosen += [(r["run_id"], r["id"]) for r in rows]
     for rid in run_ids:
-        if not query(db, "SELECT id FROM runs WHERE id = :r", r=rid):
+        if not store.query("SELECT id FROM runs WHERE id = :r", r=rid):
             raise AnalysisError(f"no run with id {rid}")
-        last = query(db, "SELECT id, status, error FROM evaluations WHERE run_id = :r ORDER BY id DESC LIMIT 1", r=rid)
+        last = store.query("SELECT id, status, error FROM evaluations WHERE run_id = :r ORDER BY id DESC LIMIT 1", r=rid)
         if not last:
             raise AnalysisError(f"run {rid} has no comparison yet: run `wmg compare --run-id {rid}` first")
         if last[0]["status"] == "failed":
@@ -111,8 +88,7 @@ def select(db: str | None, run_ids: Iterable[int] = (), all_runs: bool = False,
         if eid in seen:
             continue
         seen.add(eid)
-        models = [r["model"] for r in query(
-            db, "SELECT DISTINCT p.model, m.position FROM predictions p JOIN run_models m ON m.id = p.run_model_id "
+        models = [r["model"] for r in store.query("SELECT DISTINCT p.model, m.position FROM predictions p JOIN run_models m ON m.id = p.run_model_id "
                 "WHERE p.evaluation_id = :e ORDER BY m.position", e=eid)]
         if not models:
             raise AnalysisError(f"evaluation {eid} of run {rid} has no predictions")

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from . import AnalysisError, Selected, query
+from ..store import Store
+from . import AnalysisError, Selected
 
 
 def _plt():
@@ -16,18 +17,18 @@ def _plt():
     return plt
 
 
-def loss_curves(db, run_id: int, out: Path) -> Path | None:
+def loss_curves(store: Store, run_id: int, out: Path) -> Path | None:
     plt = _plt()
-    models = query(db, "SELECT id, name, init FROM run_models WHERE run_id = :r ORDER BY position", r=run_id)
+    models = store.query("SELECT id, name, init FROM run_models WHERE run_id = :r ORDER BY position", r=run_id)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     drawn = False
     for m in models:
-        steps = query(db, "SELECT epoch, loss FROM train_steps WHERE run_model_id = :m ORDER BY step", m=m["id"])
+        steps = store.query("SELECT epoch, loss FROM train_steps WHERE run_model_id = :m ORDER BY step", m=m["id"])
         if steps:
             line, = ax.plot([s["epoch"] for s in steps], [s["loss"] for s in steps], lw=1, alpha=0.8,
                             label=f"{m['name']} train ({m['init']})")
             drawn = True
-            val = query(db, "SELECT epoch, val_loss FROM epoch_losses WHERE run_model_id = :m AND val_loss IS NOT NULL "
+            val = store.query("SELECT epoch, val_loss FROM epoch_losses WHERE run_model_id = :m AND val_loss IS NOT NULL "
                             "ORDER BY epoch", m=m["id"])
             if val:
                 ax.plot([v["epoch"] for v in val], [v["val_loss"] for v in val], "o--", color=line.get_color(),
@@ -58,11 +59,10 @@ def _error_bars(rates_counts):
     return [below, above]
 
 
-def _systems(db, evaluation_ids: Sequence[int], models: Sequence[str]) -> list[str]:
+def _systems(store: Store, evaluation_ids: Sequence[int], models: Sequence[str]) -> list[str]:
     from ..baseline import in_order
 
-    return list(models) + in_order(r["baseline"] for r in query(
-        db, f"SELECT DISTINCT baseline FROM baseline_predictions WHERE evaluation_id IN "
+    return list(models) + in_order(r["baseline"] for r in store.query(f"SELECT DISTINCT baseline FROM baseline_predictions WHERE evaluation_id IN "
             f"({','.join(str(int(e)) for e in evaluation_ids) or 'NULL'})"))
 
 
@@ -83,9 +83,9 @@ def _grouped_bars(ax, groups: list[str], systems: list[str], models: Sequence[st
     ax.grid(axis="y", alpha=0.3)
 
 
-def label_accuracy(db, sel: Selected, out: Path) -> Path:
+def label_accuracy(store: Store, sel: Selected, out: Path) -> Path:
     plt = _plt()
-    rows = query(db, "SELECT COALESCE(x.gold_type, '(none)') AS g, p.model AS m, "
+    rows = store.query("SELECT COALESCE(x.gold_type, '(none)') AS g, p.model AS m, "
                      "SUM(CASE WHEN p.matches_gold THEN 1 ELSE 0 END) AS k, COUNT(*) AS n "
                      "FROM predictions p JOIN examples x ON x.id = p.example_id WHERE p.evaluation_id = :e "
                      "GROUP BY 1, 2 UNION ALL "
@@ -96,7 +96,7 @@ def label_accuracy(db, sel: Selected, out: Path) -> Path:
     short = lambda label: label.replace(" gadget", "").replace("/", "/\n")  # noqa: E731
     labels = sorted({r["g"] for r in rows})
     counts = {(short(r["g"]), r["m"]): (r["k"], r["n"]) for r in rows}
-    systems = _systems(db, [sel.evaluation_id], sel.models)
+    systems = _systems(store, [sel.evaluation_id], sel.models)
     fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(labels)), 4.5))
     _grouped_bars(ax, [short(l) for l in labels], systems, sel.models, counts)
     ax.set_title(f"Run {sel.run_id}, evaluation {sel.evaluation_id}: accuracy per gold label (95% Wilson intervals)",
@@ -108,12 +108,12 @@ def label_accuracy(db, sel: Selected, out: Path) -> Path:
     return path
 
 
-def form_accuracy(db, selected: Sequence[Selected], out: Path, name: str, title: str) -> Path | None:
+def form_accuracy(store: Store, selected: Sequence[Selected], out: Path, name: str, title: str) -> Path | None:
     """Accuracy overall and per instruction form, models beside the baselines, pooled over the
     selected evaluations (one evaluation, or every fold of a study), with 95% Wilson intervals."""
     plt = _plt()
     ids = ",".join(str(int(s.evaluation_id)) for s in selected)
-    rows = query(db, f"SELECT system, instruction_form, SUM(correct) AS k, SUM(examples) AS n FROM system_accuracy "
+    rows = store.query(f"SELECT system, instruction_form, SUM(correct) AS k, SUM(examples) AS n FROM system_accuracy "
                      f"WHERE evaluation_id IN ({ids}) GROUP BY system, instruction_form")
     if not rows:
         return None
@@ -123,7 +123,7 @@ def form_accuracy(db, selected: Sequence[Selected], out: Path, name: str, title:
     models = list(dict.fromkeys(m for s in selected for m in s.models))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     labels = {g: f"{g}\n({max(counts.get((g, m), (0, 0))[1] for m in models)} ex)" for g in groups}
-    _grouped_bars(ax, [labels[g] for g in groups], _systems(db, [s.evaluation_id for s in selected], models),
+    _grouped_bars(ax, [labels[g] for g in groups], _systems(store, [s.evaluation_id for s in selected], models),
                   models, {(labels[g], m): v for (g, m), v in counts.items() if g in labels})
     ax.set_title(title + "\n95% Wilson intervals; open: the instruction names no category", fontsize=9)
     path = out / name
@@ -133,13 +133,13 @@ def form_accuracy(db, selected: Sequence[Selected], out: Path, name: str, title:
     return path
 
 
-def confusion(db, sel: Selected, out: Path) -> list[Path]:
+def confusion(store: Store, sel: Selected, out: Path) -> list[Path]:
     import numpy as np
 
     plt = _plt()
     from ..parse import CANONICAL_LABELS
 
-    conf = query(db, "SELECT model, gold_label, predicted_label, n FROM confusion WHERE evaluation_id = :e",
+    conf = store.query("SELECT model, gold_label, predicted_label, n FROM confusion WHERE evaluation_id = :e",
                  e=sel.evaluation_id)
     gold = sorted({c["gold_label"] for c in conf})
     pred = [l for l in CANONICAL_LABELS] + ["(other)"]
@@ -169,9 +169,9 @@ def confusion(db, sel: Selected, out: Path) -> list[Path]:
     return paths
 
 
-def runs_trend(db, out: Path) -> Path | None:
+def runs_trend(store: Store, out: Path) -> Path | None:
     plt = _plt()
-    rows = query(db, "SELECT run_id, model, agreement_rate, gold_accuracy, format_accuracy, examples, epochs "
+    rows = store.query("SELECT run_id, model, agreement_rate, gold_accuracy, format_accuracy, examples, epochs "
                      "FROM run_summary WHERE evaluation_id IS NOT NULL ORDER BY run_id")
     if not rows:
         return None
@@ -182,7 +182,7 @@ def runs_trend(db, out: Path) -> Path | None:
     for m in dict.fromkeys(r["model"] for r in rows):
         pts = [(r["run_id"], r["gold_accuracy"]) for r in rows if r["model"] == m]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "--s", label=f"{m} gold-type accuracy")
-    base = query(db, "SELECT l.run_id, s.accuracy FROM system_accuracy s JOIN latest_evaluations l "
+    base = store.query("SELECT l.run_id, s.accuracy FROM system_accuracy s JOIN latest_evaluations l "
                      "ON l.id = s.evaluation_id WHERE s.system = 'tfidf-logreg' AND s.instruction_form = 'all' "
                      "ORDER BY l.run_id")
     if base:
@@ -200,7 +200,7 @@ def runs_trend(db, out: Path) -> Path | None:
     return path
 
 
-def plot_all(db, sel: Sequence[Selected], out_dir: str | Path) -> list[Path]:
+def plot_all(store: Store, sel: Sequence[Selected], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -208,25 +208,25 @@ def plot_all(db, sel: Sequence[Selected], out_dir: str | Path) -> list[Path]:
         raise AnalysisError(f"cannot create output folder {out}: {exc.strerror}") from None
     paths: list[Path] = []
     for s in sel:
-        p = loss_curves(db, s.run_id, out)
+        p = loss_curves(store, s.run_id, out)
         if p:
             paths.append(p)
-        paths.append(label_accuracy(db, s, out))
-        p = form_accuracy(db, [s], out, f"run{s.run_id}_eval{s.evaluation_id}_form_accuracy.png",
+        paths.append(label_accuracy(store, s, out))
+        p = form_accuracy(store, [s], out, f"run{s.run_id}_eval{s.evaluation_id}_form_accuracy.png",
                           f"Run {s.run_id}, evaluation {s.evaluation_id}")
         if p:
             paths.append(p)
-        paths += confusion(db, s, out)
+        paths += confusion(store, s, out)
     studies: dict[int, list[Selected]] = {}
     for s in sel:
         if s.study_id is not None:
             studies.setdefault(s.study_id, []).append(s)
     for sid, ss in studies.items():
-        p = form_accuracy(db, ss, out, f"study{sid}_form_accuracy.png",
+        p = form_accuracy(store, ss, out, f"study{sid}_form_accuracy.png",
                           f"Study {sid}: {len(ss)} runs pooled (every example once per seed)")
         if p:
             paths.append(p)
-    p = runs_trend(db, out)
+    p = runs_trend(store, out)
     if p:
         paths.append(p)
     return paths

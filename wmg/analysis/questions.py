@@ -5,7 +5,8 @@ import math
 from collections import defaultdict
 from typing import Sequence
 
-from . import Selected, Table, Wide, _ids, query
+from ..store import Store
+from . import Selected, Table, Wide, _ids
 
 TIE_RULE = ("majority vote: the most common normalized type among the models; a tie goes to the type of "
             "the model listed first in the run's --models order; an example where no model produced a type "
@@ -21,12 +22,12 @@ def _finite(x):
 
 
 # ---------------------------------------------------------------- Q1
-def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
+def disagreements(store: Store, sel: Sequence[Selected]) -> list[Table]:
     """Where the models disagree, side by side; and whether disagreement tracks length or instruction form."""
     from scipy import stats
 
     models = list(dict.fromkeys(m for s in sel for m in s.models))
-    rows = query(db, f"SELECT * FROM disagreements WHERE evaluation_id IN ({_ids(sel)}) "
+    rows = store.query(f"SELECT * FROM disagreements WHERE evaluation_id IN ({_ids(sel)}) "
                      "ORDER BY run_id, evaluation_id, position, model")
     grouped: dict[tuple, dict] = {}
     for r in rows:
@@ -48,7 +49,7 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
     # correlation with excerpt length, and disagreement by instruction form, per evaluation
     corr_rows, form_rows = [], []
     for s in sel:
-        ex = query(db, "SELECT x.excerpt_words AS w, CASE WHEN a.full_agreement THEN 0 ELSE 1 END AS d, "
+        ex = store.query("SELECT x.excerpt_words AS w, CASE WHEN a.full_agreement THEN 0 ELSE 1 END AS d, "
                        "x.instruction_form AS f "
                        "FROM agreements a JOIN examples x ON x.id = a.example_id WHERE a.evaluation_id = :e",
                    e=s.evaluation_id)
@@ -61,7 +62,7 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
                               _finite(float(pb.pvalue)), _finite(float(sp.statistic)), _finite(float(sp.pvalue))])
         else:
             corr_rows.append([s.run_id, s.evaluation_id, len(ex), sum(d), None, None, None, None])
-        forms = query(db, "SELECT instruction_form, examples, disagreements, disagreement_rate, mean_excerpt_words "
+        forms = store.query("SELECT instruction_form, examples, disagreements, disagreement_rate, mean_excerpt_words "
                           "FROM disagreement_by_form WHERE evaluation_id = :e ORDER BY instruction_form",
                       e=s.evaluation_id)
         by = {f["instruction_form"]: f for f in forms}
@@ -89,12 +90,11 @@ def disagreements(db, sel: Sequence[Selected]) -> list[Table]:
 
 
 # ---------------------------------------------------------------- Q2
-def models(db, sel: Sequence[Selected]) -> list[Table]:
+def models(store: Store, sel: Sequence[Selected]) -> list[Table]:
     from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired, wilson, wilson_of_rate
-    from ..store.repo import fill_missing_rouge
 
-    filled = fill_missing_rouge(db, [s.evaluation_id for s in sel])
-    rows = query(db, f"SELECT * FROM model_comparison WHERE evaluation_id IN ({_ids(sel)}) "
+    filled = store.fill_missing_rouge([s.evaluation_id for s in sel])
+    rows = store.query(f"SELECT * FROM model_comparison WHERE evaluation_id IN ({_ids(sel)}) "
                      "ORDER BY run_id, evaluation_id, model")
     order = {(s.evaluation_id, m): i for s in sel for i, m in enumerate(s.models)}
     rows.sort(key=lambda r: (r["run_id"], r["evaluation_id"], order.get((r["evaluation_id"], r["model"]), 99)))
@@ -118,7 +118,7 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
         notes.append(f"ROUGE was computed now for {filled} predictions stored before it was recorded")
 
     # per evaluation, system and example: 1 when the gold type (models and baselines); the forms
-    _, hits, form_of, _, _ = _per_example(db, sel)
+    _, hits, form_of, _, _ = _per_example(store, sel)
     by_eval: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
     for ev, examples in hits.items():
         for x in sorted(examples):
@@ -163,13 +163,13 @@ def models(db, sel: Sequence[Selected]) -> list[Table]:
                    "must decide; paraphrase: other wordings, some of which name it; _low/_high: 95% Wilson score interval"],
                   group=3)
     tables = [Table("models", "Architecture comparison", cols, out, notes, group=2), pairs, forms]
-    return _study_tables(db, sel, by_eval, form_of) + tables
+    return _study_tables(store, sel, by_eval, form_of) + tables
 
 
 FORMS = ("all", "category", "open", "paraphrase")
 
 
-def _study_tables(db, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
+def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
     """A study's predictions pooled over its folds (every example evaluated once per seed): each
     system's accuracy over all of them with its Wilson interval, the spread of the per-fold
     figures, and paired tests on the pooled examples; overall and per instruction form."""
@@ -184,18 +184,17 @@ def _study_tables(db, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
             studies[s.study_id].append(s)
     if not studies:
         return []
-    info = {r["id"]: r for r in query(db, f"SELECT id, folds, seeds_json FROM studies WHERE id IN "
+    info = {r["id"]: r for r in store.query(f"SELECT id, folds, seeds_json FROM studies WHERE id IN "
                                           f"({','.join(str(int(i)) for i in studies)})")}
     ids = _ids([s for ss in studies.values() for s in ss])
     fmt: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
     span: dict[int, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))  # of well-formed outputs
-    for r in query(db, f"SELECT evaluation_id, example_id, model, format_ok, location_in_excerpt FROM predictions "
+    for r in store.query(f"SELECT evaluation_id, example_id, model, format_ok, location_in_excerpt FROM predictions "
                        f"WHERE evaluation_id IN ({ids})"):
         fmt[r["evaluation_id"]][r["model"]][r["example_id"]] = int(bool(r["format_ok"]))
         if r["format_ok"]:
             span[r["evaluation_id"]][r["model"]][r["example_id"]] = int(bool(r["location_in_excerpt"]))
-    line_of = {r["id"]: r["source_line"] for r in query(
-        db, f"SELECT x.id, x.source_line FROM examples x JOIN evaluations e ON e.run_id = x.run_id "
+    line_of = {r["id"]: r["source_line"] for r in store.query(f"SELECT x.id, x.source_line FROM examples x JOIN evaluations e ON e.run_id = x.run_id "
             f"WHERE e.id IN ({ids}) AND x.split = 'validation' AND x.evaluation_id IS NULL")}
     rows, pair_rows = [], []
     for sid, ss in studies.items():
@@ -284,10 +283,10 @@ def _study_tables(db, sel: Sequence[Selected], by_eval, form_of) -> list[Table]:
 
 
 # ---------------------------------------------------------------- Q3
-def confidence(db, sel: Sequence[Selected]) -> list[Table]:
+def confidence(store: Store, sel: Sequence[Selected]) -> list[Table]:
     from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, aurc, bootstrap, wilson
 
-    _, hits, form, agr, _ = _per_example(db, sel)
+    _, hits, form, agr, _ = _per_example(store, sel)
     out, area_rows, curve_rows = [], [], []
     units = _units(sel, hits, agr)
     lead = len(_lead_columns(units))
@@ -319,7 +318,7 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
                 area_rows.append([*_lead(units, s), f, len(s.models), len(examples), aurc(levels, right),
                                   low, high, len(set(round(lv, 6) for lv in levels)), 1 - sum(right) / len(right)])
         if len(s.models) >= 2 and s.evaluation_id > 0:
-            pts = query(db, "SELECT agreement_level, covered, total, coverage, risk FROM risk_coverage "
+            pts = store.query("SELECT agreement_level, covered, total, coverage, risk FROM risk_coverage "
                             "WHERE evaluation_id = :e ORDER BY coverage", e=s.evaluation_id)
             curve_rows += [[s.run_id, s.evaluation_id, p["agreement_level"], p["covered"], p["total"],
                             p["coverage"], p["risk"]] for p in pts]
@@ -347,11 +346,11 @@ def confidence(db, sel: Sequence[Selected]) -> list[Table]:
 
 
 # ---------------------------------------------------------------- Q4
-def by_type(db, sel: Sequence[Selected]) -> list[Table]:
+def by_type(store: Store, sel: Sequence[Selected]) -> list[Table]:
     from ..parse import CANONICAL_LABELS
     from ..stats import wilson
 
-    _, hits, form, agr, gold = _per_example(db, sel)
+    _, hits, form, agr, gold = _per_example(store, sel)
     acc_rows, conf_rows = [], []
     units = _units(sel, hits, agr)
     lead = len(_lead_columns(units))
@@ -377,7 +376,7 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
                                          _shown(m, s.models), k, k / n, *wilson(k, n)])
         ids = [s.evaluation_id] if s.evaluation_id > 0 else [x.evaluation_id for x in sel
                                                               if (x.study_id, x.seed) == (s.study_id, s.seed)]
-        conf = query(db, f"SELECT model, gold_label, predicted_label, SUM(n) AS n FROM confusion "
+        conf = store.query(f"SELECT model, gold_label, predicted_label, SUM(n) AS n FROM confusion "
                          f"WHERE evaluation_id IN ({','.join(map(str, ids))}) GROUP BY model, gold_label, predicted_label")
         predicted = [l for l in CANONICAL_LABELS if any(c["predicted_label"] == l for c in conf)]
         predicted += sorted({c["predicted_label"] for c in conf} - set(predicted) - {"(other)"})
@@ -405,10 +404,10 @@ def by_type(db, sel: Sequence[Selected]) -> list[Table]:
 
 
 # ---------------------------------------------------------------- Q5
-def vote(db, sel: Sequence[Selected]) -> list[Table]:
+def vote(store: Store, sel: Sequence[Selected]) -> list[Table]:
     from ..stats import wilson
 
-    _, hits, form, agr, _ = _per_example(db, sel)
+    _, hits, form, agr, _ = _per_example(store, sel)
     out = []
     units = _units(sel, hits, agr)
     lead = len(_lead_columns(units))
@@ -453,7 +452,7 @@ AGREEMENT_TERMS = ("full_agreement: share of examples where every model gave the
                    "an empty type counting as a category of its own (what the kappa is computed from)")
 
 
-def _per_example(db, sel: Sequence[Selected]):
+def _per_example(store: Store, sel: Sequence[Selected]):
     """Per evaluation and example, for the statistics the views cannot resample or split by form:
     types[e][x][model] (normalized type), hits[e][x][system] (1 when the gold type; models and
     baselines), form[x] (instruction form), agr[e][x] (the agreement row) and gold[x] (gold type)."""
@@ -461,18 +460,18 @@ def _per_example(db, sel: Sequence[Selected]):
     hits: dict[int, dict[int, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     form: dict[int, str] = {}
     gold: dict[int, str] = {}
-    for r in query(db, f"SELECT p.evaluation_id, p.example_id, p.model, p.normalized_type, p.matches_gold, "
+    for r in store.query(f"SELECT p.evaluation_id, p.example_id, p.model, p.normalized_type, p.matches_gold, "
                        f"x.instruction_form, COALESCE(x.gold_type, '(none)') AS gold_type "
                        f"FROM predictions p JOIN examples x ON x.id = p.example_id "
                        f"WHERE p.evaluation_id IN ({_ids(sel)})"):
         types[r["evaluation_id"]][r["example_id"]][r["model"]] = r["normalized_type"] or ""
         hits[r["evaluation_id"]][r["example_id"]][r["model"]] = int(bool(r["matches_gold"]))
         form[r["example_id"]], gold[r["example_id"]] = r["instruction_form"], r["gold_type"]
-    for r in query(db, f"SELECT evaluation_id, example_id, baseline, matches_gold FROM baseline_predictions "
+    for r in store.query(f"SELECT evaluation_id, example_id, baseline, matches_gold FROM baseline_predictions "
                        f"WHERE evaluation_id IN ({_ids(sel)})"):
         hits[r["evaluation_id"]][r["example_id"]][r["baseline"]] = int(bool(r["matches_gold"]))
     agr: dict[int, dict[int, dict]] = defaultdict(dict)
-    for r in query(db, f"SELECT evaluation_id, example_id, full_agreement, majority_count, n_models, "
+    for r in store.query(f"SELECT evaluation_id, example_id, full_agreement, majority_count, n_models, "
                        f"majority_matches_gold FROM agreements WHERE evaluation_id IN ({_ids(sel)})"):
         agr[r["evaluation_id"]][r["example_id"]] = r
     return types, hits, form, agr, gold
@@ -533,11 +532,11 @@ def _forms_of(examples, form) -> list[tuple[str, list]]:
     return out
 
 
-def agreement(db, sel: Sequence[Selected]) -> list[Table]:
+def agreement(store: Store, sel: Sequence[Selected]) -> list[Table]:
     from ..stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap, cohen_kappa, cohen_parts, fleiss_kappa,
                          fleiss_parts, wilson)
 
-    types, _, form, _, _ = _per_example(db, sel)
+    types, _, form, _, _ = _per_example(store, sel)
     pair_rows, all_rows = [], []
     units = _units(sel, types)
     lead = len(_lead_columns(units))
@@ -579,7 +578,7 @@ def agreement(db, sel: Sequence[Selected]) -> list[Table]:
                 "fleiss_kappa", "fleiss_kappa_low", "fleiss_kappa_high"],
                all_rows, [AGREEMENT_TERMS + "; for more than two models observed_agreement is Fleiss' mean pairwise "
                           "agreement per example", boot, *([POOLED_NOTE] if lead > 2 else [])], group=lead + 1)
-    sem = query(db, f"SELECT * FROM semantic_agreement WHERE evaluation_id IN ({_ids(sel)}) "
+    sem = store.query(f"SELECT * FROM semantic_agreement WHERE evaluation_id IN ({_ids(sel)}) "
                     "ORDER BY run_id, evaluation_id, judgment_set_id")
     t3 = Table("semantic", "Semantic agreement per judge, beside string agreement",
                ["run_id", "evaluation_id", "judge", "judgment_set", "examples", "string_agreement", "full_rate",
@@ -596,12 +595,12 @@ def agreement(db, sel: Sequence[Selected]) -> list[Table]:
 CONFIG_COLUMNS = ("examples", "epochs", "learning_rate", "effective_batch", "models", "init", "seed")
 
 
-def runs(db, run_ids: Sequence[int] | None = None) -> list[Table]:
+def runs(store: Store, run_ids: Sequence[int] | None = None) -> list[Table]:
     """One record per run and model: the configuration that differs between the runs, and the results."""
-    rows = query(db, "SELECT * FROM run_summary ORDER BY run_id, model")
+    rows = store.query("SELECT * FROM run_summary ORDER BY run_id, model")
     if run_ids:
         rows = [r for r in rows if r["run_id"] in set(run_ids)]
-    order = {(r["run_id"], r["name"]): r["position"] for r in query(db, "SELECT run_id, name, position FROM run_models")}
+    order = {(r["run_id"], r["name"]): r["position"] for r in store.query("SELECT run_id, name, position FROM run_models")}
     rows.sort(key=lambda r: (r["run_id"], order.get((r["run_id"], r["model"]), 99)))
     by_run: dict[int, list[dict]] = defaultdict(list)
     for r in rows:
@@ -621,7 +620,7 @@ def runs(db, run_ids: Sequence[int] | None = None) -> list[Table]:
 
     evals = [rs[0]["evaluation_id"] for rs in by_run.values() if rs[0]["evaluation_id"] is not None]
     acc = defaultdict(dict)  # evaluation -> (system, form) -> (accuracy, examples, kind)
-    for a in query(db, f"SELECT evaluation_id, system, kind, instruction_form, accuracy, examples "
+    for a in store.query(f"SELECT evaluation_id, system, kind, instruction_form, accuracy, examples "
                        f"FROM system_accuracy WHERE evaluation_id IN ({','.join(map(str, evals)) or 'NULL'})"):
         acc[a["evaluation_id"]][(a["system"], a["instruction_form"])] = (a["accuracy"], a["examples"], a["kind"])
     from ..baseline import in_order

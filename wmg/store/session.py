@@ -1,16 +1,17 @@
-"""Engine, connection pragmas, the session scope, and schema upgrades on first use.
+"""The machinery under `Store` (wmg.store.store): engines and connection pragmas, the lock/retry
+policy, and schema upgrades on first use.
 
 Concurrency (several `wmg` processes on one SQLite file): every connection runs
 in WAL mode with a busy timeout, so readers never block writers and see only
 committed transactions. A write transaction starts with BEGIN IMMEDIATE, taking
 the write lock before its first read: a deferred transaction that reads and then
 writes can fail at once with "database is locked" when another writer committed
-in between (SQLite does not wait in that case). Each store function is one short
+in between (SQLite does not wait in that case). Each `Store` method is one short
 transaction, retried a bounded number of times if the lock still cannot be had.
 
 PostgreSQL (`postgresql+psycopg://...`, the `postgres` extra) relies on its own guarantees
-instead: every store function is one transaction (READ COMMITTED), a read that decides a
-write locks its rows with SELECT ... FOR UPDATE (see `repo`), a lock held by another process
+instead: every `Store` method is one transaction (READ COMMITTED), a read that decides a
+write locks its rows with SELECT ... FOR UPDATE (see `store`), a lock held by another process
 for longer than the busy timeout fails (`lock_timeout`), and a transaction the server rolled
 back for that, as a deadlock or as a serialization failure is retried like a locked SQLite file.
 None of the SQLite pragmas, BEGIN IMMEDIATE or busy timeouts apply to it.
@@ -21,15 +22,15 @@ import functools
 import os
 import random
 import time
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Callable, TypeVar
 
-from sqlalchemy import create_engine, event, inspect, make_url
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_DB = "results.db"
 
@@ -115,7 +116,7 @@ def head_revision() -> str:
 @lru_cache(maxsize=None)
 def _engine(url: str, write: bool = False) -> Engine:
     """One engine per store and mode: SQLite `write` engines begin every transaction IMMEDIATE;
-    a PostgreSQL store has one engine for both (`get_engine` never asks for a write one)."""
+    a PostgreSQL store has one engine for both (`ready_engine` never asks for a write one)."""
     if is_sqlite(url):
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -231,9 +232,9 @@ def _check_sqlite_file(url: str) -> None:
 _ready: set[str] = set()
 
 
-def get_engine(db: str | None = None, upgrade: bool = True, write: bool = False) -> Engine:
-    """The engine for `db`, with the schema upgraded to head on first use in this process."""
-    url = db_url(db)
+def ready_engine(url: str, upgrade: bool = True, write: bool = False) -> Engine:
+    """The engine for a store URL, with the schema upgraded to head on first use in this process
+    (`Store.engine` is the way in)."""
     _check_sqlite_file(url)
     write = write and is_sqlite(url)
     if upgrade and url not in _ready:
@@ -288,26 +289,15 @@ def upgrade_schema(engine: Engine, url: str, revision: str = "head") -> None:
         raise _cannot_open(url, exc) from None
 
 
-def current_revision(db: str | None = None) -> str | None:
-    url = db_url(db)
-    _check_sqlite_file(url)
-    return _revision(_engine(url), url)
-
-
-def has_table(engine: Engine, name: str) -> bool:
-    return inspect(engine).has_table(name)
-
-
-@contextmanager
-def session_scope(db: str | None = None, write: bool = True) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on error, always close.
-    `write=False` for read-only work (a deferred transaction that never takes the write lock)."""
-    session = sessionmaker(bind=get_engine(db, write=write), expire_on_commit=False)()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+def plain_value(value: Any) -> Any:
+    """A value as SQLite hands it back, whatever the store: PostgreSQL's booleans as 0/1, its NUMERIC
+    (a SUM of counts, a number read from JSON) as an int when written without a fraction and a float
+    otherwise, its timestamps as SQLAlchemy writes them to SQLite. No-ops on SQLite's own values."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, Decimal):
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="microseconds")
+    return value
