@@ -43,6 +43,33 @@ def test_scratch_t5_keeps_published_untied_head_and_special_ids(tmp_path):
     assert tok2("MOV copies Source")["input_ids"] == ids
 
 
+
+def test_scratch_t5_with_tied_embeddings_saves_and_loads_tied(tmp_path):
+    """--tie-embeddings (the pipeline's scratch overrides): one matrix for input and output, the decoder's
+    output scaled by d_model^-0.5 as T5 v1.0 did, and the same model after a save and a load."""
+    from wmg.pipeline import TINY, TrainOptions, scratch_overrides
+
+    spec = REGISTRY["flan-t5-small"]
+    opts = TrainOptions("d.jsonl", "flan-t5-small", tiny=True, overrides={"tie_embeddings": True})
+    assert scratch_overrides(spec, opts) == dict(TINY["seq2seq"], tie_word_embeddings=True)
+    assert scratch_overrides(REGISTRY["distilgpt2"], opts) == TINY["causal"]  # GPT-2 is tied either way
+    assert scratch_overrides(spec, TrainOptions("d.jsonl", "flan-t5-small", tiny=True)) == TINY["seq2seq"]
+    assert scratch_overrides(spec, TrainOptions("d.jsonl", "flan-t5-small")) is None  # the published architecture
+    model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=scratch_overrides(spec, opts))
+    untied, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=TINY["seq2seq"])
+    assert model.lm_head.weight is model.shared.weight and model.config.scale_decoder_outputs
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(untied) - n(model) == model.shared.weight.numel()  # one matrix fewer
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again, _ = load_trained(spec, tmp_path)
+    assert again.lm_head.weight is again.shared.weight and again.config.scale_decoder_outputs
+    x, y = torch.tensor([tok("MOV copies Source")["input_ids"]]), torch.tensor([[0, 5, 6]])
+    model.eval(), again.eval()
+    assert torch.allclose(model(input_ids=x, decoder_input_ids=y).logits, again(input_ids=x, decoder_input_ids=y).logits,
+                          atol=1e-5)
+
+
 def test_scratch_gpt2_bytelevel_roundtrip():
     spec = REGISTRY["distilgpt2"]
     model, tok = build_scratch(spec, CORPUS, vocab_size=300, overrides=TINY_GPT)
@@ -74,3 +101,13 @@ def test_init_modes_offline(tmp_path, monkeypatch):
     assert any("RANDOM weights" in s for s in said)
     with pytest.raises(ConfigError, match="cannot load pretrained flan-t5-small"):
         build(spec, "pretrained", CORPUS)
+
+
+def test_tied_embeddings_with_pretrained_weights_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from wmg.cli import main
+
+    r = CliRunner().invoke(main, ["train", "--init", "pretrained", "--tie-embeddings", "--db", str(tmp_path / "r.db")])
+    assert r.exit_code == 2 and "--tie-embeddings changes the architecture" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r.db").exists()  # refused before the store is opened

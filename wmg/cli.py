@@ -278,6 +278,9 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @click.option("--quote-mix", type=click.IntRange(0), default=None, metavar="K",
               help="Mix K quoting examples per training excerpt into fine-tuning: a run of its words asked for "
                    "by its first and last two words, answered as the location [0].")
+@click.option("--tie-embeddings/--no-tie-embeddings", default=None,
+              help="Scratch T5: tie the output layer to the input embedding (T5 v1.0's way), so every token the "
+                   "encoder reads has a trained output vector; FLAN-T5 is published untied [off].")
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")
@@ -347,7 +350,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @torchrun_aware
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, tie_embeddings, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
           record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
@@ -374,6 +377,8 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
 
     if record_only and folds is None:
         raise click.UsageError("--record-only needs --folds K")
+    if tie_embeddings and init == "pretrained":
+        raise click.UsageError("--tie-embeddings changes the architecture: it applies to scratch init only")
     if (fold is not None or seeds > 1) and folds is None and study is None:
         raise click.UsageError(f"--{'fold' if fold is not None else 'seeds'} needs --folds K (or --study ID)")
     if study is not None:
@@ -411,7 +416,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
                          log_every=log_every, dropout=dropout, type_loss_weight=type_loss_weight,
-                         location_loss_weight=location_loss_weight, quote_mix=quote_mix,
+                         location_loss_weight=location_loss_weight, quote_mix=quote_mix, tie_embeddings=tie_embeddings,
                          open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,
                          tapt_denoise=tapt_denoise, tapt_quotes=tapt_quotes, optimizer=optimizer)
         opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,

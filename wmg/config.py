@@ -131,6 +131,9 @@ class TrainConfig:
     tapt_denoise: bool = True  # pretraining includes span corruption (T5) / language modelling (GPT-2)
     tapt_quotes: int = 0  # quoting examples (random spans of the excerpt) per excerpt and pretraining epoch
     optimizer: Literal["adamw", "adamw-scale"] = "adamw"  # adamw-scale: steps scaled by each weight's RMS (wmg.optim)
+    # T5 built from scratch with its output layer tied to the input embedding (T5 v1.0's way, decoder
+    # outputs scaled by d_model^-0.5); FLAN-T5 is published untied. GPT-2 is tied either way.
+    tie_embeddings: bool = False
 
     @property
     def effective_batch_size(self) -> int:

@@ -153,14 +153,16 @@ def model_from_config(spec: ModelSpec, config):
     """Instantiate with random weights, keeping the published (un)tying of the output layer.
 
     transformers 5 ties T5's output layer to the input embedding whatever the
-    config says; FLAN-T5 is published with a separate output layer, so untie it.
+    config says, and keeps what was asked as `scale_decoder_outputs` (T5 v1.0, tied, scales the
+    decoder's output by d_model^-0.5; v1.1 does not); FLAN-T5 is published with a separate
+    output layer, so untie it unless the config asked for a tied one.
     """
     import torch
     from transformers import GPT2LMHeadModel, T5ForConditionalGeneration
 
     if spec.type == "seq2seq":
         model = T5ForConditionalGeneration(config)
-        if spec.config.get("tie_word_embeddings") is False and model.lm_head.weight is model.shared.weight:
+        if not config.scale_decoder_outputs and model.lm_head.weight is model.shared.weight:
             std = config.initializer_factor * config.d_model ** -0.5
             model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * std)
             getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)

@@ -132,6 +132,14 @@ def hyperparams(spec: ModelSpec, init: str, opts: TrainOptions) -> TrainConfig:
     return cfg.with_(seed=opts.seed, num_workers=opts.workers, precision=opts.precision)
 
 
+def scratch_overrides(spec: ModelSpec, opts: TrainOptions) -> dict | None:
+    """Architecture changes of a scratch build: the tiny test sizes, T5's tied output layer."""
+    over = dict(TINY[spec.type]) if opts.tiny else {}
+    if spec.type == "seq2seq" and hyperparams(spec, "scratch", opts).tie_embeddings:
+        over["tie_word_embeddings"] = True
+    return over or None
+
+
 def encode_all(spec: ModelSpec, tokenizer, examples, cfg: TrainConfig):
     from .batching import encode_causal, encode_seq2seq
 
@@ -188,8 +196,11 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
         seed_everything(opts.seed)
         built = build(spec, "scratch" if opts.tiny else opts.init, tokenizer_corpus(train),
                       source=opts.sources.get(spec.name), vocab_size=opts.scratch_vocab,
-                      overrides=TINY[spec.type] if opts.tiny else None, echo=echo)
+                      overrides=scratch_overrides(spec, opts), echo=echo)
         cfg = hyperparams(spec, built.init, opts)
+        if cfg.tie_embeddings and built.init != "scratch":
+            raise ConfigError(f"{spec.name}: --tie-embeddings changes the architecture, so it applies to scratch "
+                              "init only; pretrained weights keep their published output layer")
         model, tok, init, note = built.model, built.tokenizer, built.init, built.note
         del built
     if cfg.dropout is not None:
