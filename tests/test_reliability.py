@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import sqlite3
@@ -24,11 +25,13 @@ SMALL = FIXTURES / "gadgets_small.jsonl"
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 # Tiny models, one example per step (9 steps per epoch: the open-form copies are off, they
-# only add lines), dropout on so that the RNG state matters, fp32 and no worker processes so
-# that a run takes seconds.
-TRAIN = ["train", "--tiny", "--data", str(SMALL), "--epochs", "4", "--batch-size", "1", "--eval-split", "0.25",
-         "--seed", "3", "--log-every", "1", "--dropout", "0.1", "--no-progress", "--no-compare",
-         "--platform", "windows", "--precision", "fp32", "--no-open-copies"]
+# only add lines), dropout on so that the RNG state matters, fp32, so that a run takes seconds.
+# The resume tests run under both platforms' default loader settings (unix: worker processes,
+# persistent across epochs; windows: none); the others need no workers.
+BASE = ["train", "--tiny", "--data", str(SMALL), "--epochs", "4", "--batch-size", "1", "--eval-split", "0.25",
+        "--seed", "3", "--log-every", "1", "--dropout", "0.1", "--no-progress", "--no-compare",
+        "--precision", "fp32", "--no-open-copies"]
+TRAIN = [*BASE, "--platform", "windows"]
 STEPS_PER_EPOCH = 9
 
 
@@ -60,8 +63,9 @@ def assert_same_curve(a, b):
             assert u == pytest.approx(v, rel=1e-6, abs=1e-7), (x, y)
 
 
-def start_training(work, db):
-    return subprocess.Popen([sys.executable, "-m", "wmg", *TRAIN, "--db", db, "--checkpoints", "ck"], cwd=work,
+def start_training(work, db, platform="windows"):
+    return subprocess.Popen([sys.executable, "-m", "wmg", *BASE, "--platform", platform, "--db", db,
+                             "--checkpoints", "ck"], cwd=work,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -75,22 +79,25 @@ def wait_for_step(proc, step):
     raise AssertionError("training ended before step %d:\n%s" % (step, "".join(seen[-30:])))
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The same run, never interrupted: the loss curve every resumed run must reproduce."""
+@pytest.fixture(scope="module", params=["unix", "windows"])
+def reference(tmp_path_factory, request):
+    """The same run, never interrupted: the loss curve every resumed run must reproduce, and the
+    platform whose loader settings it ran with."""
     work = tmp_path_factory.mktemp("reference")
-    r = wmg([*TRAIN, "--db", "ref.db", "--checkpoints", "ck"], cwd=work)
+    r = wmg([*BASE, "--platform", request.param, "--db", "ref.db", "--checkpoints", "ck"], cwd=work)
     assert r.returncode == 0, r.stderr[-2000:]
+    workers = re.search(r"Data loading processes: (\d+) \((\w+)", r.stdout)
+    assert workers and workers[2] == request.param and (int(workers[1]) > 0) == (request.param == "unix"), r.stdout
     db = str(work / "ref.db")
     assert len(losses(db)) == 2 * 4 * STEPS_PER_EPOCH
-    return losses(db), epoch_losses(db)
+    return losses(db), epoch_losses(db), request.param
 
 
 # ---------------------------------------------------------------- interruption and resume
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_epoch_checkpoints_and_resume_gives_the_same_losses(tmp_path, reference, sig, code):
     db = str(tmp_path / "results.db")
-    proc = start_training(tmp_path, db)
+    proc = start_training(tmp_path, db, reference[2])
     wait_for_step(proc, STEPS_PER_EPOCH + 4)  # in the middle of the second epoch of flan-t5-small
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
@@ -113,7 +120,7 @@ def test_signal_mid_epoch_checkpoints_and_resume_gives_the_same_losses(tmp_path,
 
 def test_sigkill_is_found_by_wmg_runs_and_the_run_resumes(tmp_path, reference):
     db = str(tmp_path / "results.db")
-    proc = start_training(tmp_path, db)
+    proc = start_training(tmp_path, db, reference[2])
     wait_for_step(proc, 2 * STEPS_PER_EPOCH + 3)
     proc.kill()
     proc.communicate(timeout=60)

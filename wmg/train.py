@@ -186,9 +186,13 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         distributed.send_job(distributed.Job(model, list(train_data), cfg, model_type, pad_id, device, resume))
     collate = Collator(model_type, pad_id)
     sampler = LengthGroupedBatches([e.size for e in train_data], cfg.micro_batch_size, cfg.seed, cfg.group_by_length)
+    # The loader draws its workers' base seed from `generator` when an iterator is made: every
+    # epoch without workers, once with persistent ones. Its own generator keeps those draws off
+    # the global RNG (dropout's), so a resumed run's masks match an uninterrupted run's on every
+    # platform; the batches' order is the sampler's, and collating uses no randomness.
     loader = torch.utils.data.DataLoader(
         list(train_data), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
+        persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed),
     )
     micro_per_epoch = len(sampler)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
@@ -250,13 +254,9 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         resuming = resume is not None and epoch == start_epoch
         if resuming and resume["batches"] != batches:
             raise ValueError("the data order differs from the checkpoint's (were the examples changed?)")
-        # The RNG state goes back where it was taken: before this epoch's loader (which
-        # draws a seed from it) for an epoch-end checkpoint, after it for one mid-epoch.
-        if resuming and first == 0:
+        if resuming:  # the RNG state where the checkpoint took it (the loader draws nothing from it)
             set_rng_state(resume["rng"])
         micro = list(loader)  # collated micro-batches of this epoch, in sampler order
-        if resuming and first > 0:
-            set_rng_state(resume["rng"])
         for g in range(first * cfg.grad_accum, len(micro), cfg.grad_accum):
             group = micro[g:g + cfg.grad_accum]  # the last group of an epoch may be partial
             n_tokens = max(1, sum(scored_tokens(b, model_type) for b in group))
