@@ -308,3 +308,21 @@ def test_cue_quotes_ask_for_a_span_by_its_ends_and_answer_it_verbatim():
         assert location_in_excerpt(loc, e.input)
         assert f'from "{" ".join(words[:2])}" to "{" ".join(words[-2:])}"' in q.instruction
     assert cue_quotes(lines, 0, seed=3) == []
+
+
+def test_shuffled_cue_quotes_copy_from_a_reordering_of_the_same_words():
+    from collections import Counter
+
+    from wmg.parse import location_in_excerpt, parse_output
+    from wmg.recipe import cue_quotes
+
+    lines = load_jsonl(BUNDLED)[:40]
+    quotes = cue_quotes(lines, 2, seed=3, shuffle=True)
+    assert len(quotes) == 80 and quotes == cue_quotes(lines, 2, seed=3, shuffle=True)
+    reordered = 0
+    for q, e in zip(quotes, [e for e in lines for _ in range(2)]):
+        assert Counter(q.input.split()) == Counter(e.input.split()) and q.index == e.index  # the same words
+        reordered += q.input != " ".join(e.input.split())
+        loc = parse_output(q.output).location
+        assert location_in_excerpt(loc, q.input) and 3 <= len(loc.split()) <= 10  # a span of what the model reads
+    assert reordered == 80

@@ -278,6 +278,9 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @click.option("--quote-mix", type=click.IntRange(0), default=None, metavar="K",
               help="Mix K quoting examples per training excerpt into fine-tuning: a run of its words asked for "
                    "by its first and last two words, answered as the location [0].")
+@click.option("--quote-shuffle/--no-quote-shuffle", default=None,
+              help="With --quote-mix: each quoting example's excerpt has its words in a random order, so the "
+                   "quote can only be copied, not recalled [off].")
 @click.option("--tie-embeddings/--no-tie-embeddings", default=None,
               help="Scratch T5: tie the output layer to the input embedding (T5 v1.0's way), so every token the "
                    "encoder reads has a trained output vector; FLAN-T5 is published untied [off].")
@@ -350,7 +353,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @torchrun_aware
 def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, tie_embeddings, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, quote_shuffle, tie_embeddings, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
           record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
@@ -416,7 +419,8 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
                          log_every=log_every, dropout=dropout, type_loss_weight=type_loss_weight,
-                         location_loss_weight=location_loss_weight, quote_mix=quote_mix, tie_embeddings=tie_embeddings,
+                         location_loss_weight=location_loss_weight, quote_mix=quote_mix, quote_shuffle=quote_shuffle,
+                         tie_embeddings=tie_embeddings,
                          open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,
                          tapt_denoise=tapt_denoise, tapt_quotes=tapt_quotes, optimizer=optimizer)
         opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,

@@ -125,6 +125,7 @@ class TrainConfig:
     type_loss_weight: float = 1.0  # loss weight of the gadget_type value's tokens
     location_loss_weight: float = 1.0  # loss weight of the location value's tokens
     quote_mix: int = 0  # cue-quoting examples per training excerpt mixed into fine-tuning (recipe.cue_quotes)
+    quote_shuffle: bool = False  # the quoting examples' excerpts with their words in a random order
     open_copies: bool = False  # train also on an open-form copy of each example whose instruction names its label
     dev_fraction: float = 0.0  # >0: hold out this share of the training split and keep the epoch best on it
     tapt_epochs: int = 0  # task-adaptive pretraining epochs on the training excerpts before fine-tuning

@@ -220,9 +220,10 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
     if dev:
         echo(f"  Development slice: {len(dev)} of the {len(train)} training examples held out; the epoch "
              "with the best gold-type accuracy on them (open instruction, plain greedy) is kept")
-    quotes = cue_quotes(fit, cfg.quote_mix, cfg.seed) if cfg.quote_mix else []
+    quotes = cue_quotes(fit, cfg.quote_mix, cfg.seed, cfg.quote_shuffle) if cfg.quote_mix else []
     if quotes:
-        echo(f"  Quoting examples: {len(quotes)} ({cfg.quote_mix} per training excerpt: a run of its words asked "
+        echo(f"  Quoting examples: {len(quotes)} ({cfg.quote_mix} per training excerpt"
+             f"{', its words shuffled' if cfg.quote_shuffle else ''}: a run of its words asked "
              "for by its first and last two, answered as the location) mixed into fine-tuning")
     if cfg.open_copies:
         n_before = len(fit)

@@ -47,26 +47,31 @@ def open_copies(examples: Sequence[Example]) -> list[Example]:
 CUE_QUOTE = 'Quote the excerpt from "{start}" to "{end}" exactly. Report it as location.'
 
 
-def cue_quotes(examples: Sequence[Example], per_excerpt: int, seed: int) -> list[Example]:
+def cue_quotes(examples: Sequence[Example], per_excerpt: int, seed: int, shuffle: bool = False) -> list[Example]:
     """Quoting examples mixed into fine-tuning: for each excerpt, `per_excerpt` runs of 3 to 10 of
     its words (none holding a `;`, which ends a field), each asked for by its first and last two
     words and answered `location: <the run>`. Unlike `tapt_examples`' quotes the answer is
     determined by the prompt, so the only way to lower the loss is to find the cue in the
     excerpt and copy from there: the skill a location needs and the trained models lack (given
-    the first two words of the gold location, they wrote its next word in about 1 case of 10)."""
+    the first two words of the gold location, they wrote its next word in about 1 case of 10).
+
+    `shuffle`: each quoting example's excerpt is its words in a new random order, so what follows
+    the cue cannot be recalled from the training text (measured: with the excerpts as they are,
+    scratch T5 learned the quotes by heart, not to copy) and can only be copied."""
     rng = random.Random(seed + 13)
     out: list[Example] = []
     for e in examples:
         for _ in range(per_excerpt):
+            text = " ".join(rng.sample(e.input.split(), len(e.input.split()))) if shuffle else e.input
             for _try in range(20):
-                span = quote_span(e.input, rng)
+                span = quote_span(text, rng)
                 if ";" not in span:
                     break
             else:
                 continue
             words = span.split()
             prompt = CUE_QUOTE.format(start=" ".join(words[:2]), end=" ".join(words[-2:]))
-            out.append(Example(e.index, prompt, e.input, f"location: {span}"))
+            out.append(Example(e.index, prompt, text, f"location: {span}"))
     return out
 
 
