@@ -28,8 +28,9 @@ def _safe_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-def make_judge(name: str, store: Store, **llm) -> tuple[Judge, dict]:
-    """The judge and the configuration stored with its verdicts (never a key)."""
+def make_judge(name: str, store: Store | None = None, **llm) -> tuple[Judge, dict]:
+    """The judge and the configuration stored with its verdicts (never a key). The embedding judge
+    is fitted on the manual labels of `store` when one is given."""
     if name == "rules":
         from .judges.rules import RulesJudge
 
@@ -37,7 +38,7 @@ def make_judge(name: str, store: Store, **llm) -> tuple[Judge, dict]:
     if name == "embedding":
         from .judges.embedding import EmbeddingJudge
 
-        judge = EmbeddingJudge.fit(manual_pairs(store)) if store else EmbeddingJudge()
+        judge = EmbeddingJudge.fit(manual_pairs(store)) if store is not None else EmbeddingJudge()
         return judge, {"full_threshold": judge.full_threshold, "partial_threshold": judge.partial_threshold,
                        "fitted_on_annotations": judge.fitted_on}
     if name == "llm":

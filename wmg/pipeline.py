@@ -26,7 +26,7 @@ from .parse import canonical_label, location_in_excerpt, parse_output
 from .progress import above_bar
 from .prompts import causal_answer, seq2seq_prompt
 from .rouge import rouge_f1
-from .store import AgreementRow, BaselineRow, Lease, ModelInfo, PredictionRow, RunInfo, Store, StudyInfo, now
+from .store import AgreementRow, BaselineRow, Lease, ModelInfo, PredictionRow, RunInfo, Store, StudyInfo, lease_held, now
 
 Echo = Callable[[str], None]
 
@@ -518,7 +518,7 @@ def run_study(store: Store, study_id: int, echo: Echo = print, progress: bool = 
         if run is not None and run.compared:
             echo(f"✓ Run {run.id} is trained and compared")
             continue
-        if run is not None and run.lease_until is not None and run.lease_until > now():
+        if run is not None and lease_held(run.lease_until, now()):
             echo(f"✓ Run {run.id} is held by worker {run.lease_owner}; left to it")
             continue
         make_study_run(store, study, seed, fold, run, echo, progress, on_comparison)

@@ -56,13 +56,14 @@ def cue_quotes(examples: Sequence[Example], per_excerpt: int, seed: int, shuffle
     the first two words of the gold location, they wrote its next word in about 1 case of 10).
 
     `shuffle`: each quoting example's excerpt is its words in a new random order, so what follows
-    the cue cannot be recalled from the training text (measured: with the excerpts as they are,
-    scratch T5 learned the quotes by heart, not to copy) and can only be copied."""
+    the cue cannot be recalled from the training text, only copied (with the excerpts as they are,
+    scratch T5 fitted the quotes, loss 0.08, yet copied nothing of held-out excerpts)."""
     rng = random.Random(seed + 13)
     out: list[Example] = []
     for e in examples:
+        excerpt_words = e.input.split()
         for _ in range(per_excerpt):
-            text = " ".join(rng.sample(e.input.split(), len(e.input.split()))) if shuffle else e.input
+            text = " ".join(rng.sample(excerpt_words, len(excerpt_words))) if shuffle else e.input
             for _try in range(20):
                 span = quote_span(text, rng)
                 if ";" not in span:

@@ -7,6 +7,17 @@ from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 
+def is_compared(run_status: str, evaluation_status: str | None) -> bool:
+    """Trained, and its latest comparison (None: none yet) completed: nothing of the run is left to
+    make. The one rule for `RunInfo.compared` and the store's claims, which read ORM rows."""
+    return run_status == "completed" and evaluation_status == "completed"
+
+
+def lease_held(until: datetime | None, at: datetime) -> bool:
+    """Whether a `wmg work` lease running until `until` (None: released or never taken) holds at `at`."""
+    return until is not None and until > at
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -68,7 +79,7 @@ class RunInfo:
     def compared(self) -> bool:
         """Trained, and its latest comparison completed: nothing of this run is left to make."""
         ev = self.latest_evaluation
-        return self.status == "completed" and ev is not None and ev.status == "completed"
+        return is_compared(self.status, ev.status if ev else None)
 
 
 @dataclass(frozen=True)

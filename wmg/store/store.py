@@ -29,7 +29,7 @@ from ..parse import normalize_type
 from . import schema as t
 from .records import (AgreementRow, AnnotationRecord, BaselineRow, Claim, EvaluationInfo, EvaluationItem,
                       JudgmentRow, JudgmentSetInfo, Lease, ModelInfo, NewEvaluation, NewRun, PredictionRow, RunInfo,
-                      StepRecord, StoredExample, StudyInfo, now)
+                      StepRecord, StoredExample, StudyInfo, is_compared, lease_held, now)
 from .session import (StoreError, _check_sqlite_file, _engine, _revision, _shown, db_url, head_revision,
                       is_sqlite, plain_value, ready_engine, retry_locked)
 
@@ -38,8 +38,8 @@ class Store:
     """The results store at `db` (a SQLAlchemy URL or a SQLite file path; None: `$WMG_DB`, else
     results.db). Nothing is opened until the first call."""
 
-    def __init__(self, db: "str | Store | None" = None):
-        self.url = db.url if isinstance(db, Store) else db_url(db)
+    def __init__(self, db: str | None = None):
+        self.url = db_url(db)
 
     def __repr__(self) -> str:
         return f"Store({self.shown!r})"
@@ -47,16 +47,12 @@ class Store:
     @property
     def shown(self) -> str:
         """The URL without its password, for messages."""
-        return self.url if self.is_sqlite else _shown(self.url)
-
-    @property
-    def is_sqlite(self) -> bool:
-        return is_sqlite(self.url)
+        return _shown(self.url)
 
     @property
     def dialect(self) -> str:
         """`sqlite` or `postgresql`."""
-        return "sqlite" if self.is_sqlite else "postgresql"
+        return "sqlite" if is_sqlite(self.url) else "postgresql"
 
     def engine(self, write: bool = False, upgrade: bool = True) -> Engine:
         """The engine, the schema upgraded to head on first use in this process (`upgrade`).
@@ -266,12 +262,12 @@ class Store:
                     r = runs.get((seed, f))
                     if r is None:
                         return Claim(seed, f)
-                    if _run_info(s, r).compared:
+                    ev = _latest_eval(s, r.id)
+                    if is_compared(r.status, ev.status if ev else None):
                         continue
                     if r.lease_owner == lease.owner:  # ours already (a claim after a lost race, say)
                         return Claim(seed, f, r.id)
-                    held = r.lease_until is not None and r.lease_until > at
-                    if held or (r.status == "running" and r.lease_until is None):
+                    if lease_held(r.lease_until, at) or (r.status == "running" and r.lease_until is None):
                         waiting += 1  # a live worker's, or a plain `wmg train --study` process's
                         continue
                     taken = r.lease_owner if r.status in ("running", "interrupted") else None
@@ -549,11 +545,9 @@ def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
                           {**{m: float(g) for m, _, g in open_rows}, **{b: float(g) for b, g in open_base}})
 
 
-def _latest_eval(s, run_id: int, completed_only: bool = False) -> t.Evaluation | None:
-    q = select(t.Evaluation).where(t.Evaluation.run_id == run_id)
-    if completed_only:
-        q = q.where(t.Evaluation.status == "completed")
-    return s.scalars(q.order_by(t.Evaluation.id.desc()).limit(1)).first()
+def _latest_eval(s, run_id: int) -> t.Evaluation | None:
+    return s.scalars(select(t.Evaluation).where(t.Evaluation.run_id == run_id)
+                     .order_by(t.Evaluation.id.desc()).limit(1)).first()
 
 
 def _run_info(s, r: t.Run) -> RunInfo:
