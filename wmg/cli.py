@@ -129,13 +129,16 @@ class Output:
         emit(tables, self.fmt, self.table, self.out, echo=click.echo, warn=warn)
 
 
-def output_options(tables: tuple[str, ...], json_alias: bool = False, quiet: bool = True):
+def output_options(tables: tuple[str, ...], json_alias: bool = False, quiet: bool = True,
+                   extra_formats: tuple[str, ...] = (), out_option: bool = True):
     """--format/--table/--out (and --quiet, and --json where a command had it) for a command whose
-    results are the named tables; the command receives `output: Output`."""
+    results are the named tables; the command receives `output: Output`. `extra_formats` are
+    formats the command renders itself (`wmg show --format toml`). Without `out_option` the command
+    has its own --out (`wmg export`) and its tables are printed."""
 
     def decorate(f):
         @functools.wraps(f)
-        def wrapper(*args, fmt, table, out, **kwargs):
+        def wrapper(*args, fmt, table, out=None, **kwargs):
             as_json = kwargs.pop("as_json", False)
             be_quiet = kwargs.pop("quiet", False)
             if as_json:
@@ -144,15 +147,18 @@ def output_options(tables: tuple[str, ...], json_alias: bool = False, quiet: boo
             return f(*args, output=Output(fmt, table, out), **kwargs)
 
         opts = [
-            click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-                         help="table: aligned text; json: a list of flat records; csv: one table (see --table)."),
+            click.option("--format", "fmt", type=click.Choice(FORMATS + extra_formats), default="table",
+                         show_default=True,
+                         help="table: aligned text; json: a list of flat records; csv: one table (see --table)"
+                              + "".join(f"; {x}: see above" for x in extra_formats) + "."),
             click.option("--table", "table", type=click.Choice(tables), default=None,
                          help=f"Only this table [{', '.join(tables)}; csv: the first]." if len(tables) > 1 else
                          "Only this table (the command has one).",
                          hidden=len(tables) == 1),
-            click.option("--out", "out", type=click.Path(file_okay=False), default=None, metavar="DIR",
-                         help="Write each table to DIR/NAME.csv|json|txt instead of printing."),
         ]
+        if out_option:
+            opts.append(click.option("--out", "out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                                     help="Write each table to DIR/NAME.csv|json|txt instead of printing."))
         if json_alias:
             opts.append(click.option("--json", "as_json", is_flag=True, help="Same as --format json."))
         if quiet:
@@ -235,7 +241,33 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
         show_summary(click.echo, comparison.summary, comparison.report_path)
 
 
+def _read_config(ctx, _param, path):
+    """--config FILE (eager): its keys become the command's defaults, so the command line overrides them."""
+    if path is None:
+        return None
+    from .runconfig import RunConfigError, read
+
+    try:
+        ctx.default_map = {**(ctx.default_map or {}), **read(path, ctx.command.params)}
+    except RunConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
+    return path
+
+
+def _given(ctx, name: str) -> bool:
+    """Was this option set by the user: on the command line or in the --config file?"""
+    return ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
+                                              click.core.ParameterSource.DEFAULT_MAP)
+
+
 @main.command(short_help="Train every model on one split, then compare them.")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, is_eager=True, expose_value=False,
+              callback=_read_config, metavar="FILE",
+              help="Read options from a TOML file: one key per option (learning_rate = 0.01, models = "
+                   "\"distilgpt2\"); the command line overrides it. `wmg show --run-id N --format toml` writes one "
+                   "that trains run N again.")
+@click.option("--data-sha256", default=None, metavar="HEX",
+              help="Refuse to train unless the data file has this SHA-256 (a config written by `wmg show` sets it).")
 @click.option("--data", default=None, type=click.Path(dir_okay=False), metavar="PATH", help=DATA_HELP)
 @click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True, metavar="NAMES",
               help=f"Comma-separated models to train, from the registry: {', '.join(REGISTRY)}.")
@@ -351,7 +383,7 @@ def show_comparison(comparison, output: Output, show_examples: bool) -> None:
 @output_options(("comparison", "run", "study", "study_pairs"))
 @handle_errors
 @torchrun_aware
-def train(data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
+def train(data_sha256, data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, quote_shuffle, tie_embeddings, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
@@ -373,8 +405,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
 
     def refuse_options(what: str, allowed: set[str]) -> None:
         allowed = allowed | {"store", "progress", "fmt", "table", "out", "quiet", "as_json"}
-        given = [name for name in ctx.params if name not in allowed
-                 and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        given = [name for name in ctx.params if name not in allowed and _given(ctx, name)]
         if given:
             raise click.UsageError(f"{what} with its own options; do not give --{given[0].replace('_', '-')}")
 
@@ -412,6 +443,12 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                 raise click.BadParameter(f"{item!r}: {path} is not a folder", param_hint="--weights")
             sources[name] = path
         data = resolve_data(data)
+        if data_sha256 is not None:
+            from .pipeline import file_sha256
+
+            if file_sha256(data) != data_sha256.lower():
+                raise click.ClickException(f"{data} is not the data the config was written for: its SHA-256 is "
+                                           f"{file_sha256(data)}, not {data_sha256}")
         info = dev.setup(device, platform, echo, precision=precision)
         prec = info.precision
         overrides = dict(epochs=epochs, learning_rate=learning_rate, micro_batch_size=batch_size, grad_accum=grad_accum,
@@ -429,7 +466,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
                             overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress,
                             train_fraction=train_fraction)
         if folds is not None:
-            if ctx.get_parameter_source("eval_split") == click.core.ParameterSource.COMMANDLINE:
+            if _given(ctx, "eval_split"):
                 raise click.UsageError("--eval-split does not apply with --folds: run i holds out fold i (1/K of "
                                        "the examples)")
             if fold is not None and fold > folds:
@@ -452,8 +489,7 @@ def train(data, models, examples, eval_split, seed, init, weights, epochs, dropo
 
                     output.emit([Table("study", "Study", ["study_id"], [[sid]])])
                 return
-            _run_study(store, sid, fold, output, show_examples and ctx.get_parameter_source("show_examples")
-                       == click.core.ParameterSource.COMMANDLINE, progress)
+            _run_study(store, sid, fold, output, show_examples and _given(ctx, "show_examples"), progress)
             return
         run_id = train_run(store, opts, echo)
     echo("")
@@ -678,13 +714,30 @@ def runs(store, output):
 @main.command(short_help="One run in detail.")
 @click.option("--run-id", type=RUN_ID, required=True, help="The run to show.")
 @db_option
-@output_options(("run", "models", "config"))
+@output_options(("run", "models", "config"), extra_formats=("toml",))
 @handle_errors
 def show(run_id, store, output):
-    """One run in detail: data, versions, each model's init, hyperparameters, losses and scores."""
+    """One run in detail: data, versions, each model's init, hyperparameters, losses and scores.
+
+    --format toml prints instead a config file that trains the run again: `wmg show --run-id N
+    --format toml > run.toml`, then `wmg train --config run.toml` (same data, checked by its
+    SHA-256, split, seed and hyperparameters)."""
     from .console import show_tables
 
-    output.emit(show_tables(store.get_run(run_id)))
+    run = store.get_run(run_id)
+    if output.fmt == "toml":
+        from .runconfig import run_config
+
+        if output.table is not None:
+            raise click.UsageError("--format toml prints the run's config; it has no --table")
+        text = run_config(run, store.get_study(run.study_id) if run.study_id else None)
+        if output.out:
+            Path(output.out).mkdir(parents=True, exist_ok=True)
+            (Path(output.out) / f"run-{run_id}.toml").write_text(text)
+        else:
+            click.echo(text, nl=False)
+        return
+    output.emit(show_tables(run))
 
 
 # ---------------------------------------------------------------- db
@@ -980,6 +1033,94 @@ def bench(models, quick, no_memory, data, output):
 
 
 # ---------------------------------------------------------------- data
+# ---------------------------------------------------------------- export
+def _run_selection(f):
+    for opt in reversed([
+        click.option("--run-id", "run_ids", type=RUN_ID, multiple=True, help="A run to export; repeatable."),
+        click.option("--study", "study_ids", type=STUDY_ID, multiple=True,
+                     help="Every run of a study; repeatable."),
+        click.option("--all-runs", is_flag=True, help="Every run in the store."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _runs_of(store, run_ids, study_ids, all_runs) -> list[int]:
+    """The runs a selection names, each checked to exist (one line for a run or study that does not)."""
+    if not (run_ids or study_ids or all_runs):
+        raise click.UsageError("nothing selected: give --run-id N (repeatable), --study ID or --all-runs")
+    chosen = [store.get_run(r).id for r in run_ids]
+    for sid in study_ids:
+        chosen += [r.id for r in store.get_study(sid).runs]
+    if all_runs:
+        chosen += [r.id for r in store.list_runs()]
+    return sorted(set(chosen))
+
+
+@main.group(short_help="Runs out to other tools: CSV/JSONL files, MLflow.")
+def export():
+    """Runs out to the tools researchers already use: `csv` and `jsonl` (every table and view, one
+    file each, for pandas, R or a spreadsheet) and `mlflow` (each run as an MLflow run)."""
+
+
+def _tidy_command(fmt: str):
+    @export.command(fmt, short_help=f"Every table and view of the selection, one .{fmt} file each.")
+    @_run_selection
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+                  help="The folder to write into (made if missing; files of the same name are replaced).")
+    @db_option
+    @output_options(("files",), quiet=False, out_option=False)
+    @handle_errors
+    def command(run_ids, study_ids, all_runs, out_dir, store, output):
+        from .console import Table
+        from .export import export_tidy
+
+        runs = _runs_of(store, run_ids, study_ids, all_runs)
+        written = export_tidy(store, runs, out_dir, fmt)
+        output.emit([Table("files", f"Exported {len(runs)} run{'s' if len(runs) != 1 else ''} ({fmt})",
+                           ["name", "kind", "rows", "path"], [list(w) for w in written])])
+
+    command.__doc__ = (f"Every table and view of the store, limited to the selected runs (and their studies), "
+                       f"as DIR/<name>.{fmt}: " + ("a header row, then one row per record." if fmt == "csv" else
+                                                   "one JSON object per line.") +
+                       " Values as SQLite holds them: booleans 0/1, timestamps as text, JSON columns as text.")
+    return command
+
+
+export_csv = _tidy_command("csv")
+export_jsonl = _tidy_command("jsonl")
+
+
+@export.command("mlflow", short_help="Each run as an MLflow run (parameters, metrics, artifacts).")
+@_run_selection
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI [env MLFLOW_TRACKING_URI; else MLflow's default, sqlite:///mlflow.db in "
+                   "this folder].")
+@click.option("--experiment", default="wmg", show_default=True, help="The MLflow experiment to log into.")
+@click.option("--artifacts/--no-artifacts", default=True, show_default=True,
+              help="Also log the comparison's report and the run's plots.")
+@db_option
+@output_options(("mlflow",), quiet=False, out_option=False)
+@handle_errors
+def export_mlflow(run_ids, study_ids, all_runs, tracking_uri, experiment, artifacts, store, output):
+    """Log each selected run as an MLflow run through MLflow's client API: parameters (data, split,
+    seed, options, every model's hyperparameters), per-step training losses and learning rates,
+    per-epoch validation losses and development-slice scores, the comparison's metrics per model
+    and baseline, and the report and plots as artifacts. Exporting again updates the MLflow run
+    (found by its wmg.store and wmg.run_id tags) instead of adding one. Needs `pip install
+    'wmg[mlflow]'`."""
+    from .console import Table
+    from .mlflow_export import MlflowExportError, export_runs
+
+    runs = _runs_of(store, run_ids, study_ids, all_runs)
+    try:
+        done = export_runs(store, runs, tracking_uri, experiment, artifacts)
+    except MlflowExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    output.emit([Table("mlflow", f"Exported to MLflow (experiment {experiment})", ["wmg_run", "mlflow_run", "action"],
+                       [list(d) for d in done])])
+
+
 @main.group()
 def data():
     """Dataset files."""

@@ -112,6 +112,7 @@ class EvaluationInfo:
     baseline_accuracy: dict[str, float] = field(default_factory=dict)  # reference baselines' gold-type accuracy
     n_open: int = 0  # examples whose instruction is in the open form (names no category)
     gold_accuracy_open: dict[str, float] = field(default_factory=dict)  # models and baselines, open form only
+    config: dict = field(default_factory=dict)  # the comparison's options (max_new_tokens, no_repeat_ngram_size, ...)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,58 @@ class Store:
         with self.engine().connect() as conn:
             return [{k: plain_value(v) for k, v in r._mapping.items()} for r in conn.execute(text(sql), params)]
 
+    # Each table's rows that belong to a set of runs (:runs) and their studies (:studies): the
+    # condition that ties a row to its run. Every table of the schema must be here (a test checks).
+    EXPORT_FILTERS = {
+        "studies": "id IN :studies",
+        "runs": "id IN :runs",
+        "run_models": "run_id IN :runs",
+        "train_steps": "run_model_id IN (SELECT id FROM run_models WHERE run_id IN :runs)",
+        "epoch_losses": "run_model_id IN (SELECT id FROM run_models WHERE run_id IN :runs)",
+        "evaluations": "run_id IN :runs",
+        "examples": "run_id IN :runs",
+        "predictions": "evaluation_id IN (SELECT id FROM evaluations WHERE run_id IN :runs)",
+        "agreements": "evaluation_id IN (SELECT id FROM evaluations WHERE run_id IN :runs)",
+        "baseline_predictions": "evaluation_id IN (SELECT id FROM evaluations WHERE run_id IN :runs)",
+        "judgment_sets": "evaluation_id IN (SELECT id FROM evaluations WHERE run_id IN :runs)",
+        "judgments": "set_id IN (SELECT j.id FROM judgment_sets j JOIN evaluations e ON e.id = j.evaluation_id "
+                     "WHERE e.run_id IN :runs)",
+        "annotations": "evaluation_id IN (SELECT id FROM evaluations WHERE run_id IN :runs)",
+    }
+    NOT_EXPORTED = {"alembic_version", "sqlite_sequence"}
+
+    def export_tables(self, run_ids: Sequence[int]) -> Iterator[tuple[str, str, list[str], list[dict[str, Any]]]]:
+        """Every table and view of the store, each limited to the rows of these runs (and of their
+        studies): (name, "table" or "view", columns, rows), values in SQLite's forms."""
+        from sqlalchemy import bindparam, inspect
+
+        run_ids = sorted(set(run_ids))
+        with self.engine().connect() as conn:
+            insp = inspect(conn)
+            studies = sorted({r for (r,) in conn.execute(
+                text("SELECT DISTINCT study_id FROM runs WHERE id IN :runs AND study_id IS NOT NULL")
+                .bindparams(bindparam("runs", expanding=True)), {"runs": run_ids or [-1]})})
+            params = {"runs": run_ids or [-1], "studies": studies or [-1]}
+            for kind, names in (("table", insp.get_table_names()), ("view", insp.get_view_names())):
+                for name in sorted(set(names) - self.NOT_EXPORTED):
+                    columns = [c["name"] for c in (insp.get_columns(name))]
+                    if kind == "table":
+                        if name not in self.EXPORT_FILTERS:
+                            raise StoreError(f"table {name} has no export rule (Store.EXPORT_FILTERS)")
+                        where = self.EXPORT_FILTERS[name]
+                    elif "run_id" in columns:
+                        where = "run_id IN :runs"
+                    elif "study_id" in columns:
+                        where = "study_id IN :studies"
+                    else:
+                        raise StoreError(f"view {name} has neither run_id nor study_id to select its rows by")
+                    order = "id" if "id" in columns else ", ".join(columns[:3])
+                    stmt = text(f"SELECT * FROM {name} WHERE {where} ORDER BY {order}")
+                    stmt = stmt.bindparams(*(bindparam(k, expanding=True) for k in params if f":{k}" in where))
+                    rows = [{k: plain_value(v) for k, v in r._mapping.items()}
+                            for r in conn.execute(stmt, {k: v for k, v in params.items() if f":{k}" in where})]
+                    yield name, kind, columns, rows
+
     def revision(self) -> str | None:
         """The schema revision the store is at (None: not a wmg store yet); upgrades nothing."""
         _check_sqlite_file(self.url)
@@ -542,7 +594,8 @@ def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
                           e.full_agreement_rate, e.report_path, e.seconds, e.error,
                           {m: float(f) for m, f, _ in rows}, {m: float(g) for m, _, g in rows},
                           {b: float(dict(base)[b]) for b in in_order(dict(base))}, max((n for _, n, _ in open_rows), default=0),
-                          {**{m: float(g) for m, _, g in open_rows}, **{b: float(g) for b, g in open_base}})
+                          {**{m: float(g) for m, _, g in open_rows}, **{b: float(g) for b, g in open_base}},
+                          json.loads(e.config_json))
 
 
 def _latest_eval(s, run_id: int) -> t.Evaluation | None:
