@@ -1121,6 +1121,50 @@ def export_mlflow(run_ids, study_ids, all_runs, tracking_uri, experiment, artifa
                        [list(d) for d in done])])
 
 
+@main.command(short_help="Browse results.db in Datasette, with a canned query per research question.")
+@click.option("--port", default=8001, show_default=True, type=click.IntRange(0, 65535), help="Port to serve on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--metadata", "metadata_out", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the Datasette metadata (the canned queries, keyed to this store's file) to FILE and exit, "
+                   "for `datasette results.db -m FILE`.")
+@db_option
+@handle_errors
+def datasette(port, host, metadata_out, store):
+    """Serve the results store with Datasette (`pip install 'wmg[datasette]'`): every table and view to
+    browse, and the research questions as canned queries (error analysis by type, confusion,
+    disagreements, architecture comparison, agreement as confidence, voting, kappas, models beside
+    the baselines, a study pooled over its folds, trends across runs). SQLite stores only."""
+    import json
+    import subprocess
+    import tempfile
+
+    from .browse import metadata_for
+
+    if store.dialect != "sqlite":
+        raise click.ClickException(f"Datasette serves SQLite files; {store.shown} is {store.dialect}")
+    from sqlalchemy.engine import make_url
+
+    path = make_url(store.url).database or ""
+    if not Path(path).is_file():
+        raise click.ClickException(f"no results store at {path}: train a run first (`wmg train`)")
+    store.engine()  # brings the schema (and its views) to the newest revision
+    meta = json.dumps(metadata_for(path), indent=2)
+    if metadata_out:
+        Path(metadata_out).write_text(meta)
+        echo(f"✓ Datasette metadata for {Path(path).name} written to {metadata_out}: "
+             f"`datasette {path} -m {metadata_out}`")
+        return
+    try:
+        import datasette as _  # noqa: F401
+    except ImportError:
+        raise click.ClickException("Datasette is not installed: pip install 'wmg[datasette]'") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "metadata.json").write_text(meta)
+        echo(f"Serving {path} at http://{host}:{port}/ (Ctrl-C stops)")
+        sys.exit(subprocess.call([sys.executable, "-m", "datasette", "serve", path, "-m",
+                                  str(Path(tmp) / "metadata.json"), "--host", host, "--port", str(port)]))
+
+
 @main.group()
 def data():
     """Dataset files."""
