@@ -1033,6 +1033,26 @@ def bench(models, quick, no_memory, data, output):
 
 
 # ---------------------------------------------------------------- data
+@main.command(short_help="One self-contained HTML page of a run or a study.")
+@click.option("--run-id", type=RUN_ID, default=None, help="The run to report (its latest comparison).")
+@click.option("--study", "study_id", type=STUDY_ID, default=None, help="The study to report, its folds pooled.")
+@click.option("--out", "out_path", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              metavar="FILE", help="The HTML file to write.")
+@db_option
+@handle_errors
+def report(run_id, study_id, out_path, store):
+    """One self-contained HTML file to share: the configuration, each model's loss curves, the
+    accuracy table with intervals and baselines, accuracy per gadget type, confusion matrices,
+    agreement as confidence (risk-coverage curve) and every disagreement side by side with the
+    gold output. Figures are embedded; every text from the data is escaped."""
+    from .report import write
+
+    if (run_id is None) == (study_id is None):
+        raise click.UsageError("give --run-id N or --study ID (one of them)")
+    path = write(store, out_path, run_id, study_id)
+    echo(f"✓ Report written: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
 # ---------------------------------------------------------------- export
 def _run_selection(f):
     for opt in reversed([

@@ -110,12 +110,11 @@ def export_runs(store: Store, run_ids: Sequence[int], tracking_uri: str | None =
                 experiment: str = EXPERIMENT, artifacts: bool = True) -> list[tuple[int, str, str]]:
     """Log each run into MLflow; returns (wmg run id, MLflow run id, "created" or "updated")."""
     try:
-        import mlflow  # noqa: F401
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
     except ImportError:
         raise MlflowExportError("MLflow is not installed: pip install 'wmg[mlflow]' (or mlflow-skinny)") from None
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     try:
         client = MlflowClient(tracking_uri)

@@ -17,6 +17,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write at the figures' common resolution and free the figure."""
+    plt = _plt()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def loss_curves(store: Store, run_id: int, out: Path) -> Path | None:
     plt = _plt()
     models = store.query("SELECT id, name, init FROM run_models WHERE run_id = :r ORDER BY position", r=run_id)
@@ -40,10 +49,7 @@ def loss_curves(store: Store, run_id: int, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = out / f"run{run_id}_loss_curves.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _error_bars(rates_counts):
@@ -102,10 +108,7 @@ def label_accuracy(store: Store, sel: Selected, out: Path) -> Path:
     ax.set_title(f"Run {sel.run_id}, evaluation {sel.evaluation_id}: accuracy per gold label (95% Wilson intervals)",
                  fontsize=10)
     path = out / f"run{sel.run_id}_eval{sel.evaluation_id}_label_accuracy.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def form_accuracy(store: Store, selected: Sequence[Selected], out: Path, name: str, title: str) -> Path | None:
@@ -127,25 +130,29 @@ def form_accuracy(store: Store, selected: Sequence[Selected], out: Path, name: s
                   models, {(labels[g], m): v for (g, m), v in counts.items() if g in labels})
     ax.set_title(title + "\n95% Wilson intervals; open: the instruction names no category", fontsize=9)
     path = out / name
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def confusion(store: Store, sel: Selected, out: Path) -> list[Path]:
+def confusion(store: Store, sel: Selected | Sequence[Selected], out: Path, stem: str | None = None,
+              what: str | None = None) -> list[Path]:
+    """One confusion matrix per model; several selected evaluations (a study's folds) are pooled."""
     import numpy as np
 
     plt = _plt()
     from ..parse import CANONICAL_LABELS
 
-    conf = store.query("SELECT model, gold_label, predicted_label, n FROM confusion WHERE evaluation_id = :e",
-                 e=sel.evaluation_id)
+    sels = [sel] if isinstance(sel, Selected) else list(sel)
+    first = sels[0]
+    stem = stem or f"run{first.run_id}_eval{first.evaluation_id}"
+    what = what or f"run {first.run_id}, evaluation {first.evaluation_id}"
+    conf = store.query("SELECT model, gold_label, predicted_label, SUM(n) AS n FROM confusion WHERE evaluation_id IN "
+                       f"({','.join(str(int(s.evaluation_id)) for s in sels)}) "
+                       "GROUP BY model, gold_label, predicted_label")
     gold = sorted({c["gold_label"] for c in conf})
     pred = [l for l in CANONICAL_LABELS] + ["(other)"]
     short = lambda l: l.replace(" gadget", "")
     paths = []
-    for m in sel.models:
+    for m in dict.fromkeys(m for s in sels for m in s.models):
         mat = np.zeros((len(gold), len(pred)), dtype=int)
         for c in conf:
             if c["model"] == m and c["predicted_label"] in pred:
@@ -159,14 +166,39 @@ def confusion(store: Store, sel: Selected, out: Path) -> list[Path]:
                 if mat[i, j]:
                     ax.text(j, i, str(mat[i, j]), ha="center", va="center",
                             color="white" if mat[i, j] > mat.max() / 2 else "black")
-        ax.set(xlabel="predicted canonical label", ylabel="gold label",
-               title=f"{m}: confusion (run {sel.run_id}, evaluation {sel.evaluation_id})")
-        path = out / f"run{sel.run_id}_eval{sel.evaluation_id}_confusion_{m}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        ax.set(xlabel="predicted canonical label", ylabel="gold label", title=f"{m}: confusion ({what})")
+        paths.append(_save(fig, out / f"{stem}_confusion_{m}.png"))
     return paths
+
+
+def risk_coverage(store: Store, sels: Sequence[Selected], out: Path, stem: str, what: str) -> Path | None:
+    """Agreement as confidence: the majority vote's risk against coverage when only examples whose
+    agreement level (models giving the majority type / models) reaches a threshold are answered,
+    the selected evaluations pooled; the dashed line is the risk of answering everything."""
+    plt = _plt()
+    rows = store.query("SELECT CAST(majority_count AS FLOAT) / n_models AS level, "
+                       "CASE WHEN majority_matches_gold THEN 1 ELSE 0 END AS right FROM agreements "
+                       f"WHERE n_models >= 2 AND evaluation_id IN ({','.join(str(int(s.evaluation_id)) for s in sels)})")
+    if not rows:
+        return None
+    levels = sorted({round(r["level"], 6) for r in rows}, reverse=True)
+    cov, risk = [0.0], []
+    for lv in levels:
+        covered = [r["right"] for r in rows if round(r["level"], 6) >= lv]
+        cov.append(len(covered) / len(rows))
+        risk.append(1 - sum(covered) / len(covered))
+    risk = [risk[0]] + risk
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.step(cov, risk, where="post", marker="o", label="majority vote, most agreed examples first")
+    for x, y, lv in zip(cov[1:], risk[1:], levels):
+        ax.annotate(f"agreement ≥ {lv:.2f}", (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.axhline(risk[-1], ls="--", color="grey", lw=1, label="risk when answering every example")
+    ax.set(xlabel="coverage (share of examples answered)", ylabel="risk (error rate of the answers)",
+           xlim=(0, 1.02), ylim=(0, max(risk) * 1.2 + 0.02), title=f"Risk-coverage ({what})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = out / f"{stem}_risk_coverage.png"
+    return _save(fig, path)
 
 
 def runs_trend(store: Store, out: Path) -> Path | None:
@@ -194,10 +226,7 @@ def runs_trend(store: Store, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = out / "runs_trend.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_all(store: Store, sel: Sequence[Selected], out_dir: str | Path) -> list[Path]:
