@@ -69,11 +69,16 @@ def test_export_of_nothing_or_an_unknown_run_is_one_line(store, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_mlflow_export_reads_back_and_a_second_export_updates(store, tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "folder"])
+def test_mlflow_export_reads_back_and_a_second_export_updates(store, tmp_path, kind, monkeypatch):
+    """Into MLflow's default kind of local store (SQLite) and into a ./mlruns-style folder, which
+    MLflow 3 keeps in maintenance mode and opens only when MLFLOW_ALLOW_FILE_STORE is set."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if kind == "folder":
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if kind == "sqlite" else (tmp_path / "mlruns").as_uri()
     for _ in range(2):  # the second export updates the same MLflow runs
         r = invoke("export", "mlflow", "--all-runs", "--db", store, "--tracking-uri", uri)
         assert r.exit_code == 0, r.output

@@ -14,8 +14,9 @@ What a wmg run becomes:
 - tags: `wmg.run_id`, `wmg.store` (which results store), `wmg.study_id`, `wmg.fold`, the status.
 
 Exporting again updates the same MLflow run, found by its `wmg.store` and `wmg.run_id` tags:
-every metric point has a fixed timestamp (the run's start), so a point logged twice is stored
-once, and parameters never change for a stored run.
+every metric point has a fixed timestamp (the run's start), and only the points the MLflow run
+lacks are logged (a later comparison adds its own), so nothing is doubled; parameters never
+change for a stored run.
 """
 from __future__ import annotations
 
@@ -137,6 +138,10 @@ def export_runs(store: Store, run_ids: Sequence[int], tracking_uri: str | None =
             stamp = _ms(run.created_at)
             params = [Param(k, v[:6000]) for k, v in run_params(run).items()]
             metrics = [Metric(k, v, stamp, step) for k, v, step in run_metrics(store, run)]
+            if action == "updated":  # only the points not logged before (a folder store would keep both)
+                logged = {(h.key, h.step, h.timestamp, h.value) for key in {m.key for m in metrics}
+                          for h in client.get_metric_history(mid, key)}
+                metrics = [m for m in metrics if (m.key, m.step, m.timestamp, m.value) not in logged]
             client.log_batch(mid, tags=[RunTag(k, v) for k, v in tags.items()])
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
                 client.log_batch(mid, params=params[i:i + 100])
