@@ -1039,8 +1039,9 @@ def bench(models, quick, no_memory, data, output):
 @click.option("--out", "out_path", default="report.html", show_default=True, type=click.Path(dir_okay=False),
               metavar="FILE", help="The HTML file to write.")
 @db_option
+@output_options(("files",), quiet=False, out_option=False)
 @handle_errors
-def report(run_id, study_id, out_path, store):
+def report(run_id, study_id, out_path, store, output):
     """One self-contained HTML file to share: the configuration, each model's loss curves, the
     accuracy table with intervals and baselines, accuracy per gadget type, confusion matrices,
     agreement as confidence (risk-coverage curve) and every disagreement side by side with the
@@ -1049,8 +1050,10 @@ def report(run_id, study_id, out_path, store):
 
     if (run_id is None) == (study_id is None):
         raise click.UsageError("give --run-id N or --study ID (one of them)")
+    from .console import Table
+
     path = write(store, out_path, run_id, study_id)
-    echo(f"✓ Report written: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    output.emit([Table("files", "Report written", ["path", "bytes"], [[str(path), path.stat().st_size]])])
 
 
 # ---------------------------------------------------------------- export
