@@ -73,11 +73,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never a mix."""
+def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
+    """Write a small file so that readers see the old or the new content, never a mix. `newline`
+    as for open(): "" writes the text's line endings untranslated (CSV's \\r\\n, JSONL's \\n)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
+        with tmp.open("w", encoding="utf-8", newline=newline) as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -446,9 +446,10 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
         if data_sha256 is not None:
             from .pipeline import file_sha256
 
-            if file_sha256(data) != data_sha256.lower():
+            actual = file_sha256(data)
+            if actual != data_sha256.lower():
                 raise click.ClickException(f"{data} is not the data the config was written for: its SHA-256 is "
-                                           f"{file_sha256(data)}, not {data_sha256}")
+                                           f"{actual}, not {data_sha256}")
         info = dev.setup(device, platform, echo, precision=precision)
         prec = info.precision
         overrides = dict(epochs=epochs, learning_rate=learning_rate, micro_batch_size=batch_size, grad_accum=grad_accum,
@@ -1133,13 +1134,9 @@ def export_mlflow(run_ids, study_ids, all_runs, tracking_uri, experiment, artifa
     (found by its wmg.store and wmg.run_id tags) instead of adding one. Needs `pip install
     'wmg[mlflow]'`."""
     from .console import Table
-    from .mlflow_export import MlflowExportError, export_runs
+    from .mlflow_export import export_runs
 
-    runs = _runs_of(store, run_ids, study_ids, all_runs)
-    try:
-        done = export_runs(store, runs, tracking_uri, experiment, artifacts)
-    except MlflowExportError as exc:
-        raise click.ClickException(str(exc)) from None
+    done = export_runs(store, _runs_of(store, run_ids, study_ids, all_runs), tracking_uri, experiment, artifacts)
     output.emit([Table("mlflow", f"Exported to MLflow (experiment {experiment})", ["wmg_run", "mlflow_run", "action"],
                        [list(d) for d in done])])
 

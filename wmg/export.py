@@ -4,10 +4,12 @@ JSON columns as their JSON text), the same on every kind of store."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Sequence
 
+from .checkpoint import atomic_write_text
 from .store import Store
 
 
@@ -20,15 +22,14 @@ def export_tidy(store: Store, run_ids: Sequence[int], out: str | Path, fmt: str)
     written = []
     for name, kind, columns, rows in store.export_tables(run_ids):
         path = out / f"{name}.{fmt}"
-        tmp = path.with_suffix(path.suffix + ".part")  # a reader never sees half a file
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            if fmt == "csv":
-                w = csv.DictWriter(fh, fieldnames=columns)
-                w.writeheader()
-                w.writerows(rows)
-            else:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        if fmt == "csv":
+            text = io.StringIO(newline="")
+            w = csv.DictWriter(text, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+            text = text.getvalue()
+        else:
+            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        atomic_write_text(path, text, newline="")  # a reader never sees half a file
         written.append((name, kind, len(rows), str(path)))
     return written

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .config import ConfigError
 from .store import Store
 from .store.records import RunInfo
 
@@ -33,8 +34,8 @@ EXPERIMENT = "wmg"
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "running": "RUNNING"}
 
 
-class MlflowExportError(ValueError):
-    """MLflow is missing or refused the export (reported as one line)."""
+class MlflowExportError(ConfigError):
+    """MLflow is missing or refused the export (a ConfigError: the CLI reports it as one line)."""
 
 
 def _ms(dt) -> int:

@@ -184,10 +184,10 @@ def build(store: Store, run_id: int | None = None, study_id: int | None = None) 
 
 def write(store: Store, out: str | Path, run_id: int | None = None, study_id: int | None = None) -> Path:
     """Write the page to `out` whole (a temporary file renamed into place)."""
+    from .checkpoint import atomic_write_text
+
     page = build(store, run_id, study_id)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, page)
     return out
