@@ -47,18 +47,21 @@ def test_the_new_platform_lines_are_open_form_and_share_nothing(tmp_path):
     assert merged.shared_sentences == [] and merged.near_duplicates == [] and merged.max_jaccard < 0.1
 
 
-def test_the_held_out_platforms_file_is_open_form_and_shares_nothing(tmp_path):
-    """data/heldout_platforms.jsonl (out of distribution, never trained on): valid, all open form,
-    balanced, exact locations, and not a sentence or near-duplicate shared with the bundled file."""
-    held = BUNDLED.with_name("heldout_platforms.jsonl")
+@pytest.mark.parametrize("name, per_label", [("heldout_platforms.jsonl", (43, 45)),
+                                             ("heldout_platforms_2.jsonl", (44, 44))])
+def test_the_held_out_platforms_files_are_open_form_and_share_nothing(tmp_path, name, per_label):
+    """The out-of-distribution files (never trained on): valid, all open form, balanced, exact
+    locations, and not a sentence or near-duplicate shared with the bundled file or each other."""
+    held = BUNDLED.with_name(name)
     rep = check(held)
     assert rep.errors == [] and rep.valid == rep.lines == 264 and rep.forms == {"open": 264}
-    assert set(rep.labels) == set(LABELS) and all(43 <= n <= 45 for n in rep.labels.values())
+    assert set(rep.labels) == set(LABELS) and all(per_label[0] <= n <= per_label[1] for n in rep.labels.values())
     assert all(2 <= w <= 10 for w in rep.location_words) and all(40 <= w <= 160 for w in rep.excerpt_words)
     merged = tmp_path / "merged.jsonl"
-    merged.write_text(BUNDLED.read_text() + held.read_text())
+    merged.write_text("".join(BUNDLED.with_name(n).read_text() for n in
+                              (BUNDLED.name, "heldout_platforms.jsonl", "heldout_platforms_2.jsonl")))
     rep = check(merged)
-    assert rep.errors == [] and rep.valid == 1056
+    assert rep.errors == [] and rep.valid == 1320
     assert rep.shared_sentences == [] and rep.near_duplicates == [] and rep.max_jaccard < 0.1
     assert rep.findings() == []
 
