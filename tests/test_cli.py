@@ -236,6 +236,57 @@ def test_default_examples_follow_the_init(tmp_path, small_data):
     assert hp["dropout"] == 0.0 and hp["epochs"] == 1
 
 
+def test_extra_training_lines_join_the_training_split_only(tmp_path, small_data):
+    """--extra-train FILE: its lines are added to the training split after the split, numbered after
+    the data file's, and never evaluated, so the held-out examples are those of the same run without
+    them; the files are recorded with their SHA-256 (`wmg show`, the TOML that trains the run again).
+    A line repeating an excerpt of the data is refused before anything is stored, as is a file
+    changed since its hash was recorded."""
+    import tomllib
+
+    from wmg.data import load_jsonl
+    from wmg.pipeline import TrainOptions, extra_training_lines, file_sha256
+
+    data = load_jsonl(small_data)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"instruction": e.instruction, "input": f"Variant {i}. {e.input}",
+                                         "output": e.output}) + "\n" for i, e in enumerate(data[:4])))
+    db = str(tmp_path / "d.db")
+    base = ["train", "--data", small_data, "--db", db, "--tiny", "--epochs", "1", "--no-compare", "--no-progress",
+            "--platform", "windows", "--checkpoints", str(tmp_path / "c"), "--eval-split", "0.25"]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    r = CliRunner().invoke(main, base + ["--extra-train", str(extra)])
+    assert r.exit_code == 0, r.output
+    assert f"Extra training lines: 4 from {extra}" in r.output
+
+    def lines(run, split):
+        return sorted(x for (x,) in q(db, "SELECT source_line FROM examples WHERE run_id = ? AND split = ?", run, split))
+
+    assert lines(2, "validation") == lines(1, "validation") and len(lines(1, "validation")) == 3
+    assert lines(2, "train") == sorted(lines(1, "train") + [12, 13, 14, 15])
+    assert q(db, "SELECT input FROM examples WHERE run_id = 2 AND source_line = 12") == [(f"Variant 0. {data[0].input}",)]
+    shown = CliRunner().invoke(main, ["show", "--run-id", "2", "--db", db, "--format", "toml"])
+    cfg = tomllib.loads(shown.output)
+    assert cfg["extra_train"] == [str(extra)] and file_sha256(extra) in shown.output
+    assert str(extra) in CliRunner().invoke(main, ["show", "--run-id", "2", "--db", db]).output
+    (tmp_path / "run.toml").write_text(shown.output)
+    r = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "run.toml"), "--db", db, "--no-compare",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert lines(3, "train") == lines(2, "train") and lines(3, "validation") == lines(2, "validation")
+
+    leak = tmp_path / "leak.jsonl"
+    leak.write_text(extra.read_text() + json.dumps({"instruction": data[5].instruction, "input": data[5].input,
+                                                    "output": data[5].output}) + "\n")
+    r = CliRunner().invoke(main, base + ["--extra-train", str(leak)])
+    one_line_error(r, f"{leak}:5", "already in")
+    assert q(db, "SELECT count(*) FROM runs") == [(3,)]
+    opts = TrainOptions(data=small_data, models="flan-t5-small", extra_train=[str(extra)],
+                        extra_train_sha256=["0" * 64])
+    with pytest.raises(ValueError, match="has changed"):
+        extra_training_lines(opts, data, print)
+
+
 def test_compare_with_the_location_span_constraint(trained, monkeypatch):
     """`--location-span`: recorded with the evaluation, and every stored location is a span of its own
     excerpt. A tiny model rarely writes `location:` by itself, so the answer's head is forced; the

@@ -369,6 +369,10 @@ def _given(ctx, name: str) -> bool:
               metavar="F", help="Learning curves: train on this share of the training split (stratified by label "
                                 "and form; a smaller share is a subset of a larger one); the held-out examples "
                                 "are unchanged.")
+@click.option("--extra-train", "extra_train", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE", help="Also train on every line of this JSONL file (repeatable): added to the training "
+                                   "split after the split is made, never evaluated; the held-out examples are "
+                                   "unchanged, so a data lever is measured on the same folds.")
 @click.option("--seeds", type=click.IntRange(1), default=1, show_default=True, metavar="N",
               help="With --folds: repeat the K folds with N seeds (--seed, --seed+1, ...), each a new partition.")
 @click.option("--record-only", is_flag=True, default=False,
@@ -386,7 +390,7 @@ def _given(ctx, name: str) -> bool:
 def train(data_sha256, data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
           max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, quote_shuffle, tie_embeddings, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
-          baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, seeds,
+          baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, extra_train, seeds,
           record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
 
@@ -399,7 +403,7 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
     """
     from . import device as dev
     from .config import resolve_models
-    from .pipeline import CompareOptions, TrainOptions, compare_run, resume_run, start_study, train_run
+    from .pipeline import CompareOptions, TrainOptions, compare_run, hash_extra_training, resume_run, start_study, train_run
 
     ctx = click.get_current_context()
 
@@ -465,7 +469,8 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
                             device=device, platform=info.platform, workers=info.workers, precision=prec,
                             checkpoints=checkpoints, tiny=tiny, scratch_vocab=scratch_vocab, sources=sources,
                             overrides={k: v for k, v in overrides.items() if v is not None}, progress=progress,
-                            train_fraction=train_fraction)
+                            train_fraction=train_fraction, extra_train=list(extra_train))
+        hash_extra_training(opts)
         if folds is not None:
             if _given(ctx, "eval_split"):
                 raise click.UsageError("--eval-split does not apply with --folds: run i holds out fold i (1/K of "

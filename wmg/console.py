@@ -295,6 +295,7 @@ def show_tables(r) -> list[Table]:
         ("device", r.device), ("platform", r.platform), ("train_seconds", r.train_seconds),
         ("checkpoint_dir", r.checkpoint_dir), ("resumes", r.resumes), ("study_id", r.study_id), ("fold", r.fold),
         ("train_fraction", (r.config or {}).get("train_fraction", 1.0)),
+        ("extra_train", ", ".join((r.config or {}).get("extra_train") or []) or None),
     ]
     if r.status == "running" and r.pid:
         fields += [("pid", r.pid), ("host", r.host)]

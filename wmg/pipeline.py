@@ -12,7 +12,7 @@ import math
 import platform as _platform
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -100,6 +100,11 @@ class TrainOptions:
     folds: int | None = None  # with `fold`: hold out fold `fold` (1 to K) of a stratified K-fold partition
     fold: int | None = None
     train_fraction: float = 1.0  # learning curves: keep this stratified share of the training split
+    # More training lines from other files, added after the split and never evaluated (the data lever
+    # measured on fixed folds); numbered after the data file's lines, their SHA-256 kept to refuse
+    # a changed file (a resumed run reads its examples from the store and does not need them).
+    extra_train: list = field(default_factory=list)
+    extra_train_sha256: list = field(default_factory=list)
 
 
 def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Example]]:
@@ -123,8 +128,39 @@ def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Ex
         train = training_share(train, opts.train_fraction, opts.seed)
         echo(f"✓ Training share {opts.train_fraction:g}: {len(train)} of the {whole} training examples "
              "(stratified by label and instruction form; the held-out examples are unchanged)")
+    if opts.extra_train:
+        train = train + extra_training_lines(opts, examples, echo)
     echo(f"✓ Train: {len(train)} | Validation: {len(val)}")
     return train, val
+
+
+def hash_extra_training(opts: TrainOptions) -> None:
+    """Record the SHA-256 of each `--extra-train` file (once, when a run or study is set up)."""
+    opts.extra_train = [str(p) for p in opts.extra_train]
+    opts.extra_train_sha256 = [file_sha256(p) for p in opts.extra_train]
+
+
+def extra_training_lines(opts: TrainOptions, data: list[Example], echo: Echo) -> list[Example]:
+    """The lines of the `--extra-train` files, numbered after the data file's (as if appended to
+    it). Refused: a file changed since its hash was recorded, and a line whose excerpt is also in
+    the data file (it could be evaluated, or train twice)."""
+    seen = {e.input.strip() for e in data}
+    out: list[Example] = []
+    offset = len(data)
+    hashes = opts.extra_train_sha256 or [None] * len(opts.extra_train)
+    for path, recorded in zip(opts.extra_train, hashes):
+        lines = load_jsonl(path)
+        if recorded is not None and file_sha256(path) != recorded:
+            raise ConfigError(f"{path} has changed since this run's options were recorded (its SHA-256 differs)")
+        for e in lines:
+            if e.input.strip() in seen:
+                raise ConfigError(f"{path}:{e.index + 1}: its excerpt is already in {opts.data} or an earlier "
+                                  "--extra-train file; extra training lines must be new")
+            seen.add(e.input.strip())
+            out.append(replace(e, index=offset + e.index))
+        offset += len(lines)
+        echo(f"✓ Extra training lines: {len(lines)} from {path} (added to the training split, never evaluated)")
+    return out
 
 
 def hyperparams(spec: ModelSpec, init: str, opts: TrainOptions) -> TrainConfig:

@@ -81,7 +81,7 @@ def _configuration(store: Store, run_id: int | None, study_id: int | None) -> li
     if run_id is not None:
         run, models, config = show_tables(store.get_run(run_id))
         keep = {"run_id", "status", "created_at", "data_path", "data_sha256", "n_train", "n_validation", "seed",
-                "init_requested", "device", "platform", "train_seconds", "study_id", "fold", "train_fraction",
+                "init_requested", "device", "platform", "train_seconds", "study_id", "fold", "train_fraction", "extra_train",
                 "evaluation_id", "evaluation_examples", "evaluation_examples_open"}
         run = Table(run.name, "Run", run.columns, [r for r in run.rows if r[0] in keep or r[0].startswith("version_")])
         return [run, models, config]

@@ -119,6 +119,8 @@ def run_config(run, study=None) -> str:
         pairs += [("eval_split", cfg.get("eval_split", run.eval_split))]
     if cfg.get("train_fraction", 1.0) != 1.0:
         pairs += [("train_fraction", cfg["train_fraction"])]
+    if cfg.get("extra_train"):
+        pairs += [("extra_train", list(cfg["extra_train"]))]
     pairs += [("tiny", bool(cfg.get("tiny", False))), ("scratch_vocab", cfg.get("scratch_vocab")),
               ("precision", cfg.get("precision")), ("device", run.device), ("platform", run.platform),
               ("checkpoints", cfg.get("checkpoints"))]
@@ -140,6 +142,8 @@ def run_config(run, study=None) -> str:
             f"{k} {hp[k]}" for k in ("learning_rate", "epochs", "micro_batch_size", "grad_accum", "schedule",
                                      "warmup_ratio", "weight_decay", "dropout", "type_loss_weight",
                                      "open_copies", "dev_fraction", "optimizer") if k in hp))
+    for path, sha in zip(cfg.get("extra_train") or [], cfg.get("extra_train_sha256") or []):
+        comments.append(f"extra training file {path}: SHA-256 {sha}")
     if not compare:
         comments.append("The run has no comparison of its validation split: the comparison options take "
                         "their defaults.")
