@@ -65,9 +65,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (data files, saved model files)."""
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -145,7 +146,7 @@ class ResumeDir:
             with _writing(final / STATE_FILE):
                 torch.save(dict(state, format=FORMAT), tmp / STATE_FILE)
             files = sorted(p for p in tmp.iterdir() if p.is_file())
-            manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+            manifest = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
         previous = None
         try:
@@ -172,7 +173,7 @@ class ResumeDir:
             size = path.stat().st_size
             if size != meta.get("bytes"):
                 raise CheckpointError(f"{path}: truncated or damaged ({size} bytes, expected {meta.get('bytes')})")
-            if _sha256(path) != meta.get("sha256"):
+            if file_sha256(path) != meta.get("sha256"):
                 raise CheckpointError(f"{path}: damaged (its SHA-256 does not match the checkpoint manifest)")
 
     def load_state(self, folder: Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@ written as `running`, each stage's rows go in a short transaction of their own.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import math
 import platform as _platform
@@ -18,6 +17,7 @@ from typing import Callable
 
 from . import __version__
 from .agreement import agreement
+from .checkpoint import file_sha256
 from .console import banner
 from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
 from .data import Example, fold_split, instruction_form, load_jsonl, split, subsample, training_share
@@ -60,14 +60,6 @@ def free_memory() -> None:
     libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions() -> dict:
