@@ -162,21 +162,13 @@ def _toolkit_encoded(spec: ModelSpec, tok, examples, cfg) -> list[Encoded]:
 
 
 def _final_loss(spec: ModelSpec, model, encoded: list[Encoded], pad_id: int) -> float:
-    """Token-mean fp32 cross-entropy over the examples: one yardstick for both sides."""
-    import torch
-
+    """Token-mean fp32 cross-entropy over the examples, the model in eval mode: one yardstick for both sides."""
     from .batching import Collator
-    from .train import token_loss_sum
+    from .train import evaluate_loss
 
     model.eval()
-    total, count = 0.0, 0
-    collate = Collator(spec.type, pad_id)
-    with torch.inference_mode():
-        for i in range(0, len(encoded), 8):
-            loss, n = token_loss_sum(model, collate(encoded[i:i + 8]), spec.type)
-            total += float(loss)
-            count += n
-    return total / max(1, count)
+    cfg = SCRATCH_DEFAULTS[spec.type].with_(micro_batch_size=8, precision="fp32")
+    return evaluate_loss(model, encoded, Collator(spec.type, pad_id), spec.type, cfg)
 
 
 def bench_training(spec: ModelSpec, model0, tok, examples, steps: int, lr: float, precision: str, seed: int,

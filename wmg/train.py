@@ -151,8 +151,11 @@ def _share(batch: dict[str, torch.Tensor], ranks) -> tuple[dict[str, torch.Tenso
 @torch.no_grad()
 def evaluate_loss(model, data: Sequence[Encoded], collate: Collator, model_type: str, cfg: TrainConfig,
                   device: str = "cpu") -> float | None:
+    """Token-mean cross-entropy over `data` (micro-batches of similar length, cfg's batch size and
+    precision); the model is left in the mode it was in. None without data."""
     if not data:
         return None
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(data)), key=lambda i: data[i].size)
@@ -162,7 +165,7 @@ def evaluate_loss(model, data: Sequence[Encoded], collate: Collator, model_type:
             loss, n = token_loss_sum(model, batch, model_type)
         total += float(loss)
         count += n
-    model.train()
+    model.train(was_training)
     return total / max(1, count)
 
 
