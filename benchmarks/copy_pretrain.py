@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import random
 import re
 import sysconfig
@@ -34,11 +33,11 @@ import torch
 from wmg.batching import Collator, Encoded, encode_causal, encode_seq2seq, fit
 from wmg.config import REGISTRY, SCRATCH_DEFAULTS
 from wmg.data import load_jsonl
-from wmg.device import setup
+from wmg.device import autocast, setup
 from wmg.models import build_config, fuse_gelu, model_from_config, set_dropout, train_tokenizer
 from wmg.prompts import causal_answer, seq2seq_prompt
 from wmg.recipe import CUE_QUOTE, quote_span, sentinel_tokens, span_corrupt
-from wmg.train import autocast, lr_lambda, make_optimizer, token_loss_sum
+from wmg.train import lr_lambda, make_optimizer, token_loss_sum
 
 SKIP = {"test", "tests", "site-packages", "idle_test", "lib2to3"}
 

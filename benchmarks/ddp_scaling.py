@@ -48,7 +48,8 @@ def batch(spec, rows: int, length: int, vocab: int, seed: int):
 def measure(name: str, steps: int, rows: int, length: int, vocab: int, precision: str) -> dict:
     """Seconds per optimizer step (after two warm-up steps); under torchrun each rank takes its share."""
     from wmg.distributed import Ranks
-    from wmg.train import autocast, make_optimizer, token_loss_sum
+    from wmg.device import autocast
+    from wmg.train import make_optimizer, token_loss_sum
     from wmg.config import REGISTRY, defaults_for
 
     ranks = None

@@ -37,6 +37,18 @@ def bf16_support() -> tuple[bool, str]:
     return False, "this CPU has no bf16 matmul support (no AMX-BF16, no AVX512-BF16)"
 
 
+def autocast(precision: str, device: str):
+    """The context a forward pass runs in at `precision`: bf16 autocast, or nothing for fp32
+    (one definition for training, generation and the benchmarks)."""
+    import contextlib
+
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def resolve_precision(precision: str, device: str) -> str:
     return choose_precision(precision, device)[0]
 

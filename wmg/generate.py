@@ -26,7 +26,7 @@ import torch
 
 from .batching import prompt_ids
 from .config import GenerateConfig
-from .train import autocast
+from .device import autocast
 
 
 @dataclass(frozen=True)

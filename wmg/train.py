@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .batching import IGNORE, Collator, Encoded, LengthGroupedBatches
 from .config import TrainConfig
+from .device import autocast
 
 
 @dataclass
@@ -60,12 +61,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, step: int):
         super().__init__(f"training stopped after step {step}")
         self.step = step
-
-
-def autocast(precision: str, device: str):
-    if precision == "bf16":
-        return torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor], model_type: str) -> tuple[torch.Tensor, int]:
