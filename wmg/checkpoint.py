@@ -255,7 +255,7 @@ def load_model_folder(folder: Path, model_type: str):
     """Model and tokenizer from a checkpoint folder: weights from safetensors only."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .models import quiet_transformers
+    from .console import quiet_transformers
 
     quiet_transformers()
     weights = folder / "model.safetensors"

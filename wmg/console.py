@@ -496,3 +496,11 @@ def show_prediction(echo, result: dict) -> None:
     echo("")
     echo(f"Full agreement: {'✓ YES' if agr['full_agreement'] else '✗ NO'}; unique types: {agr['unique_types']}; "
          f"majority: {agr['majority_type']} ({agr['majority_count']}/{len(names)})")
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' own per-file progress bars and info chatter (wmg draws its own)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

