@@ -36,7 +36,7 @@ from wmg.data import load_jsonl
 from wmg.device import autocast, setup
 from wmg.models import build_config, fuse_gelu, model_from_config, set_dropout, train_tokenizer
 from wmg.prompts import causal_answer, seq2seq_prompt
-from wmg.recipe import CUE_QUOTE, quote_span, sentinel_tokens, span_corrupt
+from wmg.recipe import cue_instruction, quote_span, sentinel_tokens, span_corrupt
 from wmg.train import lr_lambda, make_optimizer, token_loss_sum
 
 SKIP = {"test", "tests", "site-packages", "idle_test", "lib2to3"}
@@ -68,8 +68,7 @@ def docstring_passages(shortest: int = 40, longest: int = 120) -> list[str]:
 
 
 def cue_prompt(span: str, text: str) -> str:
-    words = span.split()
-    return seq2seq_prompt(CUE_QUOTE.format(start=" ".join(words[:2]), end=" ".join(words[-2:])), text)
+    return seq2seq_prompt(cue_instruction(span), text)
 
 
 def main() -> None:

@@ -47,6 +47,12 @@ def open_copies(examples: Sequence[Example]) -> list[Example]:
 CUE_QUOTE = 'Quote the excerpt from "{start}" to "{end}" exactly. Report it as location.'
 
 
+def cue_instruction(span: str) -> str:
+    """The quoting instruction that asks for `span` by its first and last two words."""
+    words = span.split()
+    return CUE_QUOTE.format(start=" ".join(words[:2]), end=" ".join(words[-2:]))
+
+
 def cue_quotes(examples: Sequence[Example], per_excerpt: int, seed: int, shuffle: bool = False) -> list[Example]:
     """Quoting examples mixed into fine-tuning: for each excerpt, `per_excerpt` runs of 3 to 10 of
     its words (none holding a `;`, which ends a field), each asked for by its first and last two
@@ -70,9 +76,7 @@ def cue_quotes(examples: Sequence[Example], per_excerpt: int, seed: int, shuffle
                     break
             else:
                 continue
-            words = span.split()
-            prompt = CUE_QUOTE.format(start=" ".join(words[:2]), end=" ".join(words[-2:]))
-            out.append(Example(e.index, prompt, text, f"location: {span}"))
+            out.append(Example(e.index, cue_instruction(span), text, f"location: {span}"))
     return out
 
 
