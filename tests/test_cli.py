@@ -232,8 +232,10 @@ def test_default_examples_follow_the_init(tmp_path, small_data):
     assert "Examples: all" in r.output and "Training share 0.99" in r.output
     assert q(db, "SELECT n_train + n_validation, examples_requested FROM runs") == [(12, None)]
     assert json.loads(q(db, "SELECT config_json FROM runs")[0][0])["train_fraction"] == 0.99
-    hp = json.loads(q(db, "SELECT hyperparams_json FROM run_models WHERE name = 'flan-t5-small'")[0][0])
-    assert hp["dropout"] == 0.0 and hp["epochs"] == 1
+    hp = {name: json.loads(h) for name, h in q(db, "SELECT name, hyperparams_json FROM run_models")}
+    # the scratch recipe's dropout: the published 0.1 for flan-t5-small, off for distilgpt2
+    assert hp["flan-t5-small"]["dropout"] == 0.1 and hp["distilgpt2"]["dropout"] == 0.0
+    assert hp["flan-t5-small"]["epochs"] == hp["distilgpt2"]["epochs"] == 1
 
 
 def test_extra_training_lines_join_the_training_split_only(tmp_path, small_data):
