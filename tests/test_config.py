@@ -27,12 +27,12 @@ def split_of(db, run_id):
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    """A tiny run with options off their defaults (seed, dropout, learning rate, label weight)."""
+    """A tiny run with options off their defaults (seed, dropout, learning rate, label weight, unlikelihood)."""
     work = tmp_path_factory.mktemp("config")
     db, data = str(work / "results.db"), str(work / "data.jsonl")
     shutil.copy(__import__("conftest").SMALL, data)
     r = invoke("train", "--data", data, "--db", db, "--checkpoints", work / "ck", *TINY, "--seed", "7",
-               "--dropout", "0.1", "--lr", "3e-3", "--type-loss-weight", "2")
+               "--dropout", "0.1", "--lr", "3e-3", "--type-loss-weight", "2", "--unlikelihood", "0.5")
     assert r.exit_code == 0, r.output
     return work, db, data
 
@@ -45,6 +45,7 @@ def test_the_printed_config_trains_the_run_again(first_run):
     assert doc["seed"] == 7 and doc["dropout"] == 0.1 and doc["learning_rate"] == 3e-3 and doc["tiny"] is True
     assert doc["data"] == data and len(doc["data_sha256"]) == 64 and doc["eval_split"] == 0.25
     assert doc["batch_size"] == 4 and doc["type_loss_weight"] == 2.0  # TrainConfig's micro_batch_size
+    assert doc["unlikelihood"] == 0.5
     (work / "run.toml").write_text(r.output)
 
     r = invoke("train", "--config", work / "run.toml", "--db", db, "--no-progress", "--no-show-examples",

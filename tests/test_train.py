@@ -4,7 +4,7 @@ import torch
 from wmg.batching import Collator, encode_causal, encode_seq2seq, fit
 from wmg.config import REGISTRY, SCRATCH_DEFAULTS
 from wmg.models import build_scratch
-from wmg.train import token_loss_sum, train
+from wmg.train import token_loss_sum, token_losses, train, unlikelihood_sum
 from tests.test_models import CORPUS, TINY_GPT, TINY_T5
 
 
@@ -85,3 +85,46 @@ def test_causal_labels_mask_prompt_and_padding():
 def test_fit_keeps_head_and_tail():
     assert fit(list(range(10)), 4) == [0, 1, 8, 9]
     assert fit(list(range(3)), 4) == [0, 1, 2]
+
+
+def test_unlikelihood_penalises_earlier_answer_tokens_only():
+    """Candidates at t: the distinct tokens of earlier scored positions, the gold at t excluded; the
+    prompt's positions (-100) are never candidates, and a token seen twice counts once."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 6, 10)
+    p = logits.softmax(-1)
+    # two prompt positions (ignored; clamped they would read as token 0), then the answer 5 7 5 5
+    target = torch.tensor([[-100, -100, 5, 7, 5, 5]])
+    term = lambda t, c: -torch.log1p(-p[0, t, c])  # noqa: E731
+    expected = term(3, 5) + term(4, 7) + term(5, 7)  # t=2: none; t=4 and t=5: 5 is gold, so only 7
+    assert torch.allclose(unlikelihood_sum(logits, target), expected)
+    # the same answer with the prompt tokens scored as token 0 would add 0 as a candidate
+    assert not torch.allclose(unlikelihood_sum(logits, torch.tensor([[0, 0, 5, 7, 5, 5]])), expected)
+    # a loop of one token: nothing to penalise when the gold repeats it, something once it changes
+    assert unlikelihood_sum(logits, torch.tensor([[4, 4, 4, 4, 4, 4]])) == 0
+    assert unlikelihood_sum(logits, torch.tensor([[4, 4, 4, 4, 4, 2]])) == term(5, 4)
+
+
+def test_unlikelihood_lowers_a_repeated_token_in_a_real_model():
+    """One gradient step on the unlikelihood term alone makes the tiny GPT-2 less likely to
+    repeat an answer token it has already written, at a position where the gold does not."""
+    spec = REGISTRY["distilgpt2"]
+    torch.manual_seed(0)
+    model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=dict(TINY_GPT, resid_pdrop=0, embd_pdrop=0,
+                                                                            attn_pdrop=0))
+    batch = Collator(spec.type, tok.pad_token_id)(_data(spec, tok, 2))
+    ce, ul, n = token_losses(model, batch, spec.type, unlikelihood=True)
+    assert token_losses(model, batch, spec.type)[1] is None and torch.equal(ce, token_loss_sum(model, batch, spec.type)[0])
+    assert ul > 0 and n > 0
+
+    def repeat_prob():
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        target = batch["labels"][:, 1:]
+        return float(torch.exp(-unlikelihood_sum(logits, target)))  # product of (1 - p) over candidates
+
+    before = repeat_prob()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    ul.backward()
+    opt.step()
+    assert repeat_prob() > before

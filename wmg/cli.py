@@ -307,6 +307,9 @@ def _given(ctx, name: str) -> bool:
               help="Loss weight of the gadget_type value's tokens [1; scratch 5].")
 @click.option("--location-loss-weight", type=click.FloatRange(0, min_open=True), default=None,
               help="Loss weight of the location value's tokens (the span quoted from the excerpt) [1].")
+@click.option("--unlikelihood", type=click.FloatRange(0), default=None, metavar="ALPHA",
+              help="Weight of the unlikelihood term (Welleck et al., 2020) that penalises the answer's "
+                   "already-written tokens where the gold does not repeat them, against greedy loops [0].")
 @click.option("--quote-mix", type=click.IntRange(0), default=None, metavar="K",
               help="Mix K quoting examples per training excerpt into fine-tuning: a run of its words asked for "
                    "by its first and last two words, answered as the location [0].")
@@ -389,7 +392,7 @@ def _given(ctx, name: str) -> bool:
 @torchrun_aware
 def train(data_sha256, data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, quote_mix, quote_shuffle, tie_embeddings, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, unlikelihood, quote_mix, quote_shuffle, tie_embeddings, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, extra_train, seeds,
           record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
@@ -461,7 +464,8 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
                          log_every=log_every, dropout=dropout, type_loss_weight=type_loss_weight,
-                         location_loss_weight=location_loss_weight, quote_mix=quote_mix, quote_shuffle=quote_shuffle,
+                         location_loss_weight=location_loss_weight, unlikelihood=unlikelihood, quote_mix=quote_mix,
+                         quote_shuffle=quote_shuffle,
                          tie_embeddings=tie_embeddings,
                          open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,
                          tapt_denoise=tapt_denoise, tapt_quotes=tapt_quotes, optimizer=optimizer)

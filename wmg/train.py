@@ -65,6 +65,14 @@ class TrainingInterrupted(Exception):
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor], model_type: str) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over scored tokens, and their count."""
+    ce, _, n = token_losses(model, batch, model_type)
+    return ce, n
+
+
+def token_losses(model, batch: dict[str, torch.Tensor], model_type: str,
+                 unlikelihood: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Summed (weighted) cross-entropy over the scored tokens, the summed unlikelihood term
+    (`unlikelihood_sum`, only when asked for, else None) and the scored tokens' (weighted) count."""
     labels = batch["labels"]
     if model_type == "seq2seq":
         dec_in = getattr(model, "module", model).prepare_decoder_input_ids_from_labels(labels=labels)
@@ -84,7 +92,26 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], model_type: str) -> tu
                                     ignore_index=IGNORE, reduction="none")
         w = weights[:, 1:] if model_type == "causal" else weights
         loss = (per_token * (w.reshape(-1) * (target.reshape(-1) != IGNORE))).sum()
-    return loss, scored_tokens(batch, model_type)
+    ul = unlikelihood_sum(logits, target) if unlikelihood else None
+    return loss, ul, scored_tokens(batch, model_type)
+
+
+def unlikelihood_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Token-level unlikelihood (Welleck et al., 2020, "Neural text generation with unlikelihood
+    training"), summed: at each scored position t, -log(1 - p_t(c)) for every candidate c, the
+    distinct tokens of the answer's earlier scored positions other than the gold token at t. It
+    pushes down a token the answer has already written, unless the gold repeats it, which is
+    what greedy loops ("D0 D0 D0 ...") do. Only answer tokens are candidates, never the prompt's,
+    so copying from the excerpt is not discouraged. Memory is batch x length^2, not x vocabulary."""
+    scored = target != IGNORE
+    tok = target.clamp(min=0)
+    length = tok.size(1)
+    same = tok.unsqueeze(2) == tok.unsqueeze(1)  # [b, t, s]: the tokens at t and s are equal
+    earlier = torch.ones(length, length, dtype=torch.bool, device=tok.device).tril(-1)  # s < t
+    repeat = (same & earlier & scored.unsqueeze(1)).any(-1)  # [b, s]: a scored s' < s holds the same token
+    cand = earlier & ~same & (scored & ~repeat).unsqueeze(1) & scored.unsqueeze(2)
+    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tok.unsqueeze(1).expand(-1, length, -1))
+    return -(torch.log1p(-logp.exp().clamp(max=1 - 1e-5)) * cand).sum()
 
 
 def scored_tokens(batch: dict[str, torch.Tensor], model_type: str) -> float:
@@ -271,8 +298,9 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
                     sync = ranks is None or i == len(group) - 1
                     with contextlib.nullcontext() if sync else net.no_sync():
                         with autocast(cfg.precision, device):
-                            loss_sum, _ = token_loss_sum(net, b, model_type)
-                        (loss_sum / n_tokens if scale == 1.0 else loss_sum * (scale / n_tokens)).backward()
+                            loss_sum, ul_sum, _ = token_losses(net, b, model_type, cfg.unlikelihood > 0)
+                        objective = loss_sum if ul_sum is None else loss_sum + cfg.unlikelihood * ul_sum
+                        (objective / n_tokens if scale == 1.0 else objective * (scale / n_tokens)).backward()
                     loss_total += float(loss_sum.detach()) * (scale > 0)
                 stop_now = bool(should_stop and should_stop())
                 if ranks is not None:  # the step's loss over every rank, and whether rank 0 was asked to stop
