@@ -157,3 +157,43 @@ def test_every_analysis_pools_the_study(study):
     assert area["examples"] == 12
     by = pooled("by-type", "by_type")
     assert sum(x["examples"] for x in by if x["model"] == "distilgpt2") == 12
+
+
+def test_a_study_compared_on_a_file_is_averaged_per_line(study, tmp_path):
+    """`analyze models --study 1 --source FILE`: every fold's models compared on the same 5 lines, so
+    the pooled row counts each line once, its accuracy is the mean of the folds' and sits inside an
+    interval bootstrapped over lines; the held-out folds stay what --study alone pools."""
+    from wmg.data import bundled_data
+
+    db = str(tmp_path / "results.db")
+    with sqlite3.connect(study[0]) as src, sqlite3.connect(db) as dst:  # a copy, WAL included
+        src.backup(dst)
+    ext = tmp_path / "elsewhere.jsonl"
+    ext.write_text("".join(bundled_data().read_text().splitlines(keepends=True)[:5]))
+    for (rid,) in q(db, "SELECT id FROM runs ORDER BY id"):
+        r = invoke("compare", "--run-id", rid, "--db", db, "--data", ext, "--max-new-tokens", 16, "--no-progress",
+                   "--no-show-examples", "--report", tmp_path / f"report{rid}.json")
+        assert r.exit_code == 0, r.output
+    r = invoke("analyze", "models", "--study", 1, "--source", ext, "--db", db, "--format", "json")
+    assert r.exit_code == 0, r.output
+    out = by_table(json.loads(r.stdout))
+    pooled = {(x["instruction_form"], x["system"]): x for x in out["study"]}
+    per_fold = {m: [a for (a,) in q(db, "SELECT AVG(p.matches_gold) FROM predictions p JOIN evaluations e ON "
+                                       "e.id = p.evaluation_id WHERE e.source = ? AND p.model = ? GROUP BY e.id",
+                                    str(ext), m)] for m in ("flan-t5-small", "distilgpt2")}
+    per_fold["tfidf-logreg"] = [a for (a,) in q(db, "SELECT AVG(b.matches_gold) FROM baseline_predictions b JOIN "
+                                                   "evaluations e ON e.id = b.evaluation_id WHERE e.source = ? AND "
+                                                   "b.baseline = 'tfidf-logreg' GROUP BY e.id", str(ext))]
+    for system, rates in per_fold.items():
+        row = pooled[("all", system)]
+        assert len(rates) == 3 and row["examples"] == 5 and row["folds_done"] == 3, system
+        assert row["gold_accuracy"] == pytest.approx(sum(rates) / 3) == pytest.approx(row["fold_mean"])
+        assert row["gold_accuracy_low"] <= row["gold_accuracy"] <= row["gold_accuracy_high"]
+    assert sum(per_fold["tfidf-logreg"]) > 0  # a figure that can be wrong, not only zeros
+    assert {x["examples"] for x in out["study_pairs"]} == {5} and all(x["mcnemar_p"] is None for x in out["study_pairs"])
+    assert len({x["evaluation_id"] for x in out["models"]}) == 3  # each fold's comparison on the file, as ever
+    r = invoke("analyze", "models", "--study", 1, "--db", db, "--format", "json", "--table", "study")
+    assert {x["examples"] for x in json.loads(r.stdout) if x["instruction_form"] == "all"} == {12}
+    r = invoke("analyze", "models", "--study", 1, "--source", "other.jsonl", "--db", db)
+    assert r.exit_code == 1 and "no run of study 1 has a comparison on other.jsonl" in r.output
+    assert str(ext) in r.output and "Traceback" not in r.output

@@ -796,13 +796,15 @@ def _selection_options(f):
     return f
 
 
-def _select(store, run_ids, all_runs, evaluation_ids, study_ids=()):
+def _select(store, run_ids, all_runs, evaluation_ids, study_ids=(), source=None):
     from .analysis import select
 
     if not (run_ids or all_runs or evaluation_ids or study_ids):
         raise click.UsageError("nothing selected: give --run-id N (repeatable), --evaluation-id N, --study ID "
                                "or --all-runs")
-    return select(store, run_ids, all_runs, evaluation_ids, study_ids)
+    if source is not None and not study_ids:
+        raise click.UsageError("--source needs --study ID (a single comparison on a file is --evaluation-id N)")
+    return select(store, run_ids, all_runs, evaluation_ids, study_ids, source or "validation")
 
 
 @main.group(short_help="Research analyses over the results store.")
@@ -813,18 +815,23 @@ def analyze():
     """
 
 
+SOURCE_OPTION = click.option(
+    "--source", default=None, metavar="FILE",
+    help="With --study: each fold's models as compared on every line of FILE (`wmg compare --run-id N --data FILE`, "
+         "FILE as given there) instead of on their held-out folds; the folds are then replicates over the same "
+         "lines, and the pooled figures average them per line.")
+
+
 def _analysis_command(name: str, tables: tuple[str, ...], short: str, doc: str):
-    @analyze.command(name, help=doc, short_help=short)
-    @_selection_options
-    @db_option
-    @output_options(tables, quiet=False)
-    @handle_errors
-    def command(run_ids, evaluation_ids, study_ids, all_runs, store, output):
+    def command(run_ids, evaluation_ids, study_ids, all_runs, store, output, source=None):
         from .analysis.questions import QUESTIONS
 
-        output.emit(QUESTIONS[name](store, _select(store, run_ids, all_runs, evaluation_ids, study_ids)))
+        output.emit(QUESTIONS[name](store, _select(store, run_ids, all_runs, evaluation_ids, study_ids, source)))
 
-    return command
+    f = _selection_options(db_option(output_options(tables, quiet=False)(handle_errors(command))))
+    if name == "models":  # the only analysis whose pooled tables know that folds can share their examples
+        f = SOURCE_OPTION(f)
+    return analyze.command(name, help=doc, short_help=short)(f)
 
 
 for _name, _tables, _short, _doc in [

@@ -22,6 +22,7 @@ class Selected:
     study_id: int | None = None  # set when selected through --study
     fold: int | None = None
     seed: int | None = None
+    source: str = "validation"  # the study's comparisons: its held-out folds, or every line of a file
 
 
 class AnalysisError(StoreError):
@@ -34,10 +35,12 @@ def _ids(sel: Sequence[Selected]) -> str:
 
 
 def select(store: Store, run_ids: Iterable[int] = (), all_runs: bool = False,
-           evaluation_ids: Iterable[int] = (), study_ids: Iterable[int] = ()) -> list[Selected]:
+           evaluation_ids: Iterable[int] = (), study_ids: Iterable[int] = (),
+           source: str = "validation") -> list[Selected]:
     """The evaluations to analyse: each run's latest comparison, or the ones named; with a
-    study, the latest completed comparison of each of its runs (a study still running gives
-    the folds done so far, and the analyses say how many).
+    study, the latest completed comparison of each of its runs on its held-out fold (a study
+    still running gives the folds done so far, and the analyses say how many), or with
+    `source`, each run's latest comparison on every line of that file (`wmg compare --data`).
 
     Unknown runs, runs without a comparison and runs whose latest comparison failed
     are errors, not silently skipped.
@@ -52,8 +55,15 @@ def select(store: Store, run_ids: Iterable[int] = (), all_runs: bool = False,
         if not store.query("SELECT id FROM studies WHERE id = :s", s=sid):
             raise AnalysisError(f"no study with id {sid}")
         rows = store.query("SELECT r.id AS run_id, r.fold, r.seed, MAX(e.id) AS eid FROM runs r "
-                         "JOIN evaluations e ON e.run_id = r.id AND e.status = 'completed' AND e.source = 'validation' "
-                         "WHERE r.study_id = :s GROUP BY r.id, r.fold, r.seed ORDER BY r.seed, r.fold", s=sid)
+                         "JOIN evaluations e ON e.run_id = r.id AND e.status = 'completed' AND e.source = :src "
+                         "WHERE r.study_id = :s GROUP BY r.id, r.fold, r.seed ORDER BY r.seed, r.fold", s=sid, src=source)
+        if not rows and source != "validation":
+            known = [r["source"] for r in store.query(
+                "SELECT DISTINCT e.source FROM evaluations e JOIN runs r ON r.id = e.run_id WHERE r.study_id = :s "
+                "AND e.status = 'completed' AND e.source <> 'validation' ORDER BY e.source", s=sid)]
+            raise AnalysisError(f"no run of study {sid} has a comparison on {source}: `wmg compare --run-id N --data "
+                                f"{source}` for each of its runs"
+                                + (f" (its runs were compared on: {', '.join(known)})" if known else ""))
         if not rows:
             raise AnalysisError(f"study {sid} has no compared run yet: `wmg train --study {sid}` makes its runs")
         for r in rows:
@@ -92,5 +102,6 @@ def select(store: Store, run_ids: Iterable[int] = (), all_runs: bool = False,
                 "WHERE p.evaluation_id = :e ORDER BY m.position", e=eid)]
         if not models:
             raise AnalysisError(f"evaluation {eid} of run {rid} has no predictions")
-        out.append(Selected(rid, eid, models, *in_study.get(eid, (None, None, None))))
+        out.append(Selected(rid, eid, models, *in_study.get(eid, (None, None, None)),
+                            source=source if eid in in_study else "validation"))
     return out

@@ -194,8 +194,9 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
         fmt[r["evaluation_id"]][r["model"]][r["example_id"]] = int(bool(r["format_ok"]))
         if r["format_ok"]:
             span[r["evaluation_id"]][r["model"]][r["example_id"]] = int(bool(r["location_in_excerpt"]))
-    line_of = {r["id"]: r["source_line"] for r in store.query(f"SELECT x.id, x.source_line FROM examples x JOIN evaluations e ON e.run_id = x.run_id "
-            f"WHERE e.id IN ({ids}) AND x.split = 'validation' AND x.evaluation_id IS NULL")}
+    line_of = {r["id"]: r["source_line"] for r in store.query(
+        f"SELECT x.id, x.source_line FROM examples x JOIN evaluations e ON e.run_id = x.run_id WHERE e.id IN ({ids}) "
+        "AND (x.evaluation_id = e.id OR (x.split = 'validation' AND x.evaluation_id IS NULL))")}
     rows, pair_rows = [], []
     for sid, ss in studies.items():
         folds, seeds = info[sid]["folds"], json.loads(info[sid]["seeds_json"])
@@ -203,6 +204,11 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
         baselines = in_order(b for s in ss for b in by_eval.get(s.evaluation_id, {}) if b not in models)
         systems = models + baselines
         groups = [(seed, [s for s in ss if s.seed == seed]) for seed in seeds if any(s.seed == seed for s in ss)]
+        if ss[0].source != "validation":  # every fold's models on the same lines of a file
+            for seed, group in groups:
+                _replicate_rows(sid, seed, group, folds, models, systems, (by_eval, fmt, span), form_of, line_of,
+                                rows, pair_rows)
+            continue
 
         def hits(group, m, form, table=by_eval):  # [(evaluation, example, 0/1)] pooled over the folds
             return [(s.evaluation_id, e, v) for s in group for e, v in table.get(s.evaluation_id, {}).get(m, {}).items()
@@ -258,7 +264,8 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
     order = {f: i for i, f in enumerate(FORMS)}
     rows.sort(key=lambda r: (r[0], str(r[1]) == "all", str(r[1]), order[r[2]]))
     study = Table(
-        "study", "Study: predictions pooled over the folds (every example evaluated once per seed)",
+        "study", "Study: predictions pooled over the folds (every example evaluated once per seed)"
+        if all(s.source == "validation" for s in sel) else "Study: every fold's models on the same lines of a file",
         ["study_id", "seed", "instruction_form", "system", "kind", "folds_done", "folds", "examples", "gold_accuracy",
          "gold_accuracy_low", "gold_accuracy_high", "fold_mean", "fold_sd", "format_accuracy", "format_accuracy_low",
          "format_accuracy_high", "location_in_excerpt", "location_in_excerpt_low", "location_in_excerpt_high"], rows,
@@ -270,7 +277,9 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
          "TF-IDF + logistic regression; majority-class)",
          f"seed all: each example's mean over the seeds; interval: percentile bootstrap over examples "
          f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); fold_mean/fold_sd there: over the seeds' "
-         "pooled accuracies"],
+         "pooled accuracies"] + ([REPLICATE_NOTE.format(", ".join(sorted({s.source for s in sel if s.study_id is not None
+                                                                          and s.source != "validation"})))]
+                                 if any(s.source != "validation" for s in sel) else []),
         group=3)
     pairs = Table(
         "study_pairs", "Study: paired comparison on the pooled examples (gold-type accuracy)",
@@ -278,8 +287,67 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
          "difference", "difference_low", "difference_high", "only_a_right", "only_b_right", "mcnemar_p"], pair_rows,
         [f"difference = accuracy_a - accuracy_b; _low/_high: percentile bootstrap over examples "
          f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); mcnemar_p: exact McNemar test on the "
-         "examples exactly one of the two got right"], group=3)
+         "examples exactly one of the two got right"] + (
+            ["on a --source file: difference of the per-line means, only_a_right/only_b_right: lines where a's mean "
+             "over the folds is above/below b's, no McNemar test (the per-line scores are not 0/1)"]
+            if any(s.source != "validation" for s in sel) else []), group=3)
     return [study, pairs]
+
+
+REPLICATE_NOTE = ("on {}: every fold's models compared on the same lines, so the folds are replicates: examples "
+                  "counts lines, not predictions; each line's score is its mean over the folds, gold_accuracy (and "
+                  "format, location) the mean of those, _low/_high a percentile bootstrap over lines (the Wilson "
+                  "interval of predictions pooled over the folds would count each line once per fold)")
+
+
+def _replicate_rows(sid, seed, group, folds, models, systems, tables, form_of, line_of, rows, pair_rows) -> None:
+    """A study's rows where every fold's models were compared on the same lines (`--source FILE`):
+    per line the mean over the folds, then the mean over lines with a bootstrap interval over lines."""
+    from ..stats import bootstrap, bootstrap_diff, mean_sd
+
+    by_eval, fmt, span = tables
+
+    def per_line(m, form, table):  # source line -> the folds' scores
+        out: dict[int, list[int]] = defaultdict(list)
+        for s in group:
+            for e, v in table.get(s.evaluation_id, {}).get(m, {}).items():
+                if form == "all" or form_of.get(e) == form:
+                    out[line_of.get(e, e)].append(v)
+        return out
+
+    def summary(lines):  # mean over lines of the per-line means, and its bootstrap interval
+        if not lines:
+            return None, None, None
+        means = [sum(v) / len(v) for v in lines.values()]
+        return (sum(means) / len(means),
+                *bootstrap(lambda idx: float(sum(means[i] for i in idx) / len(idx)), len(means)))
+
+    for form in FORMS:
+        for m in systems:
+            lines = per_line(m, form, by_eval)
+            if not lines:
+                continue
+            per_fold = [sum(v) / len(v) for s in group if (v := [x for e, x in by_eval.get(s.evaluation_id, {})
+                                                                   .get(m, {}).items()
+                                                                   if form == "all" or form_of.get(e) == form])]
+            fold_mean, fold_sd = mean_sd(per_fold)
+            fmt_cells = summary(per_line(m, form, fmt)) if m in models else (None, None, None)
+            span_cells = summary(per_line(m, form, span)) if m in models else (None, None, None)
+            rows.append([sid, seed, form, m, "model" if m in models else "baseline", len(group), folds, len(lines),
+                         *summary(lines), fold_mean, fold_sd, *fmt_cells, *span_cells])
+    for form in ("all", "open"):
+        for i, a in enumerate(systems):
+            for b in systems[i + 1:]:
+                la, lb = per_line(a, form, by_eval), per_line(b, form, by_eval)
+                keys = sorted(set(la) & set(lb))
+                if not keys:
+                    continue
+                ma = [sum(la[k]) / len(la[k]) for k in keys]
+                mb = [sum(lb[k]) / len(lb[k]) for k in keys]
+                low, high = bootstrap_diff(ma, mb)
+                pair_rows.append([sid, seed, form, a, b, len(keys), sum(ma) / len(keys), sum(mb) / len(keys),
+                                  (sum(ma) - sum(mb)) / len(keys), low, high, sum(x > y for x, y in zip(ma, mb)),
+                                  sum(y > x for x, y in zip(ma, mb)), None])
 
 
 # ---------------------------------------------------------------- Q3
