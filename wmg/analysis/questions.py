@@ -176,7 +176,7 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
     import json
 
     from ..baseline import in_order
-    from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap, mean_sd, paired, wilson
+    from ..stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, mean_sd, paired, wilson
 
     studies: dict[int, list[Selected]] = defaultdict(list)
     for s in sel:
@@ -254,18 +254,18 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
                             per_line[line_of.get(e, e)].append(v)
                     if not per_line:
                         continue
-                    means = [sum(v) / len(v) for v in per_line.values()]
-                    low, high = bootstrap(lambda idx: float(sum(means[i] for i in idx) / len(idx)), len(means))
+                    accuracy, low, high = _mean_of_line_means(per_line)
                     seed_mean, seed_sd = mean_sd([r[8] for r in rows if r[0] == sid and r[1] != "all" and r[2] == form
                                                  and r[3] == m])
                     rows.append([sid, "all", form, m, "model" if m in models else "baseline",
-                                 sum(len(g) for _, g in groups), folds, len(means), sum(means) / len(means), low, high,
+                                 sum(len(g) for _, g in groups), folds, len(per_line), accuracy, low, high,
                                  seed_mean, seed_sd, None, None, None, None, None, None])
     order = {f: i for i, f in enumerate(FORMS)}
+    external = sorted({s.source for s in sel if s.study_id is not None and s.source != "validation"})
     rows.sort(key=lambda r: (r[0], str(r[1]) == "all", str(r[1]), order[r[2]]))
     study = Table(
-        "study", "Study: predictions pooled over the folds (every example evaluated once per seed)"
-        if all(s.source == "validation" for s in sel) else "Study: every fold's models on the same lines of a file",
+        "study", "Study: every fold's models on the same lines of a file" if external else
+        "Study: predictions pooled over the folds (every example evaluated once per seed)",
         ["study_id", "seed", "instruction_form", "system", "kind", "folds_done", "folds", "examples", "gold_accuracy",
          "gold_accuracy_low", "gold_accuracy_high", "fold_mean", "fold_sd", "format_accuracy", "format_accuracy_low",
          "format_accuracy_high", "location_in_excerpt", "location_in_excerpt_low", "location_in_excerpt_high"], rows,
@@ -277,9 +277,7 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
          "TF-IDF + logistic regression; majority-class)",
          f"seed all: each example's mean over the seeds; interval: percentile bootstrap over examples "
          f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); fold_mean/fold_sd there: over the seeds' "
-         "pooled accuracies"] + ([REPLICATE_NOTE.format(", ".join(sorted({s.source for s in sel if s.study_id is not None
-                                                                          and s.source != "validation"})))]
-                                 if any(s.source != "validation" for s in sel) else []),
+         "pooled accuracies"] + ([REPLICATE_NOTE.format(", ".join(external))] if external else []),
         group=3)
     pairs = Table(
         "study_pairs", "Study: paired comparison on the pooled examples (gold-type accuracy)",
@@ -290,8 +288,19 @@ def _study_tables(store: Store, sel: Sequence[Selected], by_eval, form_of) -> li
          "examples exactly one of the two got right"] + (
             ["on a --source file: difference of the per-line means, only_a_right/only_b_right: lines where a's mean "
              "over the folds is above/below b's, no McNemar test (the per-line scores are not 0/1)"]
-            if any(s.source != "validation" for s in sel) else []), group=3)
+            if external else []), group=3)
     return [study, pairs]
+
+
+def _mean_of_line_means(per_line: dict) -> tuple[float | None, float | None, float | None]:
+    """Each line's mean over its replicates (seeds, or the folds' models on one file), then the mean
+    over lines and its percentile bootstrap interval over lines; (None, None, None) without lines."""
+    from ..stats import bootstrap
+
+    means = [sum(v) / len(v) for v in per_line.values()]
+    if not means:
+        return None, None, None
+    return sum(means) / len(means), *bootstrap(lambda idx: float(sum(means[i] for i in idx) / len(idx)), len(means))
 
 
 REPLICATE_NOTE = ("on {}: every fold's models compared on the same lines, so the folds are replicates: examples "
@@ -303,38 +312,31 @@ REPLICATE_NOTE = ("on {}: every fold's models compared on the same lines, so the
 def _replicate_rows(sid, seed, group, folds, models, systems, tables, form_of, line_of, rows, pair_rows) -> None:
     """A study's rows where every fold's models were compared on the same lines (`--source FILE`):
     per line the mean over the folds, then the mean over lines with a bootstrap interval over lines."""
-    from ..stats import bootstrap, bootstrap_diff, mean_sd
+    from ..stats import bootstrap_diff, mean_sd
 
     by_eval, fmt, span = tables
+
+    def scores(s, m, form, table):  # one fold's {example: score} of system m in this form
+        return {e: v for e, v in table.get(s.evaluation_id, {}).get(m, {}).items()
+                if form == "all" or form_of.get(e) == form}
 
     def per_line(m, form, table):  # source line -> the folds' scores
         out: dict[int, list[int]] = defaultdict(list)
         for s in group:
-            for e, v in table.get(s.evaluation_id, {}).get(m, {}).items():
-                if form == "all" or form_of.get(e) == form:
-                    out[line_of.get(e, e)].append(v)
+            for e, v in scores(s, m, form, table).items():
+                out[line_of.get(e, e)].append(v)
         return out
-
-    def summary(lines):  # mean over lines of the per-line means, and its bootstrap interval
-        if not lines:
-            return None, None, None
-        means = [sum(v) / len(v) for v in lines.values()]
-        return (sum(means) / len(means),
-                *bootstrap(lambda idx: float(sum(means[i] for i in idx) / len(idx)), len(means)))
 
     for form in FORMS:
         for m in systems:
             lines = per_line(m, form, by_eval)
             if not lines:
                 continue
-            per_fold = [sum(v) / len(v) for s in group if (v := [x for e, x in by_eval.get(s.evaluation_id, {})
-                                                                   .get(m, {}).items()
-                                                                   if form == "all" or form_of.get(e) == form])]
-            fold_mean, fold_sd = mean_sd(per_fold)
-            fmt_cells = summary(per_line(m, form, fmt)) if m in models else (None, None, None)
-            span_cells = summary(per_line(m, form, span)) if m in models else (None, None, None)
+            fold_mean, fold_sd = mean_sd([sum(v.values()) / len(v) for s in group if (v := scores(s, m, form, by_eval))])
+            fmt_cells = _mean_of_line_means(per_line(m, form, fmt)) if m in models else (None, None, None)
+            span_cells = _mean_of_line_means(per_line(m, form, span)) if m in models else (None, None, None)
             rows.append([sid, seed, form, m, "model" if m in models else "baseline", len(group), folds, len(lines),
-                         *summary(lines), fold_mean, fold_sd, *fmt_cells, *span_cells])
+                         *_mean_of_line_means(lines), fold_mean, fold_sd, *fmt_cells, *span_cells])
     for form in ("all", "open"):
         for i, a in enumerate(systems):
             for b in systems[i + 1:]:
