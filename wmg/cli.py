@@ -1131,6 +1131,34 @@ export_csv = _tidy_command("csv")
 export_jsonl = _tidy_command("jsonl")
 
 
+@main.command("import", short_help="Runs of another store or a JSONL export added to this store.")
+@click.argument("source", metavar="SOURCE")
+@db_option
+@output_options(("tables", "runs"), quiet=False, out_option=False)
+@handle_errors
+def import_(source, store, output):
+    """Add the runs in SOURCE to this store: a folder written by `wmg export jsonl`, or another
+    store (a SQLite file or a SQLAlchemy URL), all its runs. Every row gets a new id here and its
+    references follow; all or nothing. A row that is already here (the same run, evaluation,
+    prediction, ...) is kept as it is, so a second import adds nothing, and the folds of one study
+    made on several machines (each store holding the study: `wmg export jsonl --study ID` on the
+    first, `wmg import` on the others) come together under that study, ready for `wmg analyze
+    models --study ID`. A study's folds not made yet are left to `wmg work`. Checkpoints stay
+    where they were written: copy them to compare the imported runs again."""
+    from .console import Table
+    from .export import read_tables
+
+    tables = read_tables(source, into=store)
+    if not tables.get("runs"):
+        raise StoreError(f"{source} holds no runs")
+    counts, runs = store.import_tables(tables)
+    output.emit([
+        Table("tables", f"Imported into {store.shown}", ["name", "added", "already_here"], [list(c) for c in counts]),
+        Table("runs", "Runs", ["source_run", "run_here", "added"],
+              [[a, b, "yes" if new else "no (already here)"] for a, b, new in runs]),
+    ])
+
+
 @export.command("mlflow", short_help="Each run as an MLflow run (parameters, metrics, artifacts).")
 @_run_selection
 @click.option("--tracking-uri", default=None, metavar="URI",

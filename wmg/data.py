@@ -58,6 +58,27 @@ def load_jsonl(path: str | Path) -> list[Example]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
     examples: list[Example] = []
+    for lineno, obj in json_objects(path):
+        for key in REQUIRED:
+            if key not in obj:
+                raise DataError(f"{path}:{lineno}: missing field {key!r}")
+            if obj[key] is None:
+                raise DataError(f"{path}:{lineno}: field {key!r} is null")
+            if not isinstance(obj[key], str):
+                raise DataError(f"{path}:{lineno}: field {key!r} must be a string, got {type(obj[key]).__name__}")
+            if not obj[key].strip():
+                raise DataError(f"{path}:{lineno}: field {key!r} is empty")
+            if "\x00" in obj[key]:
+                raise DataError(f"{path}:{lineno}: field {key!r} contains a NUL character")
+        examples.append(Example(len(examples), obj["instruction"], obj["input"], obj["output"]))
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    return examples
+
+
+def json_objects(path: Path):
+    """(line number, object) for every non-blank line of a JSONL file; a line that is not UTF-8
+    or not a JSON object is a DataError naming the file and line."""
     with path.open("rb") as fh:
         for lineno, raw in enumerate(_lines(fh, path), 1):
             try:
@@ -74,21 +95,7 @@ def load_jsonl(path: str | Path) -> list[Example]:
                 raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            for key in REQUIRED:
-                if key not in obj:
-                    raise DataError(f"{path}:{lineno}: missing field {key!r}")
-                if obj[key] is None:
-                    raise DataError(f"{path}:{lineno}: field {key!r} is null")
-                if not isinstance(obj[key], str):
-                    raise DataError(f"{path}:{lineno}: field {key!r} must be a string, got {type(obj[key]).__name__}")
-                if not obj[key].strip():
-                    raise DataError(f"{path}:{lineno}: field {key!r} is empty")
-                if "\x00" in obj[key]:
-                    raise DataError(f"{path}:{lineno}: field {key!r} contains a NUL character")
-            examples.append(Example(len(examples), obj["instruction"], obj["input"], obj["output"]))
-    if not examples:
-        raise DataError(f"{path}: no examples (the file is empty)")
-    return examples
+            yield lineno, obj
 
 
 def _lines(fh, path: Path):

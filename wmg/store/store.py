@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import Float, Integer, cast, func, select, text, update
+from sqlalchemy import Boolean, DateTime, Float, Integer, cast, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -131,6 +132,95 @@ class Store:
                     rows = [{k: plain_value(v) for k, v in r._mapping.items()}
                             for r in conn.execute(stmt, {k: v for k, v in params.items() if f":{k}" in where})]
                     yield name, kind, columns, rows
+
+    # What makes a row of another store the same record as one of this store (foreign keys already
+    # mapped to this store's ids): `import_tables` keeps such a row as it is here and adds the rest.
+    # Every table of the schema must be here (a test checks).
+    IMPORT_KEYS = {
+        "studies": ("created_at", "data_sha256"),
+        "runs": ("created_at", "data_sha256", "seed"),
+        "run_models": ("run_id", "name"),
+        "train_steps": ("run_model_id", "step"),
+        "epoch_losses": ("run_model_id", "epoch"),
+        "evaluations": ("run_id", "created_at"),
+        "examples": ("run_id", "evaluation_id", "split", "position"),
+        "predictions": ("evaluation_id", "example_id", "run_model_id"),
+        "agreements": ("evaluation_id", "example_id"),
+        "baseline_predictions": ("evaluation_id", "example_id", "baseline"),
+        "judgment_sets": ("evaluation_id", "judge", "created_at"),
+        "judgments": ("set_id", "example_id", "kind", "model_a", "model_b"),
+        "annotations": ("evaluation_id", "example_id", "annotator"),
+    }
+
+    @retry_locked
+    def import_tables(self, tables: dict[str, Sequence[dict[str, Any]]]) -> tuple[list[tuple[str, int, int]],
+                                                                                  list[tuple[int, int, bool]]]:
+        """Rows of another store, as `export_tables` gives them (table name -> rows, values in
+        SQLite's forms), added to this store under new ids in one transaction: all or nothing.
+        Foreign keys follow the new ids; a row that is already here (the same `IMPORT_KEYS`) is kept
+        as it is here, so importing twice adds nothing and the runs of one study made on several
+        machines come together under one study. A run whose fold of the same study is held here by
+        another run is refused. Returns ([(table, added, already here)], [(source run id, run id
+        here, added)])."""
+        from sqlalchemy import and_
+
+        unknown = sorted(set(tables) - set(t.Base.metadata.tables))
+        if unknown:
+            raise StoreError(f"unknown table {unknown[0]} (not a table of this store's schema)")
+        ids: dict[str, dict[int, int]] = {}
+        counts, runs = [], []
+        with self.session() as s:
+            conn = s.connection()
+            for table in t.Base.metadata.sorted_tables:  # parents before children
+                rows = tables.get(table.name, ())
+                fks = {fk.parent.name: fk.column.table.name for fk in table.foreign_keys}
+                key = self.IMPORT_KEYS[table.name]
+                mine = ids.setdefault(table.name, {})
+                added = kept = 0
+                for row in rows:
+                    extra = sorted(set(row) - set(table.c.keys()))
+                    if extra:
+                        raise StoreError(f"{table.name}: column {extra[0]} is not in this store's schema "
+                                         f"(exported by a newer wmg? upgrade this one)")
+                    values = {}
+                    for name, value in row.items():
+                        if name == "id":
+                            continue
+                        if value is not None and name in fks:
+                            if value not in ids[fks[name]]:
+                                raise StoreError(f"{table.name} row {row.get('id')}: {name} {value} is not among "
+                                                 f"the imported {fks[name]}")
+                            value = ids[fks[name]][value]
+                        elif value is not None and isinstance(table.c[name].type, DateTime):
+                            value = _datetime(value, table.name, name)
+                        elif value is not None and isinstance(table.c[name].type, Boolean):
+                            value = bool(value)
+                        values[name] = value
+                    missing = [c for c in key if c not in row]
+                    if missing:
+                        raise StoreError(f"{table.name} row {row.get('id')} has no {missing[0]}")
+                    same = conn.execute(select(table.c.id).where(and_(*(
+                        table.c[c].is_(None) if values[c] is None else table.c[c] == values[c] for c in key)))).first()
+                    if same is None and table.name == "runs" and values["status"] == "running":
+                        raise StoreError(f"run {row['id']} is still running (on {values.get('host') or 'its machine'}): "
+                                         f"export it once it has finished")
+                    if same is not None:
+                        new_id, kept = same[0], kept + 1
+                    else:
+                        if table.name == "runs" and values.get("study_id") is not None and conn.execute(
+                                select(table.c.id).where(table.c.study_id == values["study_id"],
+                                                         table.c.fold == values.get("fold"),
+                                                         table.c.seed == values["seed"])).first():
+                            raise StoreError(f"run {row['id']}: study {values['study_id']} here already has a run "
+                                             f"for fold {values.get('fold')}, seed {values['seed']}")
+                        new_id = conn.execute(table.insert().values(**values)).inserted_primary_key[0]
+                        added += 1
+                    if "id" in row:
+                        mine[row["id"]] = new_id
+                    if table.name == "runs":
+                        runs.append((row["id"], new_id, same is None))
+                counts.append((table.name, added, kept))
+        return counts, runs
 
     def revision(self) -> str | None:
         """The schema revision the store is at (None: not a wmg store yet); upgrades nothing."""
@@ -554,6 +644,16 @@ class Store:
 
 # ---------------------------------------------------------------- converters
 _NAMES = {"runs": "run", "studies": "study", "evaluations": "evaluation"}
+
+
+def _datetime(value: Any, table: str, column: str) -> datetime:
+    """A timestamp as an export writes it (SQLite's text form) back into a datetime."""
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        raise StoreError(f"{table}.{column}: {value!r} is not a timestamp") from None
 
 
 def _existing(s, table, id_: int):
