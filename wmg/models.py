@@ -154,7 +154,12 @@ def model_from_config(spec: ModelSpec, config):
     from transformers import GPT2LMHeadModel, T5ForConditionalGeneration
 
     if spec.type == "seq2seq":
-        model = T5ForConditionalGeneration(config)
+        if getattr(config, "copy_head", False):
+            from .copyhead import T5WithCopy
+
+            model = T5WithCopy(config)
+        else:
+            model = T5ForConditionalGeneration(config)
         if not config.scale_decoder_outputs and model.lm_head.weight is model.shared.weight:
             std = config.initializer_factor * config.d_model ** -0.5
             model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * std)

@@ -161,10 +161,14 @@ def hyperparams(spec: ModelSpec, init: str, opts: TrainOptions) -> TrainConfig:
 
 
 def scratch_overrides(spec: ModelSpec, opts: TrainOptions) -> dict | None:
-    """Architecture changes of a scratch build: the tiny test sizes, T5's tied output layer."""
+    """Architecture changes of a scratch build: the tiny test sizes, T5's tied output layer, T5's
+    copy head."""
     over = dict(TINY[spec.type]) if opts.tiny else {}
-    if spec.type == "seq2seq" and hyperparams(spec, "scratch", opts).tie_embeddings:
+    cfg = hyperparams(spec, "scratch", opts)
+    if spec.type == "seq2seq" and cfg.tie_embeddings:
         over["tie_word_embeddings"] = True
+    if spec.type == "seq2seq" and cfg.copy_head:
+        over["copy_head"] = True
     return over or None
 
 
@@ -226,9 +230,10 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
                       source=opts.sources.get(spec.name), vocab_size=opts.scratch_vocab,
                       overrides=scratch_overrides(spec, opts), echo=echo)
         cfg = hyperparams(spec, built.init, opts)
-        if cfg.tie_embeddings and built.init != "scratch":
-            raise ConfigError(f"{spec.name}: --tie-embeddings changes the architecture, so it applies to scratch "
-                              "init only; pretrained weights keep their published output layer")
+        for flag, on in (("--tie-embeddings", cfg.tie_embeddings), ("--copy-head", cfg.copy_head)):
+            if on and built.init != "scratch":
+                raise ConfigError(f"{spec.name}: {flag} changes the architecture, so it applies to scratch "
+                                  "init only; pretrained weights keep their published architecture")
         model, tok, init, note = built.model, built.tokenizer, built.init, built.note
         del built
     if cfg.dropout is not None:

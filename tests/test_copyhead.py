@@ -1,0 +1,115 @@
+"""The copy head (wmg.copyhead, `--copy-head`): a pointer-generator mixture over the excerpt's
+tokens, with greedy decoding, saving and loading, and the pipeline's scratch build."""
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.test_models import CORPUS
+from wmg.config import REGISTRY
+from wmg.copyhead import T5WithCopy
+from wmg.models import build_scratch, load_trained
+
+SPEC = REGISTRY["flan-t5-small"]
+
+
+def tiny(**over):
+    from wmg.pipeline import TINY
+
+    model, tok = build_scratch(SPEC, CORPUS, vocab_size=200, overrides=dict(TINY["seq2seq"], copy_head=True, **over))
+    model.eval()
+    return model, tok
+
+
+def set_gate(model, value):
+    """g = sigmoid(0 . h + value): 1 for a large value (vocabulary only), 0 for a small one (copy only)."""
+    with torch.no_grad():
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.fill_(value)
+
+
+SRC = torch.tensor([[5, 7, 5, 9, 0, 0], [11, 12, 13, 14, 15, 1]])
+MASK = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+DEC = torch.tensor([[0, 5, 7], [0, 11, 12]])
+
+
+def test_the_output_is_a_distribution_and_all_vocabulary_when_the_gate_is_open():
+    model, _ = tiny()
+    p = model(input_ids=SRC, attention_mask=MASK, decoder_input_ids=DEC).logits.exp()
+    assert torch.allclose(p.sum(-1), torch.ones(2, 3), atol=1e-5)
+    set_gate(model, 40.0)
+    mixed = model(input_ids=SRC, attention_mask=MASK, decoder_input_ids=DEC).logits
+    plain = super(T5WithCopy, model).forward(input_ids=SRC, attention_mask=MASK, decoder_input_ids=DEC).logits
+    assert torch.allclose(mixed, plain.float().log_softmax(-1), atol=1e-4)
+
+
+def test_a_closed_gate_copies_only_unpadded_excerpt_tokens_by_the_pointer():
+    """With the query zeroed the pointer is uniform over the unmasked positions, so each token's
+    probability is its share of them: 5 twice in four, 7 and 9 once, the padding's 0 never."""
+    model, _ = tiny()
+    set_gate(model, -40.0)
+    with torch.no_grad():
+        model.copy_query.weight.zero_()
+    p = model(input_ids=SRC, attention_mask=MASK, decoder_input_ids=DEC).logits.exp()
+    first = p[0, 0]
+    assert first[5].item() == pytest.approx(0.5, abs=1e-5)
+    assert first[7].item() == pytest.approx(0.25, abs=1e-5) and first[9].item() == pytest.approx(0.25, abs=1e-5)
+    assert first[0].item() < 1e-12 and first.sum().item() == pytest.approx(1, abs=1e-5)
+    assert torch.allclose(p[1, 2, 11:16], torch.full((5,), 1 / 6), atol=1e-5)  # the row without padding
+    assert p[1, 2, 1].item() == pytest.approx(1 / 6, abs=1e-5)
+
+
+def test_generation_with_the_cache_equals_greedy_steps_without_it():
+    model, tok = tiny()
+    with torch.no_grad():
+        model.copy_gate.bias.fill_(-1.0)  # mostly copying, not only
+    out = model.generate(input_ids=SRC, attention_mask=MASK, copy_ids=SRC, max_new_tokens=6, do_sample=False,
+                         num_beams=1, pad_token_id=0, eos_token_id=1)
+    dec = torch.zeros(2, 1, dtype=torch.long)
+    done = torch.zeros(2, dtype=torch.bool)
+    for _ in range(6):
+        with torch.no_grad():
+            nxt = model(input_ids=SRC, attention_mask=MASK, decoder_input_ids=dec, use_cache=False).logits[:, -1].argmax(-1)
+        nxt = torch.where(done, torch.zeros_like(nxt), nxt)
+        done |= nxt == 1
+        dec = torch.cat([dec, nxt[:, None]], 1)
+    assert out.tolist() == dec[:, :out.size(1)].tolist()
+    copied = set(SRC[MASK.bool()].tolist())
+    assert any(t in copied for t in out[:, 1:].flatten().tolist())  # a copying model writes excerpt tokens
+
+
+def test_the_head_is_saved_and_loaded_with_the_model(tmp_path):
+    from wmg.checkpoint import save_model_folder
+
+    model, tok = tiny()
+    with torch.no_grad():
+        model.copy_gate.bias.fill_(-0.5)
+    save_model_folder(tmp_path / "m", model, tok)
+    again, _ = load_trained(SPEC, tmp_path / "m")
+    again.eval()
+    assert type(again) is T5WithCopy and again.config.copy_head
+    assert torch.equal(again.copy_key.weight, model.copy_key.weight)
+    a = model(input_ids=SRC, attention_mask=MASK, decoder_input_ids=DEC).logits
+    b = again(input_ids=SRC, attention_mask=MASK, decoder_input_ids=DEC).logits
+    assert torch.allclose(a, b, atol=1e-4)  # the loaded model runs the fused GELU: equal up to rounding
+
+
+def test_the_pipeline_builds_the_head_for_t5_only_and_counts_its_parameters():
+    from wmg.pipeline import TINY, TrainOptions, scratch_overrides
+
+    opts = TrainOptions("d.jsonl", "flan-t5-small", tiny=True, overrides={"copy_head": True})
+    assert scratch_overrides(SPEC, opts) == dict(TINY["seq2seq"], copy_head=True)
+    assert scratch_overrides(REGISTRY["distilgpt2"], opts) == TINY["causal"]
+    with_head, _ = build_scratch(SPEC, CORPUS, vocab_size=200, overrides=scratch_overrides(SPEC, opts))
+    plain, _ = build_scratch(SPEC, CORPUS, vocab_size=200, overrides=TINY["seq2seq"])
+    assert type(with_head) is T5WithCopy and type(plain) is not T5WithCopy
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    d = with_head.config.d_model
+    assert n(with_head) - n(plain) == 2 * d * d + d + 1
+
+
+def test_copy_head_with_pretrained_weights_is_one_line(tmp_path):
+    from wmg.cli import main
+
+    r = CliRunner().invoke(main, ["train", "--init", "pretrained", "--copy-head", "--db", str(tmp_path / "r.db")])
+    assert r.exit_code == 2 and "--copy-head changes the architecture" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r.db").exists()
