@@ -263,10 +263,10 @@ def load_model_folder(folder: Path, model_type: str):
         raise CheckpointError(f"{weights}: missing (wmg loads weights from safetensors only)")
     cls = AutoModelForSeq2SeqLM if model_type == "seq2seq" else AutoModelForCausalLM
     try:
-        if model_type == "seq2seq" and json.loads((folder / "config.json").read_text()).get("copy_head"):
-            from .copyhead import T5WithCopy
+        if json.loads((folder / "config.json").read_text()).get("copy_head"):
+            from .copyhead import GPT2WithCopy, T5WithCopy
 
-            cls = T5WithCopy
+            cls = T5WithCopy if model_type == "seq2seq" else GPT2WithCopy
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     except Exception as exc:  # transformers and safetensors raise many kinds; all mean "this folder is damaged"

@@ -320,8 +320,9 @@ def _given(ctx, name: str) -> bool:
               help="Scratch T5: tie the output layer to the input embedding (T5 v1.0's way), so every token the "
                    "encoder reads has a trained output vector; FLAN-T5 is published untied [off].")
 @click.option("--copy-head/--no-copy-head", default=None,
-              help="Scratch T5: a pointer-generator head (See et al., 2017) that can draw each output token from "
-                   "the excerpt by attention, for locations quoted from it [off].")
+              help="Scratch models: a pointer-generator head (See et al., 2017) that can draw each output token "
+                   "from the excerpt (T5) or the text before it (GPT-2) by attention, for locations quoted from "
+                   "the excerpt [off].")
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")

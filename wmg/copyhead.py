@@ -1,6 +1,7 @@
-"""A copy head for scratch T5 (`--copy-head`): the pointer-generator of See et al. (2017, "Get To
-The Point: Summarization with Pointer-Generator Networks"), after Vinyals et al.'s (2015) pointer
-networks.
+"""A copy head for scratch models (`--copy-head`): the pointer-generator of See et al. (2017, "Get
+To The Point: Summarization with Pointer-Generator Networks"), after Vinyals et al.'s (2015)
+pointer networks; for GPT-2, the pointer runs over the positions before each token, as in the
+pointer sentinel mixture models of Merity et al. (2017).
 
 A gadget's location is a span quoted from the excerpt, and a transformer trained from random
 weights on a thousand lines does not learn to copy (README "Scratch recipe": given the first two
@@ -12,18 +13,45 @@ position voting for the token that stands there:
     p(w) = g * softmax(lm_logits)(w) + (1 - g) * sum_{j: x_j = w} a_j
     a = softmax(q(h) . k(e_j) / sqrt(d)),  g = sigmoid(w_g . h + b_g)
 
-h is the decoder's last hidden state, e_j the encoder's output at source position j (padding
-masked out). Copying a token is then one attention lookup, which the model can learn from few
+T5: h is the decoder's last hidden state, e_j the encoder's output at source position j (padding
+masked out). GPT-2: h and e are both the last hidden states (after the final layer norm), the
+pointer of position t over the positions s <= t (padding masked out), each voting for its token. Copying a token is then one attention lookup, which the model can learn from few
 examples, instead of a circuit (induction heads) that needs billions of tokens. The head adds
-2 d^2 + d + 1 parameters (524,801 for flan-t5-small, d = 512). `logits` returns log p, so the
-training loss (cross-entropy of logits, whose log-softmax is log p itself) and greedy decoding
-work unchanged; generation passes the source ids as `copy_ids` at every step (wmg.generate).
+2 d^2 + d + 1 parameters (524,801 for flan-t5-small, d = 512; 1,180,417 for distilgpt2, d = 768).
+`logits` returns log p, so the training loss (cross-entropy of logits, whose log-softmax is log
+p itself) and greedy decoding work unchanged. T5's generation passes the source ids as
+`copy_ids` at every step (wmg.generate); GPT-2's keeps the keys and ids of the positions
+decoded so far beside its KV cache, started afresh by every prompt.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import T5ForConditionalGeneration
+from transformers import GPT2LMHeadModel, T5ForConditionalGeneration
+from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
+
+
+def _copy_layers(model, d: int, initializer_std: float) -> None:
+    model.copy_query = nn.Linear(d, d, bias=False)
+    model.copy_key = nn.Linear(d, d, bias=False)
+    model.copy_gate = nn.Linear(d, 1)
+    for layer in (model.copy_query, model.copy_key, model.copy_gate):
+        nn.init.normal_(layer.weight, std=initializer_std)
+    nn.init.zeros_(model.copy_gate.bias)  # half copy, half vocabulary at the start
+
+
+def _mix(model, logits, h, keys, ids, allowed):
+    """log p of the mixture: logits (B, n, V) of the vocabulary, h (B, n, d) the states that ask,
+    keys (B, T, d) the states pointed at, ids (B, T) their tokens, allowed (B, n, T) where the
+    pointer may go."""
+    scores = torch.matmul(model.copy_query(h), model.copy_key(keys).transpose(1, 2)).float()
+    scores = scores * h.size(-1) ** -0.5
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    pointer = scores.softmax(-1)
+    gate = torch.sigmoid(model.copy_gate(h).float())
+    p = gate * logits.float().softmax(-1)
+    p = p.scatter_add(-1, ids[:, None, :].expand(-1, p.size(1), -1), (1 - gate) * pointer)
+    return torch.log(p.clamp_min(1e-30))
 
 
 class T5WithCopy(T5ForConditionalGeneration):
@@ -31,15 +59,8 @@ class T5WithCopy(T5ForConditionalGeneration):
 
     def __init__(self, config):
         super().__init__(config)
-        d = config.d_model
-        self.copy_query = nn.Linear(d, d, bias=False)
-        self.copy_key = nn.Linear(d, d, bias=False)
-        self.copy_gate = nn.Linear(d, 1)
-        std = config.initializer_factor * d ** -0.5  # T5's scale for its attention projections
-        for layer in (self.copy_query, self.copy_key):
-            nn.init.normal_(layer.weight, std=std)
-        nn.init.normal_(self.copy_gate.weight, std=std)
-        nn.init.zeros_(self.copy_gate.bias)  # half copy, half vocabulary at the start
+        # T5's scale for its attention projections
+        _copy_layers(self, config.d_model, config.initializer_factor * config.d_model ** -0.5)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
                 labels=None, copy_ids=None, **kwargs):
@@ -57,24 +78,52 @@ class T5WithCopy(T5ForConditionalGeneration):
         out = super().forward(attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                               encoder_outputs=encoder_outputs, **kwargs)
         h = out.decoder_hidden_states[-1]  # after the decoder's final layer norm, as lm_head reads it
-        enc = encoder_outputs[0]
-        scores = torch.matmul(self.copy_query(h), self.copy_key(enc).transpose(1, 2)).float()
-        scores = scores * self.config.d_model ** -0.5
-        scores = scores.masked_fill(attention_mask[:, None, :] == 0, torch.finfo(scores.dtype).min)
-        pointer = scores.softmax(-1)  # (batch, target, source)
-        gate = torch.sigmoid(self.copy_gate(h).float())  # (batch, target, 1)
-        p = gate * out.logits.float().softmax(-1)
-        p = p.scatter_add(-1, src[:, None, :].expand(-1, p.size(1), -1), (1 - gate) * pointer)
-        out.logits = torch.log(p.clamp_min(1e-30))
+        allowed = (attention_mask != 0)[:, None, :].expand(-1, h.size(1), -1)
+        out.logits = _mix(self, out.logits, h, encoder_outputs[0], src, allowed)
         out.loss = None
         if labels is not None:
             out.loss = nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1),
                                                    ignore_index=-100)
         return out
 
-    def copy_gate_values(self, input_ids, attention_mask, decoder_input_ids) -> torch.Tensor:
-        """1 - g per target position (the probability of copying), for inspection and tests."""
-        with torch.no_grad():
-            out = super().forward(input_ids=input_ids, attention_mask=attention_mask,
-                                  decoder_input_ids=decoder_input_ids, output_hidden_states=True, use_cache=False)
-            return 1 - torch.sigmoid(self.copy_gate(out.decoder_hidden_states[-1]).float())[..., 0]
+
+class GPT2WithCopy(GPT2LMHeadModel):
+    """GPT2LMHeadModel with a pointer over the preceding positions; `config.copy_head` is True."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        _copy_layers(self, config.n_embd, config.initializer_range)
+        self._decoded = None  # (keys, ids) of the positions so far, while generating with a cache
+
+    def forward(self, input_ids=None, cache=None, attention_mask=None, position_ids=None, labels=None,
+                use_cache=None, logits_to_keep=0, **kwargs):
+        if input_ids is None:
+            raise ValueError("the copy head needs the token ids")
+        out = self.transformer(input_ids, cache=cache, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=use_cache, **kwargs)
+        h = out.last_hidden_state  # after ln_f, as lm_head reads it
+        n = input_ids.size(1)
+        if use_cache and n == 1 and self._decoded is not None:  # one more decoding step
+            keys, ids = (torch.cat([prev, new], 1) for prev, new in zip(self._decoded, (h, input_ids)))
+        else:  # training, or a prompt (the start of a generation)
+            keys, ids = h, input_ids
+        self._decoded = (keys, ids) if use_cache else None
+        total = keys.size(1)
+        kept = min(logits_to_keep, n) if isinstance(logits_to_keep, int) and logits_to_keep > 0 else n
+        asking = h[:, n - kept:]
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # generation with a static cache hands the prepared mask (batch, 1, queries, cache slots):
+            # causal and padding already, True or 0.0 where a position may be attended to
+            m = attention_mask[:, 0, -kept:, :total]
+            allowed = m if m.dtype == torch.bool else m == 0
+        else:  # position t may point at every s <= t that is not padding
+            pad = (attention_mask[:, -total:] != 0) if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+            t = torch.arange(total - kept, total, device=h.device)[:, None]
+            s = torch.arange(total, device=h.device)[None, :]
+            allowed = (s <= t)[None] & pad[:, None, :]
+        logits = _mix(self, self.lm_head(asking), asking, keys, ids, allowed)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                               labels[:, 1:].reshape(-1), ignore_index=-100)
+        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=out.cache)

@@ -165,6 +165,10 @@ def model_from_config(spec: ModelSpec, config):
             model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * std)
             getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
         return model
+    if getattr(config, "copy_head", False):
+        from .copyhead import GPT2WithCopy
+
+        return GPT2WithCopy(config)
     return GPT2LMHeadModel(config)
 
 

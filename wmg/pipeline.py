@@ -161,13 +161,13 @@ def hyperparams(spec: ModelSpec, init: str, opts: TrainOptions) -> TrainConfig:
 
 
 def scratch_overrides(spec: ModelSpec, opts: TrainOptions) -> dict | None:
-    """Architecture changes of a scratch build: the tiny test sizes, T5's tied output layer, T5's
+    """Architecture changes of a scratch build: the tiny test sizes, T5's tied output layer, the
     copy head."""
     over = dict(TINY[spec.type]) if opts.tiny else {}
     cfg = hyperparams(spec, "scratch", opts)
     if spec.type == "seq2seq" and cfg.tie_embeddings:
         over["tie_word_embeddings"] = True
-    if spec.type == "seq2seq" and cfg.copy_head:
+    if cfg.copy_head:
         over["copy_head"] = True
     return over or None
 
