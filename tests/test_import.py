@@ -211,3 +211,22 @@ def test_a_run_still_running_is_not_imported(new_store):
     r = invoke("import", db, "--db", target)
     assert r.exit_code == 1
     assert r.output.strip() == "Error: run 1 is still running (on lab-7): export it once it has finished"
+
+
+def test_a_study_with_no_run_yet_travels_and_an_empty_export_is_refused(new_store, tmp_path):
+    first, study = study_store(new_store)
+    r = invoke("export", "jsonl", "--study", study, "--db", first, "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    second = new_store("sqlite")
+    make_run(second, ["m1"], [RW], [(RW,)], words=[5], forms=["open"])
+    r = invoke("import", tmp_path / "s", "--db", second, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert sql(second, "SELECT folds, seeds_json, data_sha256 FROM studies") == [(2, "[1]", "0" * 64)]
+    there = sql(second, "SELECT id FROM studies")[0][0]
+    assert Store(second).get_study(there).runs == []  # ready for `wmg work --study` there
+    (tmp_path / "none").mkdir()
+    r = invoke("export", "jsonl", "--run-id", 1, "--db", second, "--out", tmp_path / "none")
+    for f in (tmp_path / "none").glob("*.jsonl"):
+        f.write_text("")
+    r = invoke("import", tmp_path / "none", "--db", first)
+    assert r.exit_code == 1 and r.output.strip() == f"Error: {tmp_path / 'none'} holds no runs and no studies"

@@ -1121,11 +1121,12 @@ def _tidy_command(fmt: str):
         from .export import export_tidy
 
         runs = _runs_of(store, run_ids, study_ids, all_runs)
-        written = export_tidy(store, runs, out_dir, fmt)
+        written = export_tidy(store, runs, out_dir, fmt, study_ids)
         output.emit([Table("files", f"Exported {len(runs)} run{'s' if len(runs) != 1 else ''} ({fmt})",
                            ["name", "kind", "rows", "path"], [list(w) for w in written])])
 
-    command.__doc__ = (f"Every table and view of the store, limited to the selected runs (and their studies), "
+    command.__doc__ = (f"Every table and view of the store, limited to the selected runs (and their studies; "
+                       f"a selected study is exported even before it has a run), "
                        f"as DIR/<name>.{fmt}: " + ("a header row, then one row per record." if fmt == "csv" else
                                                    "one JSON object per line.") +
                        " Values as SQLite holds them: booleans 0/1, timestamps as text, JSON columns as text.")
@@ -1148,14 +1149,15 @@ def import_(source, store, output):
     prediction, ...) is kept as it is, so a second import adds nothing, and the folds of one study
     made on several machines (each store holding the study: `wmg export jsonl --study ID` on the
     first, `wmg import` on the others) come together under that study, ready for `wmg analyze
-    models --study ID`. A study's folds not made yet are left to `wmg work`. Checkpoints stay
+    models --study ID`. A study recorded with `--record-only` travels the same way before any of its
+    folds is made; the folds not made yet are left to `wmg work`. Checkpoints stay
     where they were written: copy them to compare the imported runs again."""
     from .console import Table
     from .export import read_tables
 
     tables = read_tables(source, into=store)
-    if not tables.get("runs"):
-        raise StoreError(f"{source} holds no runs")
+    if not tables.get("runs") and not tables.get("studies"):
+        raise StoreError(f"{source} holds no runs and no studies")
     counts, runs = store.import_tables(tables)
     output.emit([
         Table("tables", f"Imported into {store.shown}", ["name", "added", "already_here"], [list(c) for c in counts]),

@@ -16,14 +16,15 @@ from .checkpoint import atomic_write_text
 from .store import Store, StoreError
 
 
-def export_tidy(store: Store, run_ids: Sequence[int], out: str | Path, fmt: str) -> list[tuple[str, str, int, str]]:
+def export_tidy(store: Store, run_ids: Sequence[int], out: str | Path, fmt: str,
+                study_ids: Sequence[int] = ()) -> list[tuple[str, str, int, str]]:
     """Write DIR/<name>.csv|jsonl per table and view; returns (name, kind, rows, path) per file."""
     if fmt not in ("csv", "jsonl"):
         raise ValueError(f"unknown export format {fmt!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, kind, columns, rows in store.export_tables(run_ids):
+    for name, kind, columns, rows in store.export_tables(run_ids, study_ids):
         path = out / f"{name}.{fmt}"
         if fmt == "csv":
             text = io.StringIO(newline="")
@@ -71,7 +72,8 @@ def read_tables(source: str | Path, into: Store | None = None) -> dict[str, list
         raise StoreError(f"{other.shown} is at schema revision {other.revision()}, this wmg at {Store.head()}: "
                          f"run `wmg db upgrade --db {source}` first")
     run_ids = [r.id for r in other.list_runs()]
-    return {name: rows for name, kind, _, rows in other.export_tables(run_ids) if kind == "table"}
+    study_ids = [row["id"] for row in other.query("SELECT id FROM studies")]
+    return {name: rows for name, kind, _, rows in other.export_tables(run_ids, study_ids) if kind == "table"}
 
 
 def _same_store(a: str, b: str) -> bool:

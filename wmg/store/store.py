@@ -101,15 +101,17 @@ class Store:
     }
     NOT_EXPORTED = {"alembic_version", "sqlite_sequence"}
 
-    def export_tables(self, run_ids: Sequence[int]) -> Iterator[tuple[str, str, list[str], list[dict[str, Any]]]]:
+    def export_tables(self, run_ids: Sequence[int], study_ids: Sequence[int] = ()
+                      ) -> Iterator[tuple[str, str, list[str], list[dict[str, Any]]]]:
         """Every table and view of the store, each limited to the rows of these runs (and of their
-        studies): (name, "table" or "view", columns, rows), values in SQLite's forms."""
+        studies, and of `study_ids` even before they have a run): (name, "table" or "view",
+        columns, rows), values in SQLite's forms."""
         from sqlalchemy import bindparam, inspect
 
         run_ids = sorted(set(run_ids))
         with self.engine().connect() as conn:
             insp = inspect(conn)
-            studies = sorted({r for (r,) in conn.execute(
+            studies = sorted(set(study_ids) | {r for (r,) in conn.execute(
                 text("SELECT DISTINCT study_id FROM runs WHERE id IN :runs AND study_id IS NOT NULL")
                 .bindparams(bindparam("runs", expanding=True)), {"runs": run_ids or [-1]})})
             params = {"runs": run_ids or [-1], "studies": studies or [-1]}
