@@ -14,19 +14,20 @@ SPEC = REGISTRY["flan-t5-small"]
 GPT = REGISTRY["distilgpt2"]
 
 
-def tiny(spec=SPEC):
+def tiny(spec=SPEC, mode="pointer"):
     from wmg.pipeline import TINY
 
-    model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=dict(TINY[spec.type], copy_head=True))
+    model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=dict(TINY[spec.type], copy_head=mode))
     model.eval()
     return model, tok
 
 
 def set_gate(model, value):
-    """g = sigmoid(0 . h + value): 1 for a large value (vocabulary only), 0 for a small one (copy only)."""
+    """pointer: g = sigmoid(0 . h + value), 1 for a large value (vocabulary only), 0 for a small one
+    (copy only); span: a gate of three, `value` a (vocabulary, pointer, continuation) triple."""
     with torch.no_grad():
         model.copy_gate.weight.zero_()
-        model.copy_gate.bias.fill_(value)
+        model.copy_gate.bias.copy_(torch.tensor(value, dtype=torch.float).reshape(model.copy_gate.bias.shape))
 
 
 SRC = torch.tensor([[5, 7, 5, 9, 0, 0], [11, 12, 13, 14, 15, 1]])
@@ -60,10 +61,10 @@ def test_a_closed_gate_copies_only_unpadded_excerpt_tokens_by_the_pointer():
     assert p[1, 2, 1].item() == pytest.approx(1 / 6, abs=1e-5)
 
 
-def test_generation_with_the_cache_equals_greedy_steps_without_it():
-    model, tok = tiny()
-    with torch.no_grad():
-        model.copy_gate.bias.fill_(-1.0)  # mostly copying, not only
+@pytest.mark.parametrize("mode", ["pointer", "span"])
+def test_generation_with_the_cache_equals_greedy_steps_without_it(mode):
+    model, tok = tiny(mode=mode)
+    set_gate(model, -1.0 if mode == "pointer" else (-1.0, 0.0, 0.5))  # mostly copying, not only
     out = model.generate(input_ids=SRC, attention_mask=MASK, copy_ids=SRC, max_new_tokens=6, do_sample=False,
                          num_beams=1, pad_token_id=0, eos_token_id=1)
     dec = torch.zeros(2, 1, dtype=torch.long)
@@ -88,7 +89,7 @@ def test_the_head_is_saved_and_loaded_with_the_model(tmp_path):
     save_model_folder(tmp_path / "m", model, tok)
     again, _ = load_trained(SPEC, tmp_path / "m")
     again.eval()
-    assert type(again) is T5WithCopy and again.config.copy_head
+    assert type(again) is T5WithCopy and again.config.copy_head == "pointer"
     assert torch.equal(again.copy_key.weight, model.copy_key.weight)
     a = model(input_ids=SRC, attention_mask=MASK, decoder_input_ids=DEC).logits
     b = again(input_ids=SRC, attention_mask=MASK, decoder_input_ids=DEC).logits
@@ -99,8 +100,8 @@ def test_the_head_is_saved_and_loaded_with_the_model(tmp_path):
 def test_the_pipeline_builds_the_head_and_counts_its_parameters(spec, cls):
     from wmg.pipeline import TINY, TrainOptions, scratch_overrides
 
-    opts = TrainOptions("d.jsonl", spec.name, tiny=True, overrides={"copy_head": True})
-    assert scratch_overrides(spec, opts) == dict(TINY[spec.type], copy_head=True)
+    opts = TrainOptions("d.jsonl", spec.name, tiny=True, overrides={"copy_head": "pointer"})
+    assert scratch_overrides(spec, opts) == dict(TINY[spec.type], copy_head="pointer")
     assert scratch_overrides(spec, TrainOptions("d.jsonl", spec.name)) is None  # off by default
     with_head, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=scratch_overrides(spec, opts))
     plain, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=TINY[spec.type])
@@ -108,6 +109,8 @@ def test_the_pipeline_builds_the_head_and_counts_its_parameters(spec, cls):
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     d = with_head.config.hidden_size
     assert n(with_head) - n(plain) == 2 * d * d + d + 1
+    span, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=dict(TINY[spec.type], copy_head="span"))
+    assert type(span) is cls and n(span) - n(plain) == 2 * d * d + 3 * d + 3  # a gate of three
 
 
 # ---------------------------------------------------------------- GPT-2: a pointer over the text before
@@ -134,15 +137,16 @@ def test_gpt2_pointer_covers_the_positions_up_to_each_token_and_never_padding():
     assert torch.allclose(mixed[1], plain[1].float().log_softmax(-1), atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["pointer", "span"])
 @pytest.mark.parametrize("cache", [None, "static"])
-def test_gpt2_generation_with_either_cache_equals_greedy_steps_without_it(cache):
+def test_gpt2_generation_with_either_cache_equals_greedy_steps_without_it(cache, mode):
     from wmg.config import GenerateConfig
     from wmg.generate import generate
 
-    model, tok = tiny(GPT)
+    model, tok = tiny(GPT, mode)
     torch.manual_seed(3)
     with torch.no_grad():
-        model.copy_gate.bias.fill_(-0.5)
+        model.copy_gate.bias.copy_(torch.tensor([-0.5] if mode == "pointer" else [0.0, -0.5, 0.5]))
         model.copy_query.weight.normal_(std=0.5)
     extra = {"cache_implementation": cache} if cache else {}
     out = model.generate(input_ids=LEFT, attention_mask=LEFT_MASK, max_new_tokens=6, do_sample=False, num_beams=1,
@@ -172,7 +176,7 @@ def test_gpt2_head_is_saved_and_loaded_with_the_model(tmp_path):
     save_model_folder(tmp_path / "m", model, tok)
     again, _ = load_trained(GPT, tmp_path / "m")
     again.eval()
-    assert type(again) is GPT2WithCopy and again.config.copy_head
+    assert type(again) is GPT2WithCopy and again.config.copy_head == "pointer"
     a = model(input_ids=LEFT, attention_mask=LEFT_MASK, use_cache=False).logits
     b = again(input_ids=LEFT, attention_mask=LEFT_MASK, use_cache=False).logits
     assert torch.allclose(a[1], b[1], atol=1e-4)
@@ -181,6 +185,51 @@ def test_gpt2_head_is_saved_and_loaded_with_the_model(tmp_path):
 def test_copy_head_with_pretrained_weights_is_one_line(tmp_path):
     from wmg.cli import main
 
-    r = CliRunner().invoke(main, ["train", "--init", "pretrained", "--copy-head", "--db", str(tmp_path / "r.db")])
+    r = CliRunner().invoke(main, ["train", "--init", "pretrained", "--copy-head", "span", "--db", str(tmp_path / "r.db")])
     assert r.exit_code == 2 and "--copy-head changes the architecture" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "r.db").exists()
+
+
+# ---------------------------------------------------------------- span: continuing the text
+def test_continuation_follows_the_longest_match_of_the_last_tokens():
+    from wmg.copyhead import MATCH, continuation
+
+    text = torch.tensor([[3, 5, 7, 9, 4, 5, 7, 11]])
+    allowed = torch.ones(1, 4, 8, dtype=torch.bool)
+    asked = torch.tensor([[[7, 5, 3, -1], [7, 5, 4, -1], [7, 8, 8, -1], [6, 5, 3, -1]]])[..., :MATCH]
+    weights, found = continuation(asked, text, allowed)
+    assert weights[0, 0].tolist() == [0, 0, 0, 1, 0, 0, 0, 0]  # after 3 5 7: the 9
+    assert weights[0, 1].tolist() == [0, 0, 0, 0, 0, 0, 0, 1]  # after 4 5 7: the 11
+    assert weights[0, 2].tolist() == [0, 0, 0, 0.5, 0, 0, 0, 0.5]  # after 7 alone: both
+    assert found[0, :, 0].tolist() == [True, True, True, False] and weights[0, 3].sum() == 0  # no 6 in the text
+    blocked = allowed.clone()
+    blocked[0, 0, 3] = False  # a place the asker may not see is never continued from
+    weights, _ = continuation(asked, text, blocked)
+    assert weights[0, 0].tolist() == [0, 0, 0, 0, 0, 0, 0, 1]  # the next-longest match, 5 7, after 4
+
+
+def test_span_t5_copies_a_contiguous_run_of_the_excerpt_with_and_without_the_cache():
+    """All weight on continuing: after the pointer's first token every next one is the excerpt's
+    next token, so the output is a run of the excerpt, the same with the cache as without."""
+    model, tok = tiny(mode="span")
+    set_gate(model, (-40.0, -40.0, 40.0))
+    src = torch.tensor([[21, 22, 23, 24, 25, 26, 27, 28, 1, 0], [31, 32, 33, 34, 35, 36, 37, 38, 39, 1]])
+    mask = (torch.arange(10)[None] < torch.tensor([[9], [10]])).long()
+    out = model.generate(input_ids=src, attention_mask=mask, copy_ids=src, max_new_tokens=5, do_sample=False,
+                         num_beams=1, pad_token_id=0, eos_token_id=1)[:, 1:]
+    for row, text in zip(out.tolist(), src.tolist()):
+        first = text.index(row[0])
+        assert row == text[first:first + len(row)], (row, text)
+    with torch.no_grad():  # teacher-forced: after 33, 34 comes with probability 1
+        p = model(input_ids=src, attention_mask=mask, decoder_input_ids=torch.tensor([[0, 23], [0, 33]])).logits.exp()
+    assert p[0, 1, 24].item() == pytest.approx(1, abs=1e-4) and p[1, 1, 34].item() == pytest.approx(1, abs=1e-4)
+
+
+def test_span_gpt2_continues_the_prompt_after_the_place_it_matches():
+    model, tok = tiny(GPT, "span")
+    set_gate(model, (-40.0, -40.0, 40.0))
+    prompt = torch.tensor([[0, 0, 41, 42, 43, 44, 45, 46, 47, 43, 44], [51, 52, 53, 54, 55, 56, 57, 58, 52, 53, 54]])
+    mask = (prompt != 0).long()
+    out = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=3, do_sample=False, num_beams=1,
+                         pad_token_id=0, eos_token_id=0, cache_implementation="static")[:, prompt.size(1):]
+    assert out.tolist() == [[45, 46, 47], [55, 56, 57]]  # after "43 44": 45 ...; after "52 53 54": 55 ...

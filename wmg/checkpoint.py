@@ -263,7 +263,9 @@ def load_model_folder(folder: Path, model_type: str):
         raise CheckpointError(f"{weights}: missing (wmg loads weights from safetensors only)")
     cls = AutoModelForSeq2SeqLM if model_type == "seq2seq" else AutoModelForCausalLM
     try:
-        if json.loads((folder / "config.json").read_text()).get("copy_head"):
+        from .models import has_copy_head
+
+        if has_copy_head(json.loads((folder / "config.json").read_text())):
             from .copyhead import GPT2WithCopy, T5WithCopy
 
             cls = T5WithCopy if model_type == "seq2seq" else GPT2WithCopy

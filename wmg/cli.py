@@ -319,10 +319,10 @@ def _given(ctx, name: str) -> bool:
 @click.option("--tie-embeddings/--no-tie-embeddings", default=None,
               help="Scratch T5: tie the output layer to the input embedding (T5 v1.0's way), so every token the "
                    "encoder reads has a trained output vector; FLAN-T5 is published untied [off].")
-@click.option("--copy-head/--no-copy-head", default=None,
-              help="Scratch models: a pointer-generator head (See et al., 2017) that can draw each output token "
-                   "from the excerpt (T5) or the text before it (GPT-2) by attention, for locations quoted from "
-                   "the excerpt [off].")
+@click.option("--copy-head", type=click.Choice(["off", "pointer", "span"]), default=None,
+              help="Scratch models: a copy head that can draw each output token from the excerpt (T5) or the "
+                   "text before it (GPT-2): pointer, by attention (See et al., 2017); span, also by continuing "
+                   "the text after the place matching the last tokens written [off].")
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")
@@ -422,7 +422,7 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
 
     if record_only and folds is None:
         raise click.UsageError("--record-only needs --folds K")
-    for flag, given_flag in (("--tie-embeddings", tie_embeddings), ("--copy-head", copy_head)):
+    for flag, given_flag in (("--tie-embeddings", tie_embeddings), ("--copy-head", copy_head not in (None, "off"))):
         if given_flag and init == "pretrained":
             raise click.UsageError(f"{flag} changes the architecture: it applies to scratch init only")
     if (fold is not None or seeds > 1) and folds is None and study is None:

@@ -136,10 +136,11 @@ class TrainConfig:
     # T5 built from scratch with its output layer tied to the input embedding (T5 v1.0's way, decoder
     # outputs scaled by d_model^-0.5); FLAN-T5 is published untied. GPT-2 is tied either way.
     tie_embeddings: bool = False
-    # A model built from scratch with a pointer-generator head (wmg.copyhead): each output token may be
-    # copied from the excerpt (T5) or the text before it (GPT-2) by attention. Off on the pretrained
-    # path (it changes the architecture).
-    copy_head: bool = False
+    # A model built from scratch with a copy head (wmg.copyhead): each output token may be copied from
+    # the excerpt (T5) or the text before it (GPT-2) by a pointer, and with `span` also by continuing
+    # the text after the place that matches the last tokens written. Off on the pretrained path (it
+    # changes the architecture).
+    copy_head: Literal["off", "pointer", "span"] = "off"  # span: the pointer and a continuation of the text
 
     @property
     def effective_batch_size(self) -> int:

@@ -31,26 +31,61 @@ from transformers import GPT2LMHeadModel, T5ForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 
 
+MATCH = 4  # tokens of context on which `span` matches a continuation in the text
+
+
 def _copy_layers(model, d: int, initializer_std: float) -> None:
     model.copy_query = nn.Linear(d, d, bias=False)
     model.copy_key = nn.Linear(d, d, bias=False)
-    model.copy_gate = nn.Linear(d, 1)
+    span = model.config.copy_head == "span"
+    model.copy_gate = nn.Linear(d, 3 if span else 1)
     for layer in (model.copy_query, model.copy_key, model.copy_gate):
         nn.init.normal_(layer.weight, std=initializer_std)
-    nn.init.zeros_(model.copy_gate.bias)  # half copy, half vocabulary at the start
+    nn.init.zeros_(model.copy_gate.bias)  # equal shares at the start
 
 
-def _mix(model, logits, h, keys, ids, allowed):
+def _histories(ids, fill: int):
+    """(B, L) -> (B, L, MATCH): at each position its token and the MATCH - 1 before it, most
+    recent first; `fill` before the start."""
+    cols = [ids] + [torch.cat([torch.full_like(ids[:, :i], fill), ids[:, :-i]], 1) for i in range(1, MATCH)]
+    return torch.stack(cols, -1)
+
+
+def continuation(asked, text, allowed):
+    """The `span` component: for each asking position, the positions j of the text whose MATCH
+    tokens before j match the asker's last tokens longest (at least its last one), as weights
+    summing to 1, and whether there was any such j. asked (B, n, MATCH): each asker's history
+    (`_histories`; -1 never matches); text (B, T): the tokens pointed at (-3 never matches);
+    allowed (B, n, T). Matching the recent past and continuing from there is what an induction
+    head learns to do (Olsson et al., 2022); here it is given, as CopyNet's selective read
+    (Gu et al., 2016) gives the position of the token just copied."""
+    before = _histories(text, -2)
+    before = torch.cat([torch.full_like(before[:, :1], -2), before[:, :-1]], 1)  # j: the tokens at j-1, j-2, ...
+    run = (asked[:, :, None, :] == before[:, None, :, :]).long().cumprod(-1).sum(-1)  # (B, n, T)
+    run = run.masked_fill(~allowed, 0)
+    best = run.max(-1, keepdim=True).values
+    weights = ((run == best) & (best > 0)).float()
+    return weights / weights.sum(-1, keepdim=True).clamp_min(1), best > 0
+
+
+def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None):
     """log p of the mixture: logits (B, n, V) of the vocabulary, h (B, n, d) the states that ask,
     keys (B, T, d) the states pointed at, ids (B, T) their tokens, allowed (B, n, T) where the
-    pointer may go."""
+    pointer may go; for `span`, asked and text as `continuation` takes them."""
     scores = torch.matmul(model.copy_query(h), model.copy_key(keys).transpose(1, 2)).float()
     scores = scores * h.size(-1) ** -0.5
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     pointer = scores.softmax(-1)
-    gate = torch.sigmoid(model.copy_gate(h).float())
-    p = gate * logits.float().softmax(-1)
-    p = p.scatter_add(-1, ids[:, None, :].expand(-1, p.size(1), -1), (1 - gate) * pointer)
+    if model.config.copy_head == "span":
+        gate = model.copy_gate(h).float().softmax(-1)  # vocabulary, pointer, continuation
+        follow, found = continuation(asked, text, allowed)
+        follow = torch.where(found, follow, pointer)  # nothing to continue: the pointer's choice
+        vocab, copied = gate[..., :1], gate[..., 1:2] * pointer + gate[..., 2:] * follow
+    else:
+        vocab = torch.sigmoid(model.copy_gate(h).float())
+        copied = (1 - vocab) * pointer
+    p = vocab * logits.float().softmax(-1)
+    p = p.scatter_add(-1, ids[:, None, :].expand(-1, p.size(1), -1), copied)
     return torch.log(p.clamp_min(1e-30))
 
 
@@ -61,6 +96,7 @@ class T5WithCopy(T5ForConditionalGeneration):
         super().__init__(config)
         # T5's scale for its attention projections
         _copy_layers(self, config.d_model, config.initializer_factor * config.d_model ** -0.5)
+        self._decoded = None  # `span`, generating with a cache: the decoder's tokens so far
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
                 labels=None, copy_ids=None, **kwargs):
@@ -74,12 +110,23 @@ class T5WithCopy(T5ForConditionalGeneration):
                                            inputs_embeds=kwargs.pop("inputs_embeds", None))
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels=labels)
+        cache = kwargs.get("cache")
+        past = cache.get_seq_length() if cache is not None else 0  # decoder positions before this call
         kwargs["output_hidden_states"] = True
         out = super().forward(attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                               encoder_outputs=encoder_outputs, **kwargs)
         h = out.decoder_hidden_states[-1]  # after the decoder's final layer norm, as lm_head reads it
         allowed = (attention_mask != 0)[:, None, :].expand(-1, h.size(1), -1)
-        out.logits = _mix(self, out.logits, h, encoder_outputs[0], src, allowed)
+        asked = text = None
+        if self.config.copy_head == "span":
+            n = decoder_input_ids.size(1)
+            decoded = decoder_input_ids
+            if past and self._decoded is not None:  # generating: the decoder's tokens so far, then this one
+                decoded = torch.cat([self._decoded, decoder_input_ids], 1)
+            self._decoded = decoded if kwargs.get("use_cache") else None
+            asked = _histories(decoded.masked_fill(decoded == self.config.decoder_start_token_id, -1), -1)[:, -n:]
+            text = src.masked_fill(attention_mask == 0, -3)
+        out.logits = _mix(self, out.logits, h, encoder_outputs[0], src, allowed, asked, text)
         out.loss = None
         if labels is not None:
             out.loss = nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1),
@@ -121,7 +168,15 @@ class GPT2WithCopy(GPT2LMHeadModel):
             t = torch.arange(total - kept, total, device=h.device)[:, None]
             s = torch.arange(total, device=h.device)[None, :]
             allowed = (s <= t)[None] & pad[:, None, :]
-        logits = _mix(self, self.lm_head(asking), asking, keys, ids, allowed)
+        asked = text = None
+        if self.config.copy_head == "span":
+            if attention_mask is not None and attention_mask.dim() == 2:
+                padded = attention_mask[:, -total:] == 0
+            else:  # the prepared 4-D mask: a position no later one may attend to is padding
+                padded = ~allowed[:, -1, :]
+            asked = _histories(ids.masked_fill(padded, -1), -1)[:, total - kept:]
+            text = ids.masked_fill(padded, -3)
+        logits = _mix(self, self.lm_head(asking), asking, keys, ids, allowed, asked, text)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),

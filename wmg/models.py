@@ -154,7 +154,7 @@ def model_from_config(spec: ModelSpec, config):
     from transformers import GPT2LMHeadModel, T5ForConditionalGeneration
 
     if spec.type == "seq2seq":
-        if getattr(config, "copy_head", False):
+        if has_copy_head(config):
             from .copyhead import T5WithCopy
 
             model = T5WithCopy(config)
@@ -165,11 +165,17 @@ def model_from_config(spec: ModelSpec, config):
             model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * std)
             getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
         return model
-    if getattr(config, "copy_head", False):
+    if has_copy_head(config):
         from .copyhead import GPT2WithCopy
 
         return GPT2WithCopy(config)
     return GPT2LMHeadModel(config)
+
+
+def has_copy_head(config) -> bool:
+    """Whether a model config (or a config.json's dict) asks for wmg.copyhead's head."""
+    value = config.get("copy_head") if isinstance(config, dict) else getattr(config, "copy_head", None)
+    return value in ("pointer", "span")
 
 
 def build_scratch(spec: ModelSpec, corpus: Iterable[str], vocab_size: int | None = None,

@@ -167,8 +167,8 @@ def scratch_overrides(spec: ModelSpec, opts: TrainOptions) -> dict | None:
     cfg = hyperparams(spec, "scratch", opts)
     if spec.type == "seq2seq" and cfg.tie_embeddings:
         over["tie_word_embeddings"] = True
-    if cfg.copy_head:
-        over["copy_head"] = True
+    if cfg.copy_head != "off":
+        over["copy_head"] = cfg.copy_head
     return over or None
 
 
@@ -230,7 +230,7 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
                       source=opts.sources.get(spec.name), vocab_size=opts.scratch_vocab,
                       overrides=scratch_overrides(spec, opts), echo=echo)
         cfg = hyperparams(spec, built.init, opts)
-        for flag, on in (("--tie-embeddings", cfg.tie_embeddings), ("--copy-head", cfg.copy_head)):
+        for flag, on in (("--tie-embeddings", cfg.tie_embeddings), ("--copy-head", cfg.copy_head != "off")):
             if on and built.init != "scratch":
                 raise ConfigError(f"{spec.name}: {flag} changes the architecture, so it applies to scratch "
                                   "init only; pretrained weights keep their published architecture")
