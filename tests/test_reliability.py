@@ -63,9 +63,10 @@ def assert_same_curve(a, b):
             assert u == pytest.approx(v, rel=1e-6, abs=1e-7), (x, y)
 
 
-def start_training(work, db, platform="windows"):
+def start_training(work, db, platform="windows", session=False):
+    """`session`: in a process group of its own, as a job under a shell or a batch scheduler."""
     return subprocess.Popen([sys.executable, "-m", "wmg", *BASE, "--platform", platform, "--db", db,
-                             "--checkpoints", "ck"], cwd=work,
+                             "--checkpoints", "ck"], cwd=work, start_new_session=session,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -94,12 +95,18 @@ def reference(tmp_path_factory, request):
 
 
 # ---------------------------------------------------------------- interruption and resume
+@pytest.mark.parametrize("to", ["process", "group"])
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_mid_epoch_checkpoints_and_resume_gives_the_same_losses(tmp_path, reference, sig, code):
+def test_signal_mid_epoch_checkpoints_and_resume_gives_the_same_losses(tmp_path, reference, sig, code, to):
+    """`group`: the signal reaches the data loader's worker processes too, as Ctrl-C in a terminal
+    and a batch scheduler's SIGTERM do; the workers leave the stop to wmg."""
     db = str(tmp_path / "results.db")
-    proc = start_training(tmp_path, db, reference[2])
+    proc = start_training(tmp_path, db, reference[2], session=to == "group")
     wait_for_step(proc, STEPS_PER_EPOCH + 4)  # in the middle of the second epoch of flan-t5-small
-    proc.send_signal(sig)
+    if to == "group":
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == code, out[-2000:]
     assert f"Interrupted: run 1 stopped by {signal.Signals(sig).name}" in out

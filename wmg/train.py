@@ -218,6 +218,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
     loader = torch.utils.data.DataLoader(
         list(train_data), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed),
+        worker_init_fn=_loader_worker_init if cfg.num_workers > 0 else None,
     )
     micro_per_epoch = len(sampler)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
@@ -359,6 +360,17 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         effective_batch_size=cfg.effective_batch_size, epoch_val_losses=epoch_val, epoch_train_losses=epoch_train,
         epoch_scores=scores, chosen_epoch=best_epoch,
     )
+
+
+def _loader_worker_init(_worker_id: int) -> None:
+    """A data-loading worker ignores SIGINT and SIGTERM: a signal sent to the whole process group
+    (Ctrl-C in a terminal, a batch scheduler's SIGTERM to a job) reaches the workers too, and one
+    that died of it made the training loop fail instead of stopping at a checkpoint. The main
+    process stops, and shuts its workers down; they exit on their own if it dies."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _collective_failure(exc: BaseException) -> bool:
