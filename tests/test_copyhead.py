@@ -102,7 +102,8 @@ def test_the_pipeline_builds_the_head_and_counts_its_parameters(spec, cls):
 
     opts = TrainOptions("d.jsonl", spec.name, tiny=True, overrides={"copy_head": "pointer"})
     assert scratch_overrides(spec, opts) == dict(TINY[spec.type], copy_head="pointer")
-    assert scratch_overrides(spec, TrainOptions("d.jsonl", spec.name)) is None  # off by default
+    default = scratch_overrides(spec, TrainOptions("d.jsonl", spec.name))  # the scratch defaults' head
+    assert default == ({"copy_head": "span"} if spec.type == "seq2seq" else None)
     with_head, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=scratch_overrides(spec, opts))
     plain, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=TINY[spec.type])
     assert type(with_head) is cls and type(plain) is not cls

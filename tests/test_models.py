@@ -51,11 +51,14 @@ def test_scratch_t5_with_tied_embeddings_saves_and_loads_tied(tmp_path):
 
     spec = REGISTRY["flan-t5-small"]
     opts = TrainOptions("d.jsonl", "flan-t5-small", tiny=True, overrides={"tie_embeddings": True})
-    assert scratch_overrides(spec, opts) == dict(TINY["seq2seq"], tie_word_embeddings=True)
+    span = {"copy_head": "span"}  # the scratch default for T5 (tests/test_copyhead.py)
+    assert scratch_overrides(spec, opts) == dict(TINY["seq2seq"], tie_word_embeddings=True, **span)
     assert scratch_overrides(REGISTRY["distilgpt2"], opts) == TINY["causal"]  # GPT-2 is tied either way
-    assert scratch_overrides(spec, TrainOptions("d.jsonl", "flan-t5-small", tiny=True)) == TINY["seq2seq"]
-    assert scratch_overrides(spec, TrainOptions("d.jsonl", "flan-t5-small")) is None  # the published architecture
-    model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=scratch_overrides(spec, opts))
+    assert scratch_overrides(spec, TrainOptions("d.jsonl", "flan-t5-small", tiny=True)) == dict(TINY["seq2seq"], **span)
+    assert scratch_overrides(spec, TrainOptions("d.jsonl", "flan-t5-small")) == span
+    published = TrainOptions("d.jsonl", "flan-t5-small", overrides={"copy_head": "off"})
+    assert scratch_overrides(spec, published) is None  # the published architecture
+    model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=dict(TINY["seq2seq"], tie_word_embeddings=True))
     untied, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=TINY["seq2seq"])
     assert model.lm_head.weight is model.shared.weight and model.config.scale_decoder_outputs
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

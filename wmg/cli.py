@@ -322,7 +322,8 @@ def _given(ctx, name: str) -> bool:
 @click.option("--copy-head", type=click.Choice(["off", "pointer", "span"]), default=None,
               help="Scratch models: a copy head that can draw each output token from the excerpt (T5) or the "
                    "text before it (GPT-2): pointer, by attention (See et al., 2017); span, also by continuing "
-                   "the text after the place matching the last tokens written [off].")
+                   "the text after the place matching the last tokens written [pretrained: off; scratch: span "
+                   "seq2seq, off causal].")
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")

@@ -174,12 +174,15 @@ PRETRAINED_DEFAULTS = TrainConfig(
 # label's tokens weigh 5 in the loss, every example whose instruction names its label is also
 # trained in the open form, the epoch kept is the best on a tenth of the training split held out
 # as a development slice, and T5 steps are scaled by each weight's size (AdamWScale, lr 1e-2).
+# T5 gets the `span` copy head (wmg.copyhead): on fold 1 of the 1056-line study its locations
+# went from 0% to 88.6% spans of the excerpt (84.7% out of distribution), gold type -1.4 points
+# (p = 0.74).
 SCRATCH_DEFAULTS = {
     "seq2seq": TrainConfig(
         learning_rate=1e-2, epochs=6, micro_batch_size=8, grad_accum=1, warmup_ratio=0.1,
         weight_decay=0.01, max_grad_norm=1.0, max_input_length=512, max_target_length=256,
         max_causal_length=768, schedule="cosine", dropout=0.1,
-        type_loss_weight=5.0, open_copies=True, dev_fraction=0.1, optimizer="adamw-scale",
+        type_loss_weight=5.0, open_copies=True, dev_fraction=0.1, optimizer="adamw-scale", copy_head="span",
     ),
     "causal": TrainConfig(
         learning_rate=6e-4, epochs=6, micro_batch_size=8, grad_accum=1, warmup_ratio=0.1,

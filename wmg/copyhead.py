@@ -70,9 +70,10 @@ def continuation(asked, text, allowed):
 
 def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None):
     """log p of the mixture: logits (B, n, V) of the vocabulary, h (B, n, d) the states that ask,
-    keys (B, T, d) the states pointed at, ids (B, T) their tokens, allowed (B, n, T) where the
-    pointer may go; for `span`, asked and text as `continuation` takes them."""
-    scores = torch.matmul(model.copy_query(h), model.copy_key(keys).transpose(1, 2)).float()
+    keys (B, T, d) the pointer's keys (`copy_key` of the states pointed at), ids (B, T) their
+    tokens, allowed (B, n, T) where the pointer may go; for `span`, asked and text as
+    `continuation` takes them."""
+    scores = torch.matmul(model.copy_query(h), keys.transpose(1, 2)).float()
     scores = scores * h.size(-1) ** -0.5
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     pointer = scores.softmax(-1)
@@ -97,6 +98,7 @@ class T5WithCopy(T5ForConditionalGeneration):
         # T5's scale for its attention projections
         _copy_layers(self, config.d_model, config.initializer_factor * config.d_model ** -0.5)
         self._decoded = None  # `span`, generating with a cache: the decoder's tokens so far
+        self._keys = None  # generating: (the encoder's outputs, the pointer's keys of them)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
                 labels=None, copy_ids=None, **kwargs):
@@ -126,7 +128,13 @@ class T5WithCopy(T5ForConditionalGeneration):
             self._decoded = decoded if kwargs.get("use_cache") else None
             asked = _histories(decoded.masked_fill(decoded == self.config.decoder_start_token_id, -1), -1)[:, -n:]
             text = src.masked_fill(attention_mask == 0, -3)
-        out.logits = _mix(self, out.logits, h, encoder_outputs[0], src, allowed, asked, text)
+        enc = encoder_outputs[0]
+        if past and self._keys is not None and self._keys[0] is enc:  # generating: the excerpt's keys once
+            keys = self._keys[1]
+        else:
+            keys = self.copy_key(enc)
+        self._keys = (enc, keys) if kwargs.get("use_cache") and not torch.is_grad_enabled() else None
+        out.logits = _mix(self, out.logits, h, keys, src, allowed, asked, text)
         out.loss = None
         if labels is not None:
             out.loss = nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1),
@@ -140,7 +148,7 @@ class GPT2WithCopy(GPT2LMHeadModel):
     def __init__(self, config):
         super().__init__(config)
         _copy_layers(self, config.n_embd, config.initializer_range)
-        self._decoded = None  # (keys, ids) of the positions so far, while generating with a cache
+        self._decoded = None  # (the pointer's keys, ids) of the positions so far, while generating with a cache
 
     def forward(self, input_ids=None, cache=None, attention_mask=None, position_ids=None, labels=None,
                 use_cache=None, logits_to_keep=0, **kwargs):
@@ -151,9 +159,9 @@ class GPT2WithCopy(GPT2LMHeadModel):
         h = out.last_hidden_state  # after ln_f, as lm_head reads it
         n = input_ids.size(1)
         if use_cache and n == 1 and self._decoded is not None:  # one more decoding step
-            keys, ids = (torch.cat([prev, new], 1) for prev, new in zip(self._decoded, (h, input_ids)))
+            keys, ids = (torch.cat([prev, new], 1) for prev, new in zip(self._decoded, (self.copy_key(h), input_ids)))
         else:  # training, or a prompt (the start of a generation)
-            keys, ids = h, input_ids
+            keys, ids = self.copy_key(h), input_ids
         self._decoded = (keys, ids) if use_cache else None
         total = keys.size(1)
         kept = min(logits_to_keep, n) if isinstance(logits_to_keep, int) and logits_to_keep > 0 else n
