@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GPT2LMHeadModel, T5ForConditionalGeneration
-from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
+from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions, Seq2SeqLMOutput
 
 
 MATCH = 4  # tokens of context on which `span` matches a continuation in the text
@@ -112,12 +112,19 @@ class T5WithCopy(T5ForConditionalGeneration):
                                            inputs_embeds=kwargs.pop("inputs_embeds", None))
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels=labels)
-        cache = kwargs.get("cache")
+        cache = kwargs.pop("cache", None)
         past = cache.get_seq_length() if cache is not None else 0  # decoder positions before this call
-        kwargs["output_hidden_states"] = True
-        out = super().forward(attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                              encoder_outputs=encoder_outputs, **kwargs)
-        h = out.decoder_hidden_states[-1]  # after the decoder's final layer norm, as lm_head reads it
+        enc = encoder_outputs[0]
+        # T5ForConditionalGeneration.forward's decoding, keeping the decoder's last hidden state (after
+        # its final layer norm) for the head; a hidden-state capture is not relied upon, since it came
+        # back empty under DistributedDataParallel
+        dec = self.decoder(input_ids=decoder_input_ids, attention_mask=kwargs.pop("decoder_attention_mask", None),
+                           inputs_embeds=kwargs.pop("decoder_inputs_embeds", None), cache=cache,
+                           encoder_hidden_states=enc, encoder_attention_mask=attention_mask,
+                           use_cache=kwargs.get("use_cache"), **{k: v for k, v in kwargs.items() if k != "use_cache"})
+        h = dec[0]
+        lm = h * self.model_dim ** -0.5 if self.config.scale_decoder_outputs else h
+        out = Seq2SeqLMOutput(logits=self.lm_head(lm), cache=dec.cache, encoder_last_hidden_state=enc)
         allowed = (attention_mask != 0)[:, None, :].expand(-1, h.size(1), -1)
         asked = text = None
         if self.config.copy_head == "span":
@@ -128,7 +135,6 @@ class T5WithCopy(T5ForConditionalGeneration):
             self._decoded = decoded if kwargs.get("use_cache") else None
             asked = _histories(decoded.masked_fill(decoded == self.config.decoder_start_token_id, -1), -1)[:, -n:]
             text = src.masked_fill(attention_mask == 0, -3)
-        enc = encoder_outputs[0]
         if past and self._keys is not None and self._keys[0] is enc:  # generating: the excerpt's keys once
             keys = self._keys[1]
         else:
