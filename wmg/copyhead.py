@@ -16,8 +16,10 @@ position voting for the token that stands there:
 T5: h is the decoder's last hidden state, e_j the encoder's output at source position j (padding
 masked out). GPT-2: h and e are both the last hidden states (after the final layer norm), the
 pointer of position t over the positions s <= t (padding masked out), each voting for its token. Copying a token is then one attention lookup, which the model can learn from few
-examples, instead of a circuit (induction heads) that needs billions of tokens. The head adds
-2 d^2 + d + 1 parameters (524,801 for flan-t5-small, d = 512; 1,180,417 for distilgpt2, d = 768).
+examples, instead of a circuit (induction heads) that needs billions of tokens. `span` adds a
+third share, the continuation of the text after the place matching the last tokens written
+(`continuation`). The head adds 2 d^2 + d + 1 parameters with `pointer` (524,801 for
+flan-t5-small, d = 512; 1,180,417 for distilgpt2, d = 768), 2 d^2 + 3 d + 3 with `span`.
 `logits` returns log p, so the training loss (cross-entropy of logits, whose log-softmax is log
 p itself) and greedy decoding work unchanged. T5's generation passes the source ids as
 `copy_ids` at every step (wmg.generate); GPT-2's keeps the keys and ids of the positions
@@ -91,7 +93,7 @@ def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None):
 
 
 class T5WithCopy(T5ForConditionalGeneration):
-    """T5ForConditionalGeneration with a pointer-generator head; `config.copy_head` is True."""
+    """T5ForConditionalGeneration with a copy head; `config.copy_head` is "pointer" or "span"."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -101,7 +103,7 @@ class T5WithCopy(T5ForConditionalGeneration):
         self._keys = None  # generating: (the encoder's outputs, the pointer's keys of them)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
-                labels=None, copy_ids=None, **kwargs):
+                labels=None, copy_ids=None, use_cache=None, **kwargs):
         src = copy_ids if copy_ids is not None else input_ids
         if src is None:
             raise ValueError("the copy head needs the source token ids (input_ids or copy_ids)")
@@ -121,10 +123,9 @@ class T5WithCopy(T5ForConditionalGeneration):
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=kwargs.pop("decoder_attention_mask", None),
                            inputs_embeds=kwargs.pop("decoder_inputs_embeds", None), cache=cache,
                            encoder_hidden_states=enc, encoder_attention_mask=attention_mask,
-                           use_cache=kwargs.get("use_cache"), **{k: v for k, v in kwargs.items() if k != "use_cache"})
+                           use_cache=use_cache, **kwargs)
         h = dec[0]
         lm = h * self.model_dim ** -0.5 if self.config.scale_decoder_outputs else h
-        out = Seq2SeqLMOutput(logits=self.lm_head(lm), cache=dec.cache, encoder_last_hidden_state=enc)
         allowed = (attention_mask != 0)[:, None, :].expand(-1, h.size(1), -1)
         asked = text = None
         if self.config.copy_head == "span":
@@ -132,24 +133,24 @@ class T5WithCopy(T5ForConditionalGeneration):
             decoded = decoder_input_ids
             if past and self._decoded is not None:  # generating: the decoder's tokens so far, then this one
                 decoded = torch.cat([self._decoded, decoder_input_ids], 1)
-            self._decoded = decoded if kwargs.get("use_cache") else None
+            self._decoded = decoded if use_cache else None
             asked = _histories(decoded.masked_fill(decoded == self.config.decoder_start_token_id, -1), -1)[:, -n:]
             text = src.masked_fill(attention_mask == 0, -3)
         if past and self._keys is not None and self._keys[0] is enc:  # generating: the excerpt's keys once
             keys = self._keys[1]
         else:
             keys = self.copy_key(enc)
-        self._keys = (enc, keys) if kwargs.get("use_cache") and not torch.is_grad_enabled() else None
-        out.logits = _mix(self, out.logits, h, keys, src, allowed, asked, text)
-        out.loss = None
+        self._keys = (enc, keys) if use_cache and not torch.is_grad_enabled() else None
+        logits = _mix(self, self.lm_head(lm), h, keys, src, allowed, asked, text)
+        loss = None
         if labels is not None:
-            out.loss = nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1),
-                                                   ignore_index=-100)
-        return out
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        return Seq2SeqLMOutput(loss=loss, logits=logits, cache=dec.cache, encoder_last_hidden_state=enc)
 
 
 class GPT2WithCopy(GPT2LMHeadModel):
-    """GPT2LMHeadModel with a pointer over the preceding positions; `config.copy_head` is True."""
+    """GPT2LMHeadModel with a copy head over the preceding positions; `config.copy_head` is "pointer" or
+    "span"."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -177,17 +178,15 @@ class GPT2WithCopy(GPT2LMHeadModel):
             # causal and padding already, True or 0.0 where a position may be attended to
             m = attention_mask[:, 0, -kept:, :total]
             allowed = m if m.dtype == torch.bool else m == 0
+            padded = ~allowed[:, -1, :]  # what the last position may not attend to
         else:  # position t may point at every s <= t that is not padding
-            pad = (attention_mask[:, -total:] != 0) if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+            padded = (attention_mask[:, -total:] == 0) if attention_mask is not None else \
+                torch.zeros_like(ids, dtype=torch.bool)
             t = torch.arange(total - kept, total, device=h.device)[:, None]
             s = torch.arange(total, device=h.device)[None, :]
-            allowed = (s <= t)[None] & pad[:, None, :]
+            allowed = (s <= t)[None] & ~padded[:, None, :]
         asked = text = None
         if self.config.copy_head == "span":
-            if attention_mask is not None and attention_mask.dim() == 2:
-                padded = attention_mask[:, -total:] == 0
-            else:  # the prepared 4-D mask: a position no later one may attend to is padding
-                padded = ~allowed[:, -1, :]
             asked = _histories(ids.masked_fill(padded, -1), -1)[:, total - kept:]
             text = ids.masked_fill(padded, -3)
         logits = _mix(self, self.lm_head(asking), asking, keys, ids, allowed, asked, text)

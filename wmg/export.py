@@ -58,18 +58,18 @@ def read_tables(source: str | Path, into: Store | None = None) -> dict[str, list
                     raise StoreError(f"{path} holds a CSV export; import reads `wmg export jsonl` folders "
                                      f"(CSV loses the values' types)")
                 raise StoreError(f"{f} is missing: not a folder written by `wmg export jsonl`")
-            rows = [row for _, row in json_objects(f)]
-            tables[name] = rows
+            tables[name] = [row for _, row in json_objects(f)]
         return tables
     if path.suffix.lower() in (".jsonl", ".csv", ".json"):
         raise StoreError(f"{path}: give the folder `wmg export jsonl` wrote, not one of its files")
     other = Store(str(source))
     if into is not None and _same_store(other.url, into.url):
         raise StoreError(f"{other.shown} is the store to import into")
-    if other.revision() is None:  # a path that is no store: refuse before anything is made there
+    revision = other.revision()
+    if revision is None:  # a path that is no store: refuse before anything is made there
         raise StoreError(f"{other.shown} is not a wmg results store")
-    if other.revision() != Store.head():
-        raise StoreError(f"{other.shown} is at schema revision {other.revision()}, this wmg at {Store.head()}: "
+    if revision != Store.head():
+        raise StoreError(f"{other.shown} is at schema revision {revision}, this wmg at {Store.head()}: "
                          f"run `wmg db upgrade --db {source}` first")
     run_ids = [r.id for r in other.list_runs()]
     study_ids = [row["id"] for row in other.query("SELECT id FROM studies")]

@@ -27,6 +27,7 @@ import torch
 from .batching import prompt_ids
 from .config import GenerateConfig
 from .device import autocast
+from .models import has_copy_head
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
             # every step. Same outputs; measured 22% faster for distilgpt2 at 256 new tokens, 6% on
             # the trained model's short answers; T5's decoder cache is short and gains nothing.
             extra["cache_implementation"] = "static"
-        if model_type == "seq2seq" and getattr(model.config, "copy_head", "off") in ("pointer", "span"):
+        if model_type == "seq2seq" and has_copy_head(model.config):
             extra["copy_ids"] = input_ids  # T5's copy head: the source tokens, at every decoding step
         processors = []
         answer_at = input_ids.size(1) if model_type == "causal" else 1  # after the prompt / the start token

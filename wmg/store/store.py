@@ -177,10 +177,11 @@ class Store:
                 rows = tables.get(table.name, ())
                 fks = {fk.parent.name: fk.column.table.name for fk in table.foreign_keys}
                 key = self.IMPORT_KEYS[table.name]
+                columns = set(table.c.keys())
                 mine = ids.setdefault(table.name, {})
                 added = kept = 0
                 for row in rows:
-                    extra = sorted(set(row) - set(table.c.keys()))
+                    extra = sorted(set(row) - columns)
                     if extra:
                         raise StoreError(f"{table.name}: column {extra[0]} is not in this store's schema "
                                          f"(exported by a newer wmg? upgrade this one)")
