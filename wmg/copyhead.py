@@ -15,7 +15,9 @@ position voting for the token that stands there:
 
 T5: h is the decoder's last hidden state, e_j the encoder's output at source position j (padding
 masked out). GPT-2: h and e are both the last hidden states (after the final layer norm), the
-pointer of position t over the positions s <= t (padding masked out), each voting for its token. Copying a token is then one attention lookup, which the model can learn from few
+pointer of position t over the positions s <= t of the prompt's excerpt (found between the
+tokens of wmg.prompts' EXCERPT_OPENS and EXCERPT_CLOSES; padding, instruction and answer masked
+out), each voting for its token. Copying a token is then one attention lookup, which the model can learn from few
 examples, instead of a circuit (induction heads) that needs billions of tokens. `span` adds a
 third share, the continuation of the text after the place matching the last tokens written
 (`continuation`). The head adds 2 d^2 + d + 1 parameters with `pointer` (524,801 for
@@ -148,14 +150,40 @@ class T5WithCopy(T5ForConditionalGeneration):
         return Seq2SeqLMOutput(loss=loss, logits=logits, cache=dec.cache, encoder_last_hidden_state=enc)
 
 
+def _occurs(ids, marker):
+    """(B, L) bool: where a run of tokens equal to `marker` starts."""
+    k = len(marker)
+    if ids.size(1) < k:
+        return torch.zeros_like(ids, dtype=torch.bool)
+    hits = (ids.unfold(1, k, 1) == torch.tensor(marker, device=ids.device)).all(-1)
+    return nn.functional.pad(hits, (0, k - 1), value=False)
+
+
+def excerpt_region(ids, opens, closes):
+    """(B, L) bool, and (B, 1) whether it was found: the positions after the first run of the
+    `opens` tokens and before the first run of the `closes` tokens after it (the prompt's
+    excerpt, wmg.prompts). A row lacking either gets every position."""
+    pos = torch.arange(ids.size(1), device=ids.device)[None, :]
+    big = ids.size(1) + 1
+    start = torch.where(_occurs(ids, opens), pos, big).min(-1, keepdim=True).values + len(opens)
+    end = torch.where(_occurs(ids, closes) & (pos >= start), pos, big).min(-1, keepdim=True).values
+    found = (start < end) & (end < big)
+    return ((pos >= start) & (pos < end)) | ~found, found
+
+
 class GPT2WithCopy(GPT2LMHeadModel):
     """GPT2LMHeadModel with a copy head over the preceding positions; `config.copy_head` is "pointer" or
-    "span"."""
+    "span". With `config.copy_region` ([the tokens that open the excerpt, those that close it], set by
+    wmg.models.build_scratch from the tokenizer) the head points only into the prompt's excerpt, as
+    T5's points into its encoder's input, not at the instruction or the answer written so far; a
+    config without it (models saved before) points at every position before the token."""
 
     def __init__(self, config):
         super().__init__(config)
         _copy_layers(self, config.n_embd, config.initializer_range)
-        self._decoded = None  # (the pointer's keys, ids) of the positions so far, while generating with a cache
+        # (the pointer's keys, ids, where it may point) of the positions so far, while generating with a cache
+        self._decoded = None
+        self._found = None  # per row, whether the prompt's excerpt was found (else every position is pointable)
 
     def forward(self, input_ids=None, cache=None, attention_mask=None, position_ids=None, labels=None,
                 use_cache=None, logits_to_keep=0, **kwargs):
@@ -165,11 +193,17 @@ class GPT2WithCopy(GPT2LMHeadModel):
                                use_cache=use_cache, **kwargs)
         h = out.last_hidden_state  # after ln_f, as lm_head reads it
         n = input_ids.size(1)
-        if use_cache and n == 1 and self._decoded is not None:  # one more decoding step
-            keys, ids = (torch.cat([prev, new], 1) for prev, new in zip(self._decoded, (self.copy_key(h), input_ids)))
+        region = getattr(self.config, "copy_region", None)
+        if use_cache and n == 1 and self._decoded is not None:  # one more decoding step: an answer token
+            new = (self.copy_key(h), input_ids, ~self._found)
+            keys, ids, pointable = (torch.cat([prev, x], 1) for prev, x in zip(self._decoded, new))
         else:  # training, or a prompt (the start of a generation)
             keys, ids = self.copy_key(h), input_ids
-        self._decoded = (keys, ids) if use_cache else None
+            if region:
+                pointable, self._found = excerpt_region(ids, *region)
+            else:
+                pointable, self._found = torch.ones_like(ids, dtype=torch.bool), torch.zeros_like(ids[:, :1], dtype=torch.bool)
+        self._decoded = (keys, ids, pointable) if use_cache else None
         total = keys.size(1)
         kept = min(logits_to_keep, n) if isinstance(logits_to_keep, int) and logits_to_keep > 0 else n
         asking = h[:, n - kept:]
@@ -179,12 +213,13 @@ class GPT2WithCopy(GPT2LMHeadModel):
             m = attention_mask[:, 0, -kept:, :total]
             allowed = m if m.dtype == torch.bool else m == 0
             padded = ~allowed[:, -1, :]  # what the last position may not attend to
+            allowed = allowed & pointable[:, None, :]
         else:  # position t may point at every s <= t that is not padding
             padded = (attention_mask[:, -total:] == 0) if attention_mask is not None else \
                 torch.zeros_like(ids, dtype=torch.bool)
             t = torch.arange(total - kept, total, device=h.device)[:, None]
             s = torch.arange(total, device=h.device)[None, :]
-            allowed = (s <= t)[None] & ~padded[:, None, :]
+            allowed = (s <= t)[None] & ~padded[:, None, :] & pointable[:, None, :]
         asked = text = None
         if self.config.copy_head == "span":
             asked = _histories(ids.masked_fill(padded, -1), -1)[:, total - kept:]

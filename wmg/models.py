@@ -182,6 +182,12 @@ def build_scratch(spec: ModelSpec, corpus: Iterable[str], vocab_size: int | None
                   overrides: dict | None = None) -> tuple[Any, Any]:
     quiet_transformers()
     tok = train_tokenizer(spec, corpus, vocab_size)
+    if spec.type == "causal" and has_copy_head(overrides or {}):
+        from .prompts import EXCERPT_CLOSES, EXCERPT_OPENS
+
+        # GPT-2's copy head points into the excerpt, found between these tokens (wmg.copyhead)
+        overrides = dict(overrides, copy_region=[tok(m, add_special_tokens=False)["input_ids"]
+                                                 for m in (EXCERPT_OPENS, EXCERPT_CLOSES)])
     config = build_config(spec, len(tok), tok.pad_token_id, tok.eos_token_id, overrides)
     return model_from_config(spec, config), tok
 
