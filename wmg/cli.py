@@ -320,8 +320,8 @@ def _given(ctx, name: str) -> bool:
               help="Scratch T5: tie the output layer to the input embedding (T5 v1.0's way), so every token the "
                    "encoder reads has a trained output vector; FLAN-T5 is published untied [off].")
 @click.option("--copy-head", type=click.Choice(["off", "pointer", "span"]), default=None,
-              help="Scratch models: a copy head that can draw each output token from the excerpt (T5) or the "
-                   "text before it (GPT-2): pointer, by attention (See et al., 2017); span, also by continuing "
+              help="Scratch models: a copy head that can draw each output token from the excerpt (T5's input, "
+                   "the excerpt in GPT-2's prompt): pointer, by attention (See et al., 2017); span, also by continuing "
                    "the text after the place matching the last tokens written [pretrained: off; scratch: span "
                    "seq2seq, off causal].")
 @click.option("--open-copies/--no-open-copies", default=None,
