@@ -181,9 +181,9 @@ class GPT2WithCopy(GPT2LMHeadModel):
     def __init__(self, config):
         super().__init__(config)
         _copy_layers(self, config.n_embd, config.initializer_range)
-        # (the pointer's keys, ids, where it may point) of the positions so far, while generating with a cache
+        # while generating with a cache: (the pointer's keys, ids, where it may point) of the positions so
+        # far, and per row whether the prompt's excerpt was found (else every position is pointable)
         self._decoded = None
-        self._found = None  # per row, whether the prompt's excerpt was found (else every position is pointable)
 
     def forward(self, input_ids=None, cache=None, attention_mask=None, position_ids=None, labels=None,
                 use_cache=None, logits_to_keep=0, **kwargs):
@@ -195,15 +195,16 @@ class GPT2WithCopy(GPT2LMHeadModel):
         n = input_ids.size(1)
         region = getattr(self.config, "copy_region", None)
         if use_cache and n == 1 and self._decoded is not None:  # one more decoding step: an answer token
-            new = (self.copy_key(h), input_ids, ~self._found)
-            keys, ids, pointable = (torch.cat([prev, x], 1) for prev, x in zip(self._decoded, new))
+            *before, found = self._decoded
+            new = (self.copy_key(h), input_ids, ~found)
+            keys, ids, pointable = (torch.cat([prev, x], 1) for prev, x in zip(before, new))
         else:  # training, or a prompt (the start of a generation)
             keys, ids = self.copy_key(h), input_ids
             if region:
-                pointable, self._found = excerpt_region(ids, *region)
+                pointable, found = excerpt_region(ids, *region)
             else:
-                pointable, self._found = torch.ones_like(ids, dtype=torch.bool), torch.zeros_like(ids[:, :1], dtype=torch.bool)
-        self._decoded = (keys, ids, pointable) if use_cache else None
+                pointable, found = torch.ones_like(ids, dtype=torch.bool), torch.zeros_like(ids[:, :1], dtype=torch.bool)
+        self._decoded = (keys, ids, pointable, found) if use_cache else None
         total = keys.size(1)
         kept = min(logits_to_keep, n) if isinstance(logits_to_keep, int) and logits_to_keep > 0 else n
         asking = h[:, n - kept:]
