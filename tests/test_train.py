@@ -128,3 +128,18 @@ def test_unlikelihood_lowers_a_repeated_token_in_a_real_model():
     ul.backward()
     opt.step()
     assert repeat_prob() > before
+
+
+def test_a_process_pinned_to_one_cpu_gets_one_thread_and_one_loader_process():
+    """Two wmg processes side by side, each pinned to its own core (`taskset -c 0` / `-c 1`), must
+    not each start loader processes for two cores on their one."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.sched_getaffinity = lambda pid: {0}\n"
+            "from wmg.device import setup\n"
+            "info = setup('cpu', 'unix', echo=lambda *a: None, precision='fp32')\n"
+            "import torch; print(info.threads, info.workers, torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "1", "1"]

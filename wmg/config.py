@@ -7,7 +7,7 @@ build it from scratch when the hub is out of reach.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 ModelType = Literal["seq2seq", "causal"]
@@ -151,6 +151,22 @@ class TrainConfig:
 
     def with_(self, **changes: Any) -> "TrainConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def recorded(cls, model: str, values: dict[str, Any]) -> "TrainConfig":
+        """A model's hyperparameters as a store recorded them. A name this wmg does not know, or
+        a required one missing, is refused in one line: the model cannot be rebuilt as recorded
+        by this version. A field added since takes its dataclass default, which is the behaviour
+        before the field existed (the defaults that changed live in SCRATCH_DEFAULTS)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{model}: the recorded hyperparameter(s) {', '.join(unknown)} are unknown to this "
+                              "wmg, so it cannot rebuild the model as recorded; use the wmg version that recorded them")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"{model}: the recorded hyperparameters are incomplete ({exc})") from None
 
 
 # The tutorial's hyperparameters: sensible for fine-tuning pretrained weights.

@@ -335,7 +335,8 @@ def show_tables(r) -> list[Table]:
                     "chosen_epoch: the epoch whose weights were kept, best on the development slice (dev_fraction of "
                     "the training split); empty: the last epoch"])
     config = Table("config", "Options the run was started with", ["option", "value"],
-                   [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in sorted((r.config or {}).items())])
+                   [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in sorted((r.config or {}).items())
+                    if k != "model_configs"])  # the models table shows them (as built)
     return [run, models, config]
 
 

@@ -63,12 +63,18 @@ def choose_precision(precision: str, device: str) -> tuple[str, str]:
     return ("bf16", "CUDA device") if device == "cuda" else ("fp32", f"{device} device")
 
 
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on: its affinity (`taskset`, a batch scheduler's cpuset)
+    where the system has one, else every CPU of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def physical_cores() -> int:
     """Physical cores available to this process (hyperthreads share a core's matmul units)."""
-    try:
-        avail = len(os.sched_getaffinity(0))
-    except AttributeError:
-        avail = os.cpu_count() or 1
+    avail = usable_cpus()
     pairs = set()
     try:
         for cpu in os.sched_getaffinity(0):
@@ -153,7 +159,7 @@ def setup(device: str = "cpu", platform: str = "auto", echo=print, precision: st
         raise ConfigError("--device mps was asked for but MPS is not available")
     if platform == "auto":
         platform = "windows" if _platform.system() == "Windows" else "unix"
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()  # a process pinned to one core gets one loader process, not two on that core
     n_workers = min(2, cores) if platform == "unix" else 0
     from .distributed import local_ranks, threads_per_process
 

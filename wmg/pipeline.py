@@ -97,6 +97,11 @@ class TrainOptions:
     # a changed file (a resumed run reads its examples from the store and does not need them).
     extra_train: list = field(default_factory=list)
     extra_train_sha256: list = field(default_factory=list)
+    # Each model's hyperparameters, resolved once when the run (or study) is recorded: model name ->
+    # {"init": the init they were resolved for, "hyperparams": TrainConfig fields}. A resumed run,
+    # and every fold of a study, builds from these, never from the defaults of the wmg that happens
+    # to run it (they may have changed since). None: resolve from this wmg's defaults.
+    model_configs: dict | None = None
 
 
 def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Example]]:
@@ -156,14 +161,32 @@ def extra_training_lines(opts: TrainOptions, data: list[Example], echo: Echo) ->
 
 
 def hyperparams(spec: ModelSpec, init: str, opts: TrainOptions) -> TrainConfig:
-    cfg = defaults_for(spec, init).with_(**opts.overrides)
+    """The model's hyperparameters for `init`: those recorded in `opts.model_configs` if any (a
+    model built from another init than they were recorded for is refused), else this wmg's
+    defaults with the command line's overrides; the run's seed, workers and precision on top."""
+    recorded = (opts.model_configs or {}).get(spec.name)
+    if recorded is None:
+        cfg = defaults_for(spec, init).with_(**opts.overrides)
+    else:
+        if recorded.get("init") not in (None, init):
+            raise ConfigError(f"{spec.name}: its hyperparameters were recorded for {recorded['init']} init, but "
+                              f"this machine gives it {init} init; make it where the init is the same")
+        cfg = TrainConfig.recorded(spec.name, recorded["hyperparams"])
     return cfg.with_(seed=opts.seed, num_workers=opts.workers, precision=opts.precision)
+
+
+def record_model_configs(specs: list[ModelSpec], inits: dict[str, str], opts: TrainOptions) -> dict:
+    """Resolve every model's hyperparameters now, for recording with the run or study."""
+    return {s.name: {"init": inits[s.name], "hyperparams": hyperparams(s, inits[s.name], opts).to_dict()}
+            for s in specs}
 
 
 def scratch_overrides(spec: ModelSpec, opts: TrainOptions) -> dict | None:
     """Architecture changes of a scratch build: the tiny test sizes, T5's tied output layer, the
     copy head."""
     over = dict(TINY[spec.type]) if opts.tiny else {}
+    if (opts.model_configs or {}).get(spec.name, {}).get("init") == "pretrained":
+        return over or None  # recorded for pretrained weights, which keep their architecture
     cfg = hyperparams(spec, "scratch", opts)
     if spec.type == "seq2seq" and cfg.tie_embeddings:
         over["tie_word_embeddings"] = True
@@ -217,7 +240,7 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
     if folder is not None:  # verified by resume_run
         state = resume_dir.load_state(folder)
         model, tok = load_model_folder(folder, spec.type)
-        cfg = TrainConfig(**model_info.hyperparams)
+        cfg = TrainConfig.recorded(spec.name, model_info.hyperparams)
         init, note = model_info.init, model_info.init_note
         store.truncate_training(run_model_id, state["step"], len(state["epoch_train"]))
         echo(f"✓ Resuming from {folder}: step {state['step']} of {state['total_steps']} "
@@ -380,8 +403,10 @@ def train_run(store: Store, opts: TrainOptions, echo: Echo = print, study_id: in
         opts.examples = DEFAULT_EXAMPLES["pretrained" if pretrained else "scratch"]
         echo(f"✓ Examples: {'100 (the tutorial default for fine-tuning)' if pretrained else 'all (scratch init needs every example)'}; "
              "set --examples to change")
-    train, val = prepare_data(opts, echo)
+    if opts.model_configs is None:
+        opts.model_configs = record_model_configs(specs, inits, opts)
     configs = [(spec, hyperparams(spec, inits[spec.name], opts).to_dict()) for spec in specs]
+    train, val = prepare_data(opts, echo)
     run_config = {k: v for k, v in vars(opts).items() if k not in ("progress",)}
     run_id, model_ids = store.create_run(
         data_path=str(opts.data), data_sha256=file_sha256(opts.data), examples_requested=opts.examples,
@@ -456,6 +481,8 @@ def resume_run(store: Store, run_id: int, echo: Echo = print, progress: bool = T
     names = {f.name for f in fields(TrainOptions)}
     opts = TrainOptions(**{k: v for k, v in run.config.items() if k in names})
     opts.progress = progress
+    if opts.model_configs is None:  # a run recorded before the config kept them: its models' rows have them
+        opts.model_configs = {m.name: {"init": m.init, "hyperparams": m.hyperparams} for m in run.models}
     specs = resolve_models(opts.models)
     banner(echo, f"RESUMING RUN {run_id}")
     echo(f"✓ Run {run_id} was {run.status}: {run.error or 'no reason recorded'}")
@@ -484,6 +511,8 @@ def resume_run(store: Store, run_id: int, echo: Echo = print, progress: bool = T
 def start_study(store: Store, opts: TrainOptions, folds: int, seeds: list[int], compare: dict) -> int:
     """Record a study: K folds x N seeds of one configuration. Its runs are made by `run_study`."""
     load_jsonl(opts.data)  # a bad data file is refused before anything is stored
+    specs = resolve_models(opts.models)
+    opts.model_configs = record_model_configs(specs, expected_inits(specs, opts), opts)
     config = {"train": {k: v for k, v in vars(opts).items() if k not in ("progress", "fold", "seed")},
               "compare": compare}
     return store.create_study(data_path=str(opts.data), data_sha256=file_sha256(opts.data), folds=folds,
@@ -511,6 +540,9 @@ def make_study_run(store: Store, study: StudyInfo, seed: int, fold: int, run: Ru
         names = {f.name for f in fields(TrainOptions)}
         opts = TrainOptions(**{k: v for k, v in study.config["train"].items() if k in names})
         opts.seed, opts.fold, opts.progress = seed, fold, progress
+        if opts.model_configs is None:
+            echo(f"  Study {study.id} was recorded without its models' hyperparameters (an older wmg): this run "
+                 "takes this wmg's defaults, recorded with the run (`wmg show`)")
         run_id = train_run(store, opts, echo, study_id=study.id, lease=lease)
     else:
         run_id = run.id
