@@ -194,6 +194,18 @@ def test_a_study_compared_on_a_file_is_averaged_per_line(study, tmp_path):
     assert len({x["evaluation_id"] for x in out["models"]}) == 3  # each fold's comparison on the file, as ever
     r = invoke("analyze", "models", "--study", 1, "--db", db, "--format", "json", "--table", "study")
     assert {x["examples"] for x in json.loads(r.stdout) if x["instruction_form"] == "all"} == {12}
+    # the same file named another way (here a copy elsewhere) is found by its content
+    twin = tmp_path / "another-folder" / "same-lines.jsonl"
+    twin.parent.mkdir()
+    twin.write_bytes(ext.read_bytes())
+    r = invoke("analyze", "models", "--study", 1, "--source", twin, "--db", db, "--format", "json", "--table", "study")
+    assert r.exit_code == 0, r.output
+    again = {(x["instruction_form"], x["system"]): x for x in json.loads(r.stdout)}
+    assert {k: (x["examples"], x["folds_done"], x["gold_accuracy"]) for k, x in again.items()} == \
+        {k: (x["examples"], x["folds_done"], x["gold_accuracy"]) for k, x in pooled.items()}
+    twin.write_text(twin.read_text().replace("gadget", "widget", 1))  # other content: no longer the same file
+    r = invoke("analyze", "models", "--study", 1, "--source", twin, "--db", db)
+    assert r.exit_code == 1 and "has a comparison on" in r.output
     r = invoke("analyze", "models", "--study", 1, "--source", "other.jsonl", "--db", db)
     assert r.exit_code == 1 and "no run of study 1 has a comparison on other.jsonl" in r.output
     assert str(ext) in r.output and "Traceback" not in r.output

@@ -697,7 +697,7 @@ def compare_run(store: Store, opts: CompareOptions, echo: Echo = print) -> Compa
     banner(echo, "ENSEMBLE COMPARISON & AGREEMENT ANALYSIS")
     cfg = {"max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "precision": opts.precision,
            "device": opts.device, "data": opts.data, "no_repeat_ngram_size": opts.no_repeat_ngram_size,
-           "location_span": opts.location_span}
+           "location_span": opts.location_span, "data_sha256": file_sha256(opts.data) if opts.data else None}
     eval_id, examples = store.create_evaluation(run.id, opts.data or "validation", cfg, external)
     echo(f"✓ Evaluation {eval_id} of run {run.id}: {len(examples)} examples "
          f"({'every line of ' + opts.data if opts.data else 'the validation split'}), models: {', '.join(names)}")

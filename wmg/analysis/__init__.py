@@ -34,6 +34,28 @@ def _ids(sel: Sequence[Selected]) -> str:
     return ",".join(str(int(s.evaluation_id)) for s in sel) or "NULL"
 
 
+def _study_comparisons(store: Store, sid: int, source: str) -> list[dict]:
+    """Each run of the study with its latest completed comparison on `source`: the held-out fold
+    ("validation"), or a data file, matched by its name as given to `wmg compare --data` or by
+    its content (the SHA-256 recorded with the comparison), so that a file named from another
+    folder, or by an absolute path, is still the same file."""
+    import json
+    import os
+
+    from ..checkpoint import file_sha256
+
+    sha = file_sha256(source) if source != "validation" and os.path.isfile(source) else None
+    latest: dict[int, dict] = {}
+    for r in store.query("SELECT r.id AS run_id, r.fold, r.seed, e.id AS eid, e.source, e.config_json FROM runs r "
+                         "JOIN evaluations e ON e.run_id = r.id AND e.status = 'completed' WHERE r.study_id = :s",
+                         s=sid):
+        same = r["source"] == source or (
+            sha is not None and r["source"] != "validation" and json.loads(r["config_json"] or "{}").get("data_sha256") == sha)
+        if same and (r["run_id"] not in latest or r["eid"] > latest[r["run_id"]]["eid"]):
+            latest[r["run_id"]] = {k: r[k] for k in ("run_id", "fold", "seed", "eid")}
+    return sorted(latest.values(), key=lambda r: (r["seed"], r["fold"]))
+
+
 def select(store: Store, run_ids: Iterable[int] = (), all_runs: bool = False,
            evaluation_ids: Iterable[int] = (), study_ids: Iterable[int] = (),
            source: str = "validation") -> list[Selected]:
@@ -54,9 +76,7 @@ def select(store: Store, run_ids: Iterable[int] = (), all_runs: bool = False,
     for sid in study_ids:
         if not store.query("SELECT id FROM studies WHERE id = :s", s=sid):
             raise AnalysisError(f"no study with id {sid}")
-        rows = store.query("SELECT r.id AS run_id, r.fold, r.seed, MAX(e.id) AS eid FROM runs r "
-                         "JOIN evaluations e ON e.run_id = r.id AND e.status = 'completed' AND e.source = :src "
-                         "WHERE r.study_id = :s GROUP BY r.id, r.fold, r.seed ORDER BY r.seed, r.fold", s=sid, src=source)
+        rows = _study_comparisons(store, sid, source)
         if not rows and source != "validation":
             known = [r["source"] for r in store.query(
                 "SELECT DISTINCT e.source FROM evaluations e JOIN runs r ON r.id = e.run_id WHERE r.study_id = :s "
