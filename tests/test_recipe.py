@@ -119,6 +119,8 @@ def test_pipeline_pretrains_on_the_training_split_only_and_records_the_kept_epoc
     import sqlite3
 
     with sqlite3.connect(db) as conn:
+        peaks = [p for (p,) in conn.execute("SELECT peak_rss_mb FROM run_models")]
+        assert len(peaks) == 2 and all(100 < p < 24_000 for p in peaks)  # torch alone holds more than 100 MB
         for rm_id, chosen in conn.execute("SELECT id, chosen_epoch FROM run_models").fetchall():
             rows = conn.execute("SELECT epoch, dev_accuracy, dev_format FROM epoch_losses WHERE run_model_id = ? "
                                 "ORDER BY epoch", (rm_id,)).fetchall()

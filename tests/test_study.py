@@ -174,6 +174,7 @@ def test_a_study_compared_on_a_file_is_averaged_per_line(study, tmp_path):
         r = invoke("compare", "--run-id", rid, "--db", db, "--data", ext, "--max-new-tokens", 16, "--no-progress",
                    "--no-show-examples", "--report", tmp_path / f"report{rid}.json")
         assert r.exit_code == 0, r.output
+    assert all(100 < p < 24_000 for (p,) in q(db, "SELECT peak_rss_mb FROM evaluations WHERE source = ?", str(ext)))
     r = invoke("analyze", "models", "--study", 1, "--source", ext, "--db", db, "--format", "json")
     assert r.exit_code == 0, r.output
     out = by_table(json.loads(r.stdout))

@@ -143,3 +143,22 @@ def test_a_process_pinned_to_one_cpu_gets_one_thread_and_one_loader_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["1", "1", "1"]
+
+
+def test_peak_memory_is_restarted_per_phase():
+    """Each model's training and each comparison get their own peak: a large buffer freed before
+    the measurement starts is not counted, one allocated after it is."""
+    import subprocess
+    import sys
+
+    code = ("from wmg.device import PeakMemory\n"
+            "big = bytearray(400 * 2**20); big[::4096] = b'x' * len(big[::4096])\n"
+            "before = PeakMemory().mb(); del big\n"
+            "m = PeakMemory(); base = m.mb()\n"
+            "other = bytearray(200 * 2**20); other[::4096] = b'x' * len(other[::4096])\n"
+            "print(before, base, m.mb())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, base, after = map(float, out.stdout.split())
+    assert before > 400 and base < before - 300  # the freed 400 MB is not in the new measurement
+    assert after > base + 190  # the 200 MB touched after the restart is

@@ -302,7 +302,8 @@ def show_tables(r) -> list[Table]:
     fields += [(f"version_{k}", v) for k, v in (r.versions or {}).items()]
     fields += [("evaluation_id", ev.id if ev else None), ("evaluation_status", ev.status if ev else None),
                ("evaluation_source", ev.source if ev else None), ("evaluation_examples", ev.n_examples if ev else None),
-               ("full_agreement_rate", ev.full_agreement_rate if ev else None)]
+               ("full_agreement_rate", ev.full_agreement_rate if ev else None),
+               ("evaluation_peak_rss_mb", ev.peak_rss_mb if ev else None)]
     lo, hi = _rate_and_interval(ev.full_agreement_rate if ev else None, ev)[1:]
     fields += [("full_agreement_rate_low", lo), ("full_agreement_rate_high", hi)]
     for b, g in ((ev.baseline_accuracy or {}).items() if ev else []):
@@ -323,17 +324,19 @@ def show_tables(r) -> list[Table]:
                "tapt_quotes", "optimizer")
     models = Table("models", "Models", ["model", "status", "init", "parameters", "vocab_size", "steps", "chosen_epoch",
                                         "final_loss",
-                                        "final_val_loss", "train_seconds", "format_accuracy", "format_accuracy_low",
+                                        "final_val_loss", "train_seconds", "peak_rss_mb", "format_accuracy", "format_accuracy_low",
                                         "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
                                         "gold_accuracy_high", *hp_keys, "init_note"],
                    [[m.name, m.status, m.init, m.parameters, m.vocab_size, m.steps, m.chosen_epoch, m.final_loss,
                      m.final_val_loss,
-                     m.train_seconds, *_rate_and_interval((ev.format_accuracy or {}).get(m.name) if ev else None, ev),
+                     m.train_seconds, m.peak_rss_mb, *_rate_and_interval((ev.format_accuracy or {}).get(m.name) if ev else None, ev),
                      *_rate_and_interval((ev.gold_accuracy or {}).get(m.name) if ev else None, ev),
                      *[(m.hyperparams or {}).get(k) for k in hp_keys], m.init_note] for m in r.models],
                    ["_low/_high: 95% Wilson score interval over the latest comparison's examples",
                     "chosen_epoch: the epoch whose weights were kept, best on the development slice (dev_fraction of "
-                    "the training split); empty: the last epoch"])
+                    "the training split); empty: the last epoch",
+                    "peak_rss_mb: the wmg process's peak resident memory while it trained the model (Linux; empty: "
+                    "not measured); the comparison's is evaluation_peak_rss_mb"])
     config = Table("config", "Options the run was started with", ["option", "value"],
                    [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in sorted((r.config or {}).items())
                     if k != "model_configs"])  # the models table shows them (as built)

@@ -63,6 +63,34 @@ def choose_precision(precision: str, device: str) -> tuple[str, str]:
     return ("bf16", "CUDA device") if device == "cuda" else ("fp32", f"{device} device")
 
 
+class PeakMemory:
+    """The peak resident memory of this process from now on, in MB: Linux restarts the kernel's
+    high-water mark (VmHWM) when "5" is written to /proc/self/clear_refs, so each model's training
+    and each comparison gets its own peak. Where that is not possible, `mb()` is None (not
+    measured), never the whole process's peak under another name. Data-loading worker processes
+    are not counted."""
+
+    def __init__(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self.started = True
+        except OSError:
+            self.started = False
+
+    def mb(self) -> float | None:
+        if not self.started:
+            return None
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return round(int(line.split()[1]) / 1024, 1)
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+
 def usable_cpus() -> int:
     """Logical CPUs this process may run on: its affinity (`taskset`, a batch scheduler's cpuset)
     where the system has one, else every CPU of the machine."""

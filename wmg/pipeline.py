@@ -23,6 +23,7 @@ from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateCo
 from .data import Example, fold_split, instruction_form, load_jsonl, split, subsample, training_share
 from .interrupt import RunInterrupted
 from .parse import canonical_label, location_in_excerpt, parse_output
+from .device import PeakMemory
 from .progress import above_bar
 from .prompts import causal_answer, seq2seq_prompt
 from .rouge import rouge_f1
@@ -232,6 +233,7 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
     from .train import train as train_loop
 
     banner(echo, f"TRAINING MODEL: {spec.name.upper()}")
+    memory = PeakMemory()  # this model's own peak, not the previous one's
     echo(f"  Model: {spec.hub_id}")
     echo(f"  Type: {spec.type}{' (causal LM)' if spec.type == 'causal' else ''}: {spec.architecture}")
     resume_dir = ResumeDir(ckpt_root / spec.name / "resume")
@@ -325,15 +327,17 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
                         select=dev_selector(tok, spec, cfg, dev, opts.device) if dev else None)
     out = save_model_folder(ckpt_root / spec.name / "final_model", model, tok)
     chosen = result.chosen_epoch or cfg.epochs
+    peak = memory.mb()
     store.model_finished(run_model_id, steps=result.steps, final_loss=result.final_loss,
                         mean_loss=result.mean_loss, final_val_loss=result.epoch_val_losses[chosen - 1],
                         seconds=result.seconds, tokens_seen=result.tokens_seen, checkpoint_path=str(out),
-                        chosen_epoch=chosen)
+                        chosen_epoch=chosen, peak_rss_mb=peak)
     if result.chosen_epoch is not None:
         echo(f"✓ Kept epoch {chosen} of {cfg.epochs} (best on the development slice)")
     resume_dir.clear()  # the final model is saved and recorded; the resume state is no longer needed
     echo(f"✓ Training complete! Loss: {result.final_loss:.4f} (last epoch; mean over training "
-         f"{result.mean_loss:.4f}) in {result.seconds:.0f} s, {result.steps} steps")
+         f"{result.mean_loss:.4f}) in {result.seconds:.0f} s, {result.steps} steps"
+         + (f", peak resident memory {peak:,.0f} MB" if peak is not None else ""))
     echo(f"✓ Saved to: {out}")
     echo(f"  Cleaning up memory after {spec.name}...")
     del model
@@ -701,7 +705,7 @@ def compare_run(store: Store, opts: CompareOptions, echo: Echo = print) -> Compa
     eval_id, examples = store.create_evaluation(run.id, opts.data or "validation", cfg, external)
     echo(f"✓ Evaluation {eval_id} of run {run.id}: {len(examples)} examples "
          f"({'every line of ' + opts.data if opts.data else 'the validation split'}), models: {', '.join(names)}")
-    start = time.perf_counter()
+    start, memory = time.perf_counter(), PeakMemory()
     try:
         prompts = [seq2seq_prompt(x.instruction, x.input) for x in examples]
         gens = _generate_all(run, models, prompts, [x.input for x in examples], opts, echo)
@@ -724,7 +728,8 @@ def compare_run(store: Store, opts: CompareOptions, echo: Echo = print) -> Compa
         base_rows = _baselines(store, run, examples, results, echo) if opts.baseline else []
         summary = summarize(results, names, run, eval_id)
         report_path = write_report(opts.report, summary, results) if opts.report else None
-        store.complete_evaluation(eval_id, preds, agrs, time.perf_counter() - start, report_path, base_rows)
+        store.complete_evaluation(eval_id, preds, agrs, time.perf_counter() - start, report_path, base_rows,
+                                  peak_rss_mb=memory.mb())
     except BaseException as exc:
         store.fail_evaluation(eval_id, f"{type(exc).__name__}: {exc}")
         raise

@@ -42,6 +42,7 @@ class ModelInfo:
     train_seconds: float | None
     checkpoint_path: str | None
     chosen_epoch: int | None = None  # the epoch whose weights were kept (None: the last, before 0009)
+    peak_rss_mb: float | None = None  # peak resident memory while training it (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class EvaluationInfo:
     n_open: int = 0  # examples whose instruction is in the open form (names no category)
     gold_accuracy_open: dict[str, float] = field(default_factory=dict)  # models and baselines, open form only
     config: dict = field(default_factory=dict)  # the comparison's options (max_new_tokens, no_repeat_ngram_size, ...)
+    peak_rss_mb: float | None = None  # peak resident memory while comparing (None: not measured)
 
 
 @dataclass(frozen=True)

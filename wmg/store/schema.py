@@ -107,6 +107,7 @@ class RunModel(Base):
     tokens_seen: Mapped[int | None] = mapped_column(Integer)
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
     chosen_epoch: Mapped[int | None] = mapped_column(Integer)  # the epoch whose weights were saved
+    peak_rss_mb: Mapped[float | None] = mapped_column(Float)  # the process's peak while training this model
     __table_args__ = (
         UniqueConstraint("run_id", "name"),
         CheckConstraint(f"status IN {MODEL_STATUSES}", name="status"),
@@ -160,6 +161,7 @@ class Evaluation(Base):
     full_agreement_rate: Mapped[float | None] = mapped_column(Float)
     report_path: Mapped[str | None] = mapped_column(Text)
     seconds: Mapped[float | None] = mapped_column(Float)
+    peak_rss_mb: Mapped[float | None] = mapped_column(Float)  # the process's peak while comparing
     error: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (CheckConstraint(f"status IN {EVAL_STATUSES}", name="status"),)
 

@@ -294,12 +294,12 @@ class Store:
     @retry_locked
     def model_finished(self, run_model_id: int, *, steps: int, final_loss: float, mean_loss: float,
                        final_val_loss: float | None, seconds: float, tokens_seen: int, checkpoint_path: str,
-                       chosen_epoch: int | None = None) -> None:
+                       chosen_epoch: int | None = None, peak_rss_mb: float | None = None) -> None:
         with self.session() as s:
             s.execute(update(t.RunModel).where(t.RunModel.id == run_model_id).values(
                 status="completed", steps=steps, final_loss=final_loss, mean_loss=mean_loss,
                 final_val_loss=final_val_loss, train_seconds=seconds, tokens_seen=tokens_seen,
-                checkpoint_path=checkpoint_path, chosen_epoch=chosen_epoch))
+                checkpoint_path=checkpoint_path, chosen_epoch=chosen_epoch, peak_rss_mb=peak_rss_mb))
 
     @retry_locked
     def finish_run(self, run_id: int, status: str, error: str | None = None,
@@ -490,7 +490,7 @@ class Store:
     @retry_locked
     def complete_evaluation(self, evaluation_id: int, predictions: Sequence[PredictionRow],
                             agreements: Sequence[AgreementRow], seconds: float, report_path: str | None,
-                            baselines: Sequence[BaselineRow] = ()) -> None:
+                            baselines: Sequence[BaselineRow] = (), peak_rss_mb: float | None = None) -> None:
         """Every prediction, agreement and baseline prediction of the evaluation, and its summary, in one
         transaction."""
         with self.session() as s:
@@ -522,6 +522,7 @@ class Store:
             ev.full_agreement_rate = full / len(agreements) if agreements else None
             ev.seconds = seconds
             ev.report_path = report_path
+            ev.peak_rss_mb = peak_rss_mb
 
     @retry_locked
     def fail_evaluation(self, evaluation_id: int, error: str) -> None:
@@ -674,7 +675,7 @@ def _rate(flag):
 def _model_info(m: t.RunModel) -> ModelInfo:
     return ModelInfo(m.id, m.name, m.hub_id, m.model_type, m.position, m.status, m.init, m.init_note,
                      m.parameters, m.vocab_size, json.loads(m.hyperparams_json), m.steps, m.final_loss,
-                     m.mean_loss, m.final_val_loss, m.train_seconds, m.checkpoint_path, m.chosen_epoch)
+                     m.mean_loss, m.final_val_loss, m.train_seconds, m.checkpoint_path, m.chosen_epoch, m.peak_rss_mb)
 
 
 def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
@@ -698,7 +699,7 @@ def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
                           {m: float(f) for m, f, _ in rows}, {m: float(g) for m, _, g in rows},
                           {b: float(dict(base)[b]) for b in in_order(dict(base))}, max((n for _, n, _ in open_rows), default=0),
                           {**{m: float(g) for m, _, g in open_rows}, **{b: float(g) for b, g in open_base}},
-                          json.loads(e.config_json))
+                          json.loads(e.config_json), e.peak_rss_mb)
 
 
 def _latest_eval(s, run_id: int) -> t.Evaluation | None:
