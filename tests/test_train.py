@@ -162,3 +162,57 @@ def test_peak_memory_is_restarted_per_phase():
     before, base, after = map(float, out.stdout.split())
     assert before > 400 and base < before - 300  # the freed 400 MB is not in the new measurement
     assert after > base + 190  # the 200 MB touched after the restart is
+
+
+def test_label_smoothing_spreads_eps_of_each_target_over_the_vocabulary():
+    """The smoothed loss is, per scored token, (1 - eps) * -log p(gold) + eps * the mean over the
+    vocabulary of -log p, with the label-token weights as before; eps 0 is the plain loss. In
+    training it changes the objective (the logged loss), never the validation loss's definition."""
+    from wmg.batching import IGNORE
+
+    for name, over in (("flan-t5-small", dict(TINY_T5, dropout_rate=0.0)),
+                       ("distilgpt2", dict(TINY_GPT, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))):
+        spec = REGISTRY[name]
+        torch.manual_seed(0)
+        model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=over)
+        model.eval()
+        data = [encode_seq2seq(tok, "Excerpt:\nTag_1 MOV.\n\nAnswer:", "gadget_type: ReadWrite gadget; location: "
+                               "Tag_1; explanation: x.", 64, 32, 3.0)] if spec.type == "seq2seq" else \
+            [encode_causal(tok, "Excerpt:\nTag_1 MOV.\n\nAnswer:", " gadget_type: ReadWrite gadget; location: Tag_1; "
+                           "explanation: x.", 96, 32, "answer", 3.0)]
+        batch = Collator(spec.type, tok.pad_token_id)(data)
+        with torch.no_grad():
+            plain, _, n = token_losses(model, batch, spec.type)
+            smooth, _, n2 = token_losses(model, batch, spec.type, label_smoothing=0.2)
+            if spec.type == "seq2seq":
+                dec = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+                logp = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             decoder_input_ids=dec).logits.float().log_softmax(-1)
+                target, w = batch["labels"], batch["weights"]
+            else:
+                logp = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1] \
+                    .float().log_softmax(-1)
+                target, w = batch["labels"][:, 1:], batch["weights"][:, 1:]
+        keep = target != IGNORE
+        gold = -logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        spread = -logp.mean(-1)
+        want = ((0.8 * gold + 0.2 * spread) * w * keep).sum()
+        assert n == n2 and torch.allclose(smooth, want, rtol=1e-5), name
+        assert torch.allclose(plain, (gold * w * keep).sum(), rtol=1e-5) and not torch.allclose(plain, smooth)
+        assert (w[keep] == 3.0).any()  # the label tokens' weight is in play
+
+
+def test_label_smoothing_changes_the_training_objective_not_the_validation_loss():
+    spec = REGISTRY["flan-t5-small"]
+    runs = {}
+    for eps in (0.0, 0.2):
+        torch.manual_seed(1)
+        model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=dict(TINY_T5, dropout_rate=0.0))
+        cfg = SCRATCH_DEFAULTS[spec.type].with_(epochs=1, micro_batch_size=2, grad_accum=1, seed=1, learning_rate=0.0,
+                                                label_smoothing=eps, optimizer="adamw", warmup_ratio=0.0)
+        steps = []
+        res = train(model, _data(spec, tok), cfg, spec.type, tok.pad_token_id, _data(spec, tok, 2),
+                    on_step=steps.append, progress=False)
+        runs[eps] = (steps[0].loss, res.epoch_val_losses[0])
+    assert runs[0.2][0] != runs[0.0][0]  # the same weights, another objective
+    assert runs[0.2][1] == runs[0.0][1]  # learning rate 0: the same weights, the same plain validation loss

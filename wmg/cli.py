@@ -310,6 +310,9 @@ def _given(ctx, name: str) -> bool:
 @click.option("--unlikelihood", type=click.FloatRange(0), default=None, metavar="ALPHA",
               help="Weight of the unlikelihood term (Welleck et al., 2020) that penalises the answer's "
                    "already-written tokens where the gold does not repeat them, against greedy loops [0].")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="EPS",
+              help="Label smoothing of the training loss (Szegedy et al., 2016): each scored token's target puts "
+                   "1 - EPS on the gold token and EPS spread over the vocabulary; validation loss stays plain [0].")
 @click.option("--quote-mix", type=click.IntRange(0), default=None, metavar="K",
               help="Mix K quoting examples per training excerpt into fine-tuning: a run of its words asked for "
                    "by its first and last two words, answered as the location [0].")
@@ -397,7 +400,7 @@ def _given(ctx, name: str) -> bool:
 @torchrun_aware
 def train(data_sha256, data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, unlikelihood, quote_mix, quote_shuffle, tie_embeddings, copy_head, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, unlikelihood, label_smoothing, quote_mix, quote_shuffle, tie_embeddings, copy_head, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, extra_train, seeds,
           record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
@@ -470,7 +473,8 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
                          log_every=log_every, dropout=dropout, type_loss_weight=type_loss_weight,
-                         location_loss_weight=location_loss_weight, unlikelihood=unlikelihood, quote_mix=quote_mix,
+                         location_loss_weight=location_loss_weight, unlikelihood=unlikelihood,
+                         label_smoothing=label_smoothing, quote_mix=quote_mix,
                          quote_shuffle=quote_shuffle,
                          tie_embeddings=tie_embeddings, copy_head=copy_head,
                          open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,

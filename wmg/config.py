@@ -125,6 +125,7 @@ class TrainConfig:
     type_loss_weight: float = 1.0  # loss weight of the gadget_type value's tokens
     location_loss_weight: float = 1.0  # loss weight of the location value's tokens
     unlikelihood: float = 0.0  # weight of the unlikelihood term against repeating answer tokens (train.unlikelihood_sum)
+    label_smoothing: float = 0.0  # training targets: 1 - eps on the gold token, eps over the vocabulary
     quote_mix: int = 0  # cue-quoting examples per training excerpt mixed into fine-tuning (recipe.cue_quotes)
     quote_shuffle: bool = False  # the quoting examples' excerpts with their words in a random order
     open_copies: bool = False  # train also on an open-form copy of each example whose instruction names its label

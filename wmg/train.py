@@ -69,10 +69,12 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], model_type: str) -> tu
     return ce, n
 
 
-def token_losses(model, batch: dict[str, torch.Tensor], model_type: str,
-                 unlikelihood: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+def token_losses(model, batch: dict[str, torch.Tensor], model_type: str, unlikelihood: bool = False,
+                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Summed (weighted) cross-entropy over the scored tokens, the summed unlikelihood term
-    (`unlikelihood_sum`, only when asked for, else None) and the scored tokens' (weighted) count."""
+    (`unlikelihood_sum`, only when asked for, else None) and the scored tokens' (weighted) count.
+    With `label_smoothing` eps each target is 1 - eps on the gold token plus eps spread evenly
+    over the vocabulary (Szegedy et al., 2016; PyTorch's cross_entropy(label_smoothing=))."""
     labels = batch["labels"]
     if model_type == "seq2seq":
         dec_in = getattr(model, "module", model).prepare_decoder_input_ids_from_labels(labels=labels)
@@ -86,10 +88,10 @@ def token_losses(model, batch: dict[str, torch.Tensor], model_type: str,
     weights = batch.get("weights")
     if weights is None:
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
-                               ignore_index=IGNORE, reduction="sum")
+                               ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing)
     else:
         per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
-                                    ignore_index=IGNORE, reduction="none")
+                                    ignore_index=IGNORE, reduction="none", label_smoothing=label_smoothing)
         w = weights[:, 1:] if model_type == "causal" else weights
         loss = (per_token * (w.reshape(-1) * (target.reshape(-1) != IGNORE))).sum()
     ul = unlikelihood_sum(logits, target) if unlikelihood else None
@@ -299,7 +301,8 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
                     sync = ranks is None or i == len(group) - 1
                     with contextlib.nullcontext() if sync else net.no_sync():
                         with autocast(cfg.precision, device):
-                            loss_sum, ul_sum, _ = token_losses(net, b, model_type, cfg.unlikelihood > 0)
+                            loss_sum, ul_sum, _ = token_losses(net, b, model_type, cfg.unlikelihood > 0,
+                                                                  cfg.label_smoothing)
                         objective = loss_sum if ul_sum is None else loss_sum + cfg.unlikelihood * ul_sum
                         (objective / n_tokens if scale == 1.0 else objective * (scale / n_tokens)).backward()
                     loss_total += float(loss_sum.detach()) * (scale > 0)
