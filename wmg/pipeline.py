@@ -21,9 +21,9 @@ from .checkpoint import file_sha256
 from .console import banner
 from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
 from .data import Example, fold_split, instruction_form, load_jsonl, split, subsample, training_share
+from .device import PeakMemory
 from .interrupt import RunInterrupted
 from .parse import canonical_label, location_in_excerpt, parse_output
-from .device import PeakMemory
 from .progress import above_bar
 from .prompts import causal_answer, seq2seq_prompt
 from .rouge import rouge_f1
