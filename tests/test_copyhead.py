@@ -288,3 +288,118 @@ def test_span_gpt2_continues_the_prompt_after_the_place_it_matches():
     out = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=3, do_sample=False, num_beams=1,
                          pad_token_id=0, eos_token_id=0, cache_implementation="static")[:, prompt.size(1):]
     assert out.tolist() == [[45, 46, 47], [55, 56, 57]]  # after "43 44": 45 ...; after "52 53 54": 55 ...
+
+
+# ---------------------------------------------------------------- --copy-scope location
+def test_location_field_runs_from_the_marker_to_the_token_that_closes_it():
+    """Position t is inside when its next token is part of the location's value or closes it:
+    after the marker (7, 8) up to, not including, the closing token (9)."""
+    from wmg.copyhead import location_field
+
+    ids = torch.tensor([[1, 7, 8, 3, 4, 9, 7, 8, 5], [7, 8, 3, 3, 3, 3, 3, 3, 3]])
+    field = location_field(ids, [7, 8], [9])
+    assert field[0].nonzero().flatten().tolist() == [2, 3, 4, 7, 8]
+    assert field[1].nonzero().flatten().tolist() == list(range(1, 9))  # never closed
+    later = location_field(ids, [7, 8], [9], start=torch.tensor([[3], [0]]))  # the answer begins at 3
+    assert later[0].nonzero().flatten().tolist() == [7, 8] and torch.equal(later[1], field[1])
+
+
+def scoped(spec):
+    from wmg.pipeline import TINY
+
+    model, tok = build_scratch(spec, CORPUS, vocab_size=200,
+                               overrides=dict(TINY[spec.type], copy_head="span", copy_scope="location"))
+    model.eval()
+    return model, tok
+
+
+ANSWER = "gadget_type: ReadWrite gadget; location: MOV copies Source; explanation: It writes memory."
+
+
+@pytest.mark.parametrize("spec", [SPEC, GPT])
+def test_a_scoped_head_copies_inside_the_location_field_only(spec):
+    """Outside the field every output distribution is the plain model's; inside, with the gate
+    set to copy only, the head can only write the excerpt's tokens."""
+    from wmg.copyhead import location_field
+    from wmg.prompts import causal_answer, seq2seq_prompt
+
+    model, tok = scoped(spec)
+    marker, closers = model.config.copy_field
+    assert tok.decode(marker).strip() == "location:" and all(";" in tok.convert_ids_to_tokens(i) for i in closers)
+    prompt = seq2seq_prompt("Identify any weird machine gadget.", "MOV copies Source to Dest each scan.")
+    enc = lambda text: tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]  # noqa: E731
+    set_gate(model, (-40.0, 40.0, -40.0))  # the pointer alone, wherever it is allowed
+    with torch.no_grad():
+        if spec is SPEC:
+            src, dec = enc(prompt), torch.cat([torch.zeros(1, 1, dtype=torch.long), enc(ANSWER)], 1)
+            out = model(input_ids=src, decoder_input_ids=dec, use_cache=False).logits[0]
+            plain = super(T5WithCopy, model).forward(input_ids=src, decoder_input_ids=dec).logits[0]
+            field, excerpt = location_field(dec, marker, closers)[0], set(src[0].tolist())
+            answer = dec[0]
+        else:
+            ids = enc(prompt + causal_answer(ANSWER))
+            out = model(input_ids=ids, use_cache=False).logits[0]
+            plain = super(GPT2WithCopy, model).forward(input_ids=ids, use_cache=False).logits[0]
+            start = enc(prompt).size(1)
+            field = location_field(ids, marker, closers)[0]
+            assert not field[:start].any()  # nothing in the prompt
+            region, _ = __import__("wmg.copyhead", fromlist=["excerpt_region"]).excerpt_region(ids, *model.config.copy_region)
+            excerpt, answer = set(ids[0][region[0]].tolist()), ids[0]
+    inside = field.nonzero().flatten().tolist()
+    # the field: from `location:` to the token before `;`
+    assert tok.decode(answer[inside[0] + 1:inside[-1] + 2]).strip() == "MOV copies Source;"
+    outside = ~field
+    assert torch.allclose(out[outside], plain[outside].float().log_softmax(-1), atol=1e-4)
+    p = out[field].exp()
+    assert set((p > 1e-12).nonzero()[:, 1].tolist()) <= excerpt
+
+
+@pytest.mark.parametrize("spec", [SPEC, GPT])
+def test_a_scoped_head_generates_with_the_cache_as_without_and_is_saved(spec, tmp_path):
+    from wmg.checkpoint import save_model_folder
+    from wmg.prompts import seq2seq_prompt
+
+    model, tok = scoped(spec)
+    set_gate(model, (0.0, 0.5, 0.5))
+    with torch.no_grad():
+        model.copy_query.weight.normal_(std=0.5)
+    save_model_folder(tmp_path / "m", model, tok)
+    again, _ = load_trained(spec, tmp_path / "m")
+    assert again.config.copy_field == model.config.copy_field
+    prompt = seq2seq_prompt("Identify any weird machine gadget.", "MOV copies Source to Dest each scan.")
+    src = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    forced = tok(" gadget_type: ReadWrite gadget; location:" if spec is GPT else "gadget_type: ReadWrite gadget; location:",
+                 add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        if spec is SPEC:
+            start = torch.cat([torch.zeros(1, 1, dtype=torch.long), forced], 1)
+            out = model.generate(input_ids=src, copy_ids=src, decoder_input_ids=start, max_new_tokens=6, do_sample=False,
+                                 pad_token_id=0, eos_token_id=tok.eos_token_id)[0, start.size(1):].tolist()
+            cur = start
+            for _ in range(len(out)):
+                step = model(input_ids=src, decoder_input_ids=cur, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                cur = torch.cat([cur, step], 1)
+            assert out == cur[0, start.size(1):].tolist()
+        else:
+            ids = torch.cat([src, forced], 1)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, ids.size(1):].tolist()
+            cur = ids
+            for _ in range(len(out)):
+                cur = torch.cat([cur, model(input_ids=cur, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
+            assert out == cur[0, ids.size(1):].tolist()
+
+
+def test_copy_scope_without_a_copy_head_is_one_line(tmp_path):
+    import json
+
+    from wmg.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"instruction": "Identify any weird machine gadget.", "input": f"MOV {i} copies.",
+                                        "output": f"gadget_type: ReadWrite gadget; location: MOV {i}; explanation: x"}) + "\n"
+                            for i in range(12)))
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny", "--copy-scope",
+                                  "location", "--db", str(tmp_path / "r.db"), "--checkpoints", str(tmp_path / "ck")])
+    assert r.exit_code != 0 and "--copy-scope location needs a copy head" in r.output and "Traceback" not in r.output
+    assert "TRAINING MODEL" not in r.output  # refused before a run is stored or a model built

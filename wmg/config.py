@@ -142,6 +142,9 @@ class TrainConfig:
     # the text after the place that matches the last tokens written. Off on the pretrained path (it
     # changes the architecture).
     copy_head: Literal["off", "pointer", "span"] = "off"  # span: the pointer and a continuation of the text
+    # Where the copy head may copy: every output token, or only inside the location field (the type
+    # and explanation then come from the vocabulary alone, as without the head; wmg.copyhead).
+    copy_scope: Literal["everywhere", "location"] = "everywhere"
 
     @property
     def effective_batch_size(self) -> int:

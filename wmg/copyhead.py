@@ -26,6 +26,13 @@ flan-t5-small, d = 512; 1,180,417 for distilgpt2, d = 768), 2 d^2 + 3 d + 3 with
 p itself) and greedy decoding work unchanged. T5's generation passes the source ids as
 `copy_ids` at every step (wmg.generate); GPT-2's keeps the keys and ids of the positions
 decoded so far beside its KV cache, started afresh by every prompt.
+
+With `config.copy_field` ([the tokens of `location:`, the ids of every token containing `;`], set
+by wmg.models.build_scratch from the tokenizer for `--copy-scope location`) the mixture applies
+only inside the answer's location field, from the token after `location:` up to the token that
+closes the field; every other output token, the gadget type among them, is the vocabulary's
+distribution alone, as without the head, and the head's gate and pointer learn from the location
+alone (`location_field`). A config without it (models saved before) copies everywhere.
 """
 from __future__ import annotations
 
@@ -72,11 +79,12 @@ def continuation(asked, text, allowed):
     return weights / weights.sum(-1, keepdim=True).clamp_min(1), best > 0
 
 
-def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None):
+def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None, field=None):
     """log p of the mixture: logits (B, n, V) of the vocabulary, h (B, n, d) the states that ask,
     keys (B, T, d) the pointer's keys (`copy_key` of the states pointed at), ids (B, T) their
     tokens, allowed (B, n, T) where the pointer may go; for `span`, asked and text as
-    `continuation` takes them."""
+    `continuation` takes them; field (B, n), where given: the positions that may copy (elsewhere
+    log p is the vocabulary's log-softmax)."""
     scores = torch.matmul(model.copy_query(h), keys.transpose(1, 2)).float()
     scores = scores * h.size(-1) ** -0.5
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
@@ -91,7 +99,26 @@ def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None):
         copied = (1 - vocab) * pointer
     p = vocab * logits.float().softmax(-1)
     p = p.scatter_add(-1, ids[:, None, :].expand(-1, p.size(1), -1), copied)
-    return torch.log(p.clamp_min(1e-30))
+    mixed = torch.log(p.clamp_min(1e-30))
+    if field is None:
+        return mixed
+    return torch.where(field[..., None], mixed, logits.float().log_softmax(-1))
+
+
+def location_field(ids, marker, closers, start=None):
+    """(B, L) bool: the positions inside the location field, those whose next token belongs to the
+    location's value or closes it. A position is inside when the last run of `marker` tokens
+    ending at or before it (at or after `start` (B, 1), where given: the answer's first position)
+    came after the last token of `closers` (every token containing `;`, which ends a field)."""
+    k = len(marker)
+    pos = torch.arange(ids.size(1), device=ids.device)[None, :]
+    ends = nn.functional.pad(_occurs(ids, marker), (k - 1, 0), value=False)[:, :ids.size(1)]
+    if start is not None:
+        ends = ends & (pos >= start)
+    closed = torch.isin(ids, torch.tensor(closers, device=ids.device, dtype=ids.dtype))
+    opened_at = torch.where(ends, pos, -1).cummax(-1).values
+    closed_at = torch.where(closed, pos, -1).cummax(-1).values
+    return opened_at > closed_at
 
 
 class T5WithCopy(T5ForConditionalGeneration):
@@ -129,13 +156,17 @@ class T5WithCopy(T5ForConditionalGeneration):
         h = dec[0]
         lm = h * self.model_dim ** -0.5 if self.config.scale_decoder_outputs else h
         allowed = (attention_mask != 0)[:, None, :].expand(-1, h.size(1), -1)
-        asked = text = None
-        if self.config.copy_head == "span":
+        asked = text = field = None
+        scope = getattr(self.config, "copy_field", None)
+        if self.config.copy_head == "span" or scope:
             n = decoder_input_ids.size(1)
             decoded = decoder_input_ids
             if past and self._decoded is not None:  # generating: the decoder's tokens so far, then this one
                 decoded = torch.cat([self._decoded, decoder_input_ids], 1)
             self._decoded = decoded if use_cache else None
+            if scope:
+                field = location_field(decoded, *scope)[:, -n:]
+        if self.config.copy_head == "span":
             asked = _histories(decoded.masked_fill(decoded == self.config.decoder_start_token_id, -1), -1)[:, -n:]
             text = src.masked_fill(attention_mask == 0, -3)
         if past and self._keys is not None and self._keys[0] is enc:  # generating: the excerpt's keys once
@@ -143,7 +174,7 @@ class T5WithCopy(T5ForConditionalGeneration):
         else:
             keys = self.copy_key(enc)
         self._keys = (enc, keys) if use_cache and not torch.is_grad_enabled() else None
-        logits = _mix(self, self.lm_head(lm), h, keys, src, allowed, asked, text)
+        logits = _mix(self, self.lm_head(lm), h, keys, src, allowed, asked, text, field)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
@@ -159,16 +190,21 @@ def _occurs(ids, marker):
     return nn.functional.pad(hits, (0, k - 1), value=False)
 
 
-def excerpt_region(ids, opens, closes):
+def excerpt_region(ids, opens, closes, with_end=False):
     """(B, L) bool, and (B, 1) whether it was found: the positions after the first run of the
     `opens` tokens and before the first run of the `closes` tokens after it (the prompt's
-    excerpt, wmg.prompts). A row lacking either gets every position."""
+    excerpt, wmg.prompts). A row lacking either gets every position. With `with_end`, also
+    (B, 1) the first position after the `closes` tokens (where the answer begins; 0 where not
+    found)."""
     pos = torch.arange(ids.size(1), device=ids.device)[None, :]
     big = ids.size(1) + 1
     start = torch.where(_occurs(ids, opens), pos, big).min(-1, keepdim=True).values + len(opens)
     end = torch.where(_occurs(ids, closes) & (pos >= start), pos, big).min(-1, keepdim=True).values
     found = (start < end) & (end < big)
-    return ((pos >= start) & (pos < end)) | ~found, found
+    region = ((pos >= start) & (pos < end)) | ~found
+    if with_end:
+        return region, found, torch.where(found, end + len(closes), 0)
+    return region, found
 
 
 class GPT2WithCopy(GPT2LMHeadModel):
@@ -221,11 +257,15 @@ class GPT2WithCopy(GPT2LMHeadModel):
             t = torch.arange(total - kept, total, device=h.device)[:, None]
             s = torch.arange(total, device=h.device)[None, :]
             allowed = (s <= t)[None] & ~padded[:, None, :] & pointable[:, None, :]
-        asked = text = None
+        asked = text = field = None
         if self.config.copy_head == "span":
             asked = _histories(ids.masked_fill(padded, -1), -1)[:, total - kept:]
             text = ids.masked_fill(padded, -3)
-        logits = _mix(self, self.lm_head(asking), asking, keys, ids, allowed, asked, text)
+        scope = getattr(self.config, "copy_field", None)
+        if scope:  # the answer begins after the prompt's excerpt (every position where it was not found)
+            answer = excerpt_region(ids, *region, with_end=True)[2] if region else None
+            field = location_field(ids, *scope, start=answer)[:, total - kept:]
+        logits = _mix(self, self.lm_head(asking), asking, keys, ids, allowed, asked, text, field)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),

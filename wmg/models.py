@@ -182,13 +182,20 @@ def build_scratch(spec: ModelSpec, corpus: Iterable[str], vocab_size: int | None
                   overrides: dict | None = None) -> tuple[Any, Any]:
     quiet_transformers()
     tok = train_tokenizer(spec, corpus, vocab_size)
-    if spec.type == "causal" and has_copy_head(overrides or {}):
+    overrides = dict(overrides or {})
+    if overrides.pop("copy_scope", "everywhere") == "location" and has_copy_head(overrides):
+        # the copy head mixes only inside the answer's location field (wmg.copyhead.location_field):
+        # the tokens of `location:` as they stand in an answer, and every token containing `;`
+        marker = tok(" location:" if spec.type == "causal" else "location:", add_special_tokens=False)["input_ids"]
+        closers = sorted(i for piece, i in tok.get_vocab().items() if ";" in piece)
+        overrides["copy_field"] = [marker, closers]
+    if spec.type == "causal" and has_copy_head(overrides):
         from .prompts import EXCERPT_CLOSES, EXCERPT_OPENS
 
         # GPT-2's copy head points into the excerpt, found between these tokens (wmg.copyhead)
         overrides = dict(overrides, copy_region=[tok(m, add_special_tokens=False)["input_ids"]
                                                  for m in (EXCERPT_OPENS, EXCERPT_CLOSES)])
-    config = build_config(spec, len(tok), tok.pad_token_id, tok.eos_token_id, overrides)
+    config = build_config(spec, len(tok), tok.pad_token_id, tok.eos_token_id, overrides or None)
     return model_from_config(spec, config), tok
 
 

@@ -178,8 +178,11 @@ def hyperparams(spec: ModelSpec, init: str, opts: TrainOptions) -> TrainConfig:
 
 def record_model_configs(specs: list[ModelSpec], inits: dict[str, str], opts: TrainOptions) -> dict:
     """Resolve every model's hyperparameters now, for recording with the run or study."""
-    return {s.name: {"init": inits[s.name], "hyperparams": hyperparams(s, inits[s.name], opts).to_dict()}
-            for s in specs}
+    configs = {s.name: hyperparams(s, inits[s.name], opts) for s in specs}
+    for name, cfg in configs.items():
+        if cfg.copy_scope != "everywhere" and cfg.copy_head == "off":
+            raise ConfigError(f"{name}: --copy-scope {cfg.copy_scope} needs a copy head (--copy-head pointer|span)")
+    return {name: {"init": inits[name], "hyperparams": cfg.to_dict()} for name, cfg in configs.items()}
 
 
 def scratch_overrides(spec: ModelSpec, opts: TrainOptions) -> dict | None:
@@ -193,6 +196,8 @@ def scratch_overrides(spec: ModelSpec, opts: TrainOptions) -> dict | None:
         over["tie_word_embeddings"] = True
     if cfg.copy_head != "off":
         over["copy_head"] = cfg.copy_head
+        if cfg.copy_scope != "everywhere":
+            over["copy_scope"] = cfg.copy_scope
     return over or None
 
 
