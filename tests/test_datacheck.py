@@ -33,13 +33,14 @@ def test_bundled_dataset_meets_every_bound():
     assert max(sum(1 for _ in g) for _, g in __import__("itertools").groupby(labels)) < 5
 
 
-@pytest.mark.parametrize("first, last, per_label", [(529, 792, (42, 45)), (793, 1056, (43, 45))])
+@pytest.mark.parametrize("first, last, per_label", [(529, 792, (42, 45)), (793, 1056, (43, 45)), (1057, 1320, (44, 44))])
 def test_the_merged_platform_lines_are_open_form_and_share_nothing(tmp_path, first, last, per_label):
-    """Lines 529-792 (parts 7 to 9, merged from new_platforms.jsonl) and 793-1056 (parts 10 to 12,
-    merged from heldout_platforms.jsonl): all open form, labels balanced within each block, and
-    not a sentence or near-duplicate shared with the rest of the file."""
+    """Lines 529-792 (parts 7 to 9, merged from new_platforms.jsonl), 793-1056 (parts 10 to 12,
+    merged from heldout_platforms.jsonl) and 1057-1320 (parts 17 to 20, merged from
+    more_features.jsonl): all open form, labels balanced within each block, and not a sentence or
+    near-duplicate shared with the rest of the file."""
     lines = BUNDLED.read_text().splitlines()
-    assert len(lines) == 1056
+    assert len(lines) == 1320
     new = tmp_path / "new.jsonl"
     new.write_text("\n".join(lines[first - 1:last]) + "\n")
     rep = check(new)
@@ -61,25 +62,9 @@ def test_the_held_out_file_shares_nothing_with_the_bundled_file(tmp_path):
     merged = tmp_path / "merged.jsonl"
     merged.write_text("".join(BUNDLED.with_name(n).read_text() for n in (BUNDLED.name, "heldout_platforms_2.jsonl")))
     rep = check(merged)
-    assert rep.errors == [] and rep.valid == 1320
-    assert rep.shared_sentences == [] and rep.near_duplicates == [] and rep.max_jaccard < 0.1
-    assert rep.findings() == []
-
-
-def test_the_more_features_file_is_balanced_and_shares_nothing_with_the_other_files(tmp_path):
-    """Parts 17 to 20, kept apart as a data lever: valid, open form, 44 per label, exact
-    locations, and not a sentence or near-duplicate shared with the bundled or held-out files."""
-    rep = check(BUNDLED.with_name("more_features.jsonl"))
-    assert rep.errors == [] and rep.valid == rep.lines == 264 and rep.forms == {"open": 264}
-    assert set(rep.labels) == set(LABELS) and all(n == 44 for n in rep.labels.values())
-    assert all(2 <= w <= 10 for w in rep.location_words) and all(40 <= w <= 160 for w in rep.excerpt_words)
-    assert rep.findings() == []
-    merged = tmp_path / "merged.jsonl"
-    merged.write_text("".join(BUNDLED.with_name(n).read_text()
-                              for n in (BUNDLED.name, "heldout_platforms_2.jsonl", "more_features.jsonl")))
-    rep = check(merged)
     assert rep.errors == [] and rep.valid == 1584
     assert rep.shared_sentences == [] and rep.near_duplicates == [] and rep.max_jaccard < 0.1
+    assert rep.findings() == []
 
 
 def test_check_reports_errors_with_file_and_line(tmp_path):
