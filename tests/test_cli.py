@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from wmg.cli import main
 
-TINY_TRAIN = ["--tiny", "--epochs", "2", "--batch-size", "4", "--examples", "all", "--eval-split", "0.25",
+TINY_TRAIN = ["--tiny", "--epochs", "2", "--batch-size", "4", "--grad-accum", "1", "--examples", "all", "--eval-split", "0.25",
               "--max-new-tokens", "24", "--no-progress", "--no-show-examples", "--platform", "windows"]
 
 

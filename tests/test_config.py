@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from wmg.cli import main
 from wmg.store import Store
 
-TINY = ["--tiny", "--epochs", "2", "--batch-size", "4", "--examples", "all", "--eval-split", "0.25",
+TINY = ["--tiny", "--epochs", "2", "--batch-size", "4", "--grad-accum", "1", "--examples", "all", "--eval-split", "0.25",
         "--no-progress", "--no-show-examples", "--platform", "windows", "--no-compare"]
 
 

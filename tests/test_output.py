@@ -16,7 +16,7 @@ from tests.conftest import SMALL
 from wmg.cli import main
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", WMG_PROGRESS_EVERY="0")
-TINY = ["--tiny", "--epochs", "1", "--batch-size", "4", "--eval-split", "0.25", "--max-new-tokens", "8",
+TINY = ["--tiny", "--epochs", "1", "--batch-size", "4", "--grad-accum", "1", "--eval-split", "0.25", "--max-new-tokens", "8",
         "--platform", "windows"]
 
 

@@ -28,7 +28,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 # only add lines), dropout on so that the RNG state matters, fp32, so that a run takes seconds.
 # The resume tests run under both platforms' default loader settings (unix: worker processes,
 # persistent across epochs; windows: none); the others need no workers.
-BASE = ["train", "--tiny", "--data", str(SMALL), "--epochs", "4", "--batch-size", "1", "--eval-split", "0.25",
+BASE = ["train", "--tiny", "--data", str(SMALL), "--epochs", "4", "--batch-size", "1", "--grad-accum", "1", "--eval-split", "0.25",
         "--seed", "3", "--log-every", "1", "--dropout", "0.1", "--no-progress", "--no-compare",
         "--precision", "fp32", "--no-open-copies"]
 TRAIN = [*BASE, "--platform", "windows"]

@@ -289,9 +289,10 @@ def _given(ctx, name: str) -> bool:
                    "without), 0 causal (a third faster per step on a CPU)].")
 @click.option("--learning-rate", "--lr", "learning_rate", type=POSITIVE, default=None, metavar="LR",
               help="Peak learning rate [pretrained 5e-5; scratch 1e-2 seq2seq (with adamw-scale), 6e-4 causal].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Micro-batch size [pretrained 1; scratch 8].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Micro-batch size [pretrained 1; scratch: 4 seq2seq, 8 causal].")
 @click.option("--grad-accum", type=click.IntRange(1), default=None,
-              help="Micro-batches per optimizer step (effective batch = batch size x this) [pretrained 4; scratch 1].")
+              help="Micro-batches per optimizer step (effective batch = batch size x this) [pretrained 4; scratch: 2 "
+                   "seq2seq, 1 causal].")
 @click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=None,
               help="Fraction of steps of linear warmup [0; scratch 0.1].")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), default=None,

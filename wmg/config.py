@@ -198,7 +198,9 @@ PRETRAINED_DEFAULTS = TrainConfig(
 # went from 0% to 88.6% spans of the excerpt (84.7% out of distribution), gold type -1.4 points
 # (p = 0.74). GPT-2 does not: on the same fold the head (its pointer on the prompt's excerpt)
 # took its locations from 6.5% to 85.3% and its format from 94.3% to 99.5%, but its gold type
-# out of distribution from 80.7% to 69.7% (p = 0.0003).
+# out of distribution from 80.7% to 69.7% (p = 0.0003). Confined to the location field
+# (`copy_scope="location"`, with the 1320 lines' feature block on fold 1) it still cost GPT-2 8.4
+# open-form points (p = 0.0044) and T5 6.4 out of distribution (p = 0.0076): kept by neither.
 # T5 reaches its batch of 8 as 4 examples x 2 accumulated: on fold 1 its training peaked at
 # 2.65 GB resident against 3.41 GB (3.49 GB for the whole process) with 8 at once, the gold type
 # unchanged (84.0% against 82.1% held out, p = 0.56; 78.8% out of distribution both) and a step
