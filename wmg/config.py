@@ -202,7 +202,7 @@ PRETRAINED_DEFAULTS = TrainConfig(
 # (`copy_scope="location"`, with the 1320 lines' feature block on fold 1) it still cost GPT-2 8.4
 # open-form points (p = 0.0044) and T5 6.4 out of distribution (p = 0.0076): kept by neither.
 # T5 reaches its batch of 8 as 4 examples x 2 accumulated: on fold 1 its training peaked at
-# 2.65 GB resident against 3.41 GB (3.49 GB for the whole process) with 8 at once, the gold type
+# 2.65 GB resident against 3.41 GB with 8 at once (the run that also had lines 1057-1320), the gold type
 # unchanged (84.0% against 82.1% held out, p = 0.56; 78.8% out of distribution both) and a step
 # no slower on one Zen 4 core.
 SCRATCH_DEFAULTS = {
