@@ -231,16 +231,17 @@ class GPT2WithCopy(GPT2LMHeadModel):
         n = input_ids.size(1)
         region = getattr(self.config, "copy_region", None)
         if use_cache and n == 1 and self._decoded is not None:  # one more decoding step: an answer token
-            *before, found = self._decoded
+            *before, found, answer = self._decoded
             new = (self.copy_key(h), input_ids, ~found)
             keys, ids, pointable = (torch.cat([prev, x], 1) for prev, x in zip(before, new))
         else:  # training, or a prompt (the start of a generation)
             keys, ids = self.copy_key(h), input_ids
+            answer = None  # where the answer begins (B, 1); None: nowhere found, every position
             if region:
-                pointable, found = excerpt_region(ids, *region)
+                pointable, found, answer = excerpt_region(ids, *region, with_end=True)
             else:
                 pointable, found = torch.ones_like(ids, dtype=torch.bool), torch.zeros_like(ids[:, :1], dtype=torch.bool)
-        self._decoded = (keys, ids, pointable, found) if use_cache else None
+        self._decoded = (keys, ids, pointable, found, answer) if use_cache else None
         total = keys.size(1)
         kept = min(logits_to_keep, n) if isinstance(logits_to_keep, int) and logits_to_keep > 0 else n
         asking = h[:, n - kept:]
@@ -262,8 +263,7 @@ class GPT2WithCopy(GPT2LMHeadModel):
             asked = _histories(ids.masked_fill(padded, -1), -1)[:, total - kept:]
             text = ids.masked_fill(padded, -3)
         scope = getattr(self.config, "copy_field", None)
-        if scope:  # the answer begins after the prompt's excerpt (every position where it was not found)
-            answer = excerpt_region(ids, *region, with_end=True)[2] if region else None
+        if scope:  # the answer begins after the prompt's excerpt, found once per prompt
             field = location_field(ids, *scope, start=answer)[:, total - kept:]
         logits = _mix(self, self.lm_head(asking), asking, keys, ids, allowed, asked, text, field)
         loss = None
