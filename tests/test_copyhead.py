@@ -390,7 +390,82 @@ def test_a_scoped_head_generates_with_the_cache_as_without_and_is_saved(spec, tm
             assert out == cur[0, ids.size(1):].tolist()
 
 
-def test_copy_scope_without_a_copy_head_is_one_line(tmp_path):
+@pytest.mark.parametrize("scope", ["everywhere", "location"])
+@pytest.mark.parametrize("spec,cls", [(SPEC, T5WithCopy), (GPT, GPT2WithCopy)])
+def test_copy_vocab_loss_scores_the_vocabulary_alone_where_the_head_may_copy(spec, cls, scope):
+    """`--copy-vocab-loss W` adds W times the cross-entropy of the plain model's distribution
+    (the head's vocabulary share before mixing) on the scored tokens where the mixture applies:
+    the location field under `--copy-scope location`, every scored token otherwise. The main
+    loss is the mixture's either way."""
+    from wmg.batching import IGNORE, Collator, encode_causal, encode_seq2seq
+    from wmg.copyhead import location_field
+    from wmg.pipeline import TINY
+    from wmg.train import token_losses
+
+    torch.manual_seed(0)
+    model, tok = build_scratch(spec, CORPUS, vocab_size=200,
+                               overrides=dict(TINY[spec.type], copy_head="span", copy_scope=scope))
+    model.eval()
+    set_gate(model, (0.0, 0.5, 0.5))
+    data = []
+    for i in range(3):  # the type's tokens weigh 3 and the location's 2 in either loss
+        prompt, answer = f"Excerpt:\nTag_{i} MOV {'x ' * i}copies.\n\nAnswer:", \
+            f"gadget_type: ReadWrite gadget; location: Tag_{i} MOV; explanation: writes {i}."
+        data.append(encode_seq2seq(tok, prompt, answer, 64, 128, 3.0, 2.0) if spec is SPEC else
+                    encode_causal(tok, prompt, " " + answer, 192, 128, "answer", 3.0, 2.0))
+    batch = Collator(spec.type, tok.pad_token_id)(data)
+    with torch.no_grad():
+        ce, extra, n = token_losses(model, batch, spec.type, vocab_loss=2.0)
+        alone, none, n2 = token_losses(model, batch, spec.type)
+        if spec is SPEC:
+            dec = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+            plain = super(cls, model).forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                              decoder_input_ids=dec).logits
+            target, ids = batch["labels"], dec
+        else:
+            plain = super(cls, model).forward(input_ids=batch["input_ids"],
+                                              attention_mask=batch["attention_mask"]).logits[:, :-1]
+            target, ids = batch["labels"][:, 1:], batch["input_ids"]
+    assert torch.equal(ce, alone) and none is None and n == n2
+    scored = target != IGNORE
+    if scope == "location":
+        field = location_field(ids, *model.config.copy_field)
+        field = field[:, :-1] if spec is GPT else field
+        assert 0 < (field & scored).sum() < scored.sum()  # the location's tokens, not the type's or explanation's
+    else:
+        field = torch.ones_like(scored)
+    w = batch["weights"][:, 1:] if spec is GPT else batch["weights"]
+    per = torch.nn.functional.cross_entropy(plain.float().transpose(1, 2), target.clamp_min(0), reduction="none")
+    want = 2.0 * (per * w * (scored & field)).sum()
+    assert torch.allclose(extra, want, rtol=1e-5) and (w[scored & field] == 2.0).any()
+    assert not torch.allclose(ce, want / 2)  # the mixture's loss is another figure
+
+
+def test_copy_vocab_loss_changes_the_training_step_not_the_logged_loss():
+    """In the training loop the term is added to the objective (the weights move otherwise), while
+    the logged training loss stays the mixture's cross-entropy."""
+    from tests.test_train import _data
+    from wmg.config import SCRATCH_DEFAULTS
+    from wmg.pipeline import TINY
+    from wmg.train import train
+
+    runs = {}
+    for w in (0.0, 5.0):
+        torch.manual_seed(1)
+        model, tok = build_scratch(GPT, CORPUS, vocab_size=200, overrides=dict(TINY["causal"], copy_head="span",
+                                                                               resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
+        cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=1, micro_batch_size=2, grad_accum=1, seed=1, learning_rate=1e-2,
+                                               warmup_ratio=0.0, copy_head="span", copy_vocab_loss=w, dev_fraction=0.0)
+        steps = []
+        train(model, _data(GPT, tok, 4), cfg, GPT.type, tok.pad_token_id, _data(GPT, tok, 2), on_step=steps.append,
+              progress=False)
+        runs[w] = (steps[0].loss, model.lm_head.weight.detach().clone())
+    assert runs[5.0][0] == pytest.approx(runs[0.0][0], rel=1e-6)  # the first step's loss: the same weights, the mixture
+    assert not torch.allclose(runs[5.0][1], runs[0.0][1])  # but another gradient
+
+
+@pytest.mark.parametrize("flag", [["--copy-scope", "location"], ["--copy-vocab-loss", "1"]])
+def test_copy_options_without_a_copy_head_are_one_line(tmp_path, flag):
     import json
 
     from wmg.cli import main
@@ -399,7 +474,8 @@ def test_copy_scope_without_a_copy_head_is_one_line(tmp_path):
     data.write_text("".join(json.dumps({"instruction": "Identify any weird machine gadget.", "input": f"MOV {i} copies.",
                                         "output": f"gadget_type: ReadWrite gadget; location: MOV {i}; explanation: x"}) + "\n"
                             for i in range(12)))
-    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny", "--copy-scope",
-                                  "location", "--db", str(tmp_path / "r.db"), "--checkpoints", str(tmp_path / "ck")])
-    assert r.exit_code != 0 and "--copy-scope location needs a copy head" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny", *flag,
+                                  "--db", str(tmp_path / "r.db"), "--checkpoints", str(tmp_path / "ck")])
+    assert r.exit_code != 0 and f"{flag[0]}" in r.output and "needs a copy head" in r.output
+    assert "Traceback" not in r.output
     assert "TRAINING MODEL" not in r.output  # refused before a run is stored or a model built

@@ -331,6 +331,9 @@ def _given(ctx, name: str) -> bool:
 @click.option("--copy-scope", type=click.Choice(["everywhere", "location"]), default=None,
               help="With a copy head: copy into every output token, or only inside the location field (the "
                    "gadget type and explanation then come from the vocabulary alone) [everywhere].")
+@click.option("--copy-vocab-loss", type=click.FloatRange(0), default=None, metavar="W",
+              help="With a copy head: add W times the vocabulary distribution's own cross-entropy where the head "
+                   "may copy, so the model still learns to write those tokens itself [0].")
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")
@@ -404,7 +407,7 @@ def _given(ctx, name: str) -> bool:
 @torchrun_aware
 def train(data_sha256, data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, unlikelihood, label_smoothing, quote_mix, quote_shuffle, tie_embeddings, copy_head, copy_scope, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, unlikelihood, label_smoothing, quote_mix, quote_shuffle, tie_embeddings, copy_head, copy_scope, copy_vocab_loss, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, extra_train, seeds,
           record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
@@ -480,7 +483,7 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
                          location_loss_weight=location_loss_weight, unlikelihood=unlikelihood,
                          label_smoothing=label_smoothing, quote_mix=quote_mix,
                          quote_shuffle=quote_shuffle,
-                         tie_embeddings=tie_embeddings, copy_head=copy_head, copy_scope=copy_scope,
+                         tie_embeddings=tie_embeddings, copy_head=copy_head, copy_scope=copy_scope, copy_vocab_loss=copy_vocab_loss,
                          open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,
                          tapt_denoise=tapt_denoise, tapt_quotes=tapt_quotes, optimizer=optimizer)
         opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,

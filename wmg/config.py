@@ -145,6 +145,10 @@ class TrainConfig:
     # Where the copy head may copy: every output token, or only inside the location field (the type
     # and explanation then come from the vocabulary alone, as without the head; wmg.copyhead).
     copy_scope: Literal["everywhere", "location"] = "everywhere"
+    # With a copy head: weight of the vocabulary distribution's own cross-entropy where the mixture
+    # applies, beside the mixture's (wmg.train.vocab_sum), so the trunk still learns to write the
+    # copied tokens itself.
+    copy_vocab_loss: float = 0.0
 
     @property
     def effective_batch_size(self) -> int:

@@ -33,6 +33,11 @@ only inside the answer's location field, from the token after `location:` up to 
 closes the field; every other output token, the gadget type among them, is the vocabulary's
 distribution alone, as without the head, and the head's gate and pointer learn from the location
 alone (`location_field`). A config without it (models saved before) copies everywhere.
+
+Every forward also returns the vocabulary's own logits and where the mixture applied
+(`vocab_logits`, `copy_field`): with `--copy-vocab-loss W` training adds W times the
+vocabulary's cross-entropy on those positions, so the trunk still learns to write the copied
+tokens itself, as it must without a head, while the mixture learns to copy them.
 """
 from __future__ import annotations
 
@@ -105,6 +110,14 @@ def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None, field=None
     return torch.where(field[..., None], mixed, logits.float().log_softmax(-1))
 
 
+def _with_vocab(out, vocab, field):
+    """The model's output with, beside the mixture's log p, the vocabulary's own logits
+    (`vocab_logits`) and where the mixture applied (`copy_field`, (B, n) bool; None: every
+    position), for `--copy-vocab-loss` (wmg.train.token_losses)."""
+    out.vocab_logits, out.copy_field = vocab, field
+    return out
+
+
 def location_field(ids, marker, closers, start=None):
     """(B, L) bool: the positions inside the location field, those whose next token belongs to the
     location's value or closes it. A position is inside when the last run of `marker` tokens
@@ -174,11 +187,13 @@ class T5WithCopy(T5ForConditionalGeneration):
         else:
             keys = self.copy_key(enc)
         self._keys = (enc, keys) if use_cache and not torch.is_grad_enabled() else None
-        logits = _mix(self, self.lm_head(lm), h, keys, src, allowed, asked, text, field)
+        vocab = self.lm_head(lm)
+        logits = _mix(self, vocab, h, keys, src, allowed, asked, text, field)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
-        return Seq2SeqLMOutput(loss=loss, logits=logits, cache=dec.cache, encoder_last_hidden_state=enc)
+        return _with_vocab(Seq2SeqLMOutput(loss=loss, logits=logits, cache=dec.cache, encoder_last_hidden_state=enc),
+                           vocab, field)
 
 
 def _occurs(ids, marker):
@@ -265,9 +280,10 @@ class GPT2WithCopy(GPT2LMHeadModel):
         scope = getattr(self.config, "copy_field", None)
         if scope:  # the answer begins after the prompt's excerpt, found once per prompt
             field = location_field(ids, *scope, start=answer)[:, total - kept:]
-        logits = _mix(self, self.lm_head(asking), asking, keys, ids, allowed, asked, text, field)
+        vocab = self.lm_head(asking)
+        logits = _mix(self, vocab, asking, keys, ids, allowed, asked, text, field)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
                                                labels[:, 1:].reshape(-1), ignore_index=-100)
-        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=out.cache)
+        return _with_vocab(CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=out.cache), vocab, field)

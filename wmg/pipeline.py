@@ -182,6 +182,8 @@ def record_model_configs(specs: list[ModelSpec], inits: dict[str, str], opts: Tr
     for name, cfg in configs.items():
         if cfg.copy_scope != "everywhere" and cfg.copy_head == "off":
             raise ConfigError(f"{name}: --copy-scope {cfg.copy_scope} needs a copy head (--copy-head pointer|span)")
+        if cfg.copy_vocab_loss and cfg.copy_head == "off":
+            raise ConfigError(f"{name}: --copy-vocab-loss needs a copy head (--copy-head pointer|span)")
     return {name: {"init": inits[name], "hyperparams": cfg.to_dict()} for name, cfg in configs.items()}
 
 

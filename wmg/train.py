@@ -69,33 +69,60 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], model_type: str) -> tu
     return ce, n
 
 
-def token_losses(model, batch: dict[str, torch.Tensor], model_type: str, unlikelihood: bool = False,
-                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """Summed (weighted) cross-entropy over the scored tokens, the summed unlikelihood term
-    (`unlikelihood_sum`, only when asked for, else None) and the scored tokens' (weighted) count.
-    With `label_smoothing` eps each target is 1 - eps on the gold token plus eps spread evenly
-    over the vocabulary (Szegedy et al., 2016; PyTorch's cross_entropy(label_smoothing=))."""
+def token_losses(model, batch: dict[str, torch.Tensor], model_type: str, unlikelihood: float = 0.0,
+                 label_smoothing: float = 0.0, vocab_loss: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Summed (weighted) cross-entropy over the scored tokens, the summed auxiliary terms (None
+    when there are none) and the scored tokens' (weighted) count. The auxiliary terms, each with
+    its weight: `unlikelihood` times `unlikelihood_sum`; `vocab_loss` times the copy head's
+    vocabulary cross-entropy where its mixture applied (`vocab_sum`). With `label_smoothing` eps
+    each target is 1 - eps on the gold token plus eps spread evenly over the vocabulary (Szegedy
+    et al., 2016; PyTorch's cross_entropy(label_smoothing=))."""
     labels = batch["labels"]
     if model_type == "seq2seq":
         dec_in = getattr(model, "module", model).prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=dec_in, use_cache=False).logits
-        target = labels
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    decoder_input_ids=dec_in, use_cache=False)
+        logits, target, w = out.logits, labels, batch.get("weights")
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        logits = logits[:, :-1]
-        target = labels[:, 1:]
-    weights = batch.get("weights")
-    if weights is None:
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
-                               ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing)
-    else:
-        per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
-                                    ignore_index=IGNORE, reduction="none", label_smoothing=label_smoothing)
-        w = weights[:, 1:] if model_type == "causal" else weights
-        loss = (per_token * (w.reshape(-1) * (target.reshape(-1) != IGNORE))).sum()
-    ul = unlikelihood_sum(logits, target) if unlikelihood else None
-    return loss, ul, scored_tokens(batch, model_type)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        logits, target = out.logits[:, :-1], labels[:, 1:]
+        w = batch["weights"][:, 1:] if batch.get("weights") is not None else None
+    loss = _ce_sum(logits, target, w, label_smoothing)
+    extra = []
+    if unlikelihood:
+        extra.append(unlikelihood * unlikelihood_sum(logits, target))
+    if vocab_loss:
+        extra.append(vocab_loss * vocab_sum(out, target, w, model_type))
+    return loss, (sum(extra) if extra else None), scored_tokens(batch, model_type)
+
+
+def _ce_sum(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None, label_smoothing: float = 0.0,
+            where: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy of the scored targets, each times its weight `w` (if any), only at
+    the positions `where` (if given)."""
+    per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
+                                ignore_index=IGNORE, reduction="none", label_smoothing=label_smoothing)
+    keep = (target != IGNORE) if where is None else (target != IGNORE) & where
+    scale = keep.float() if w is None else w * keep
+    return (per_token * scale.reshape(-1)).sum()
+
+
+def vocab_sum(out, target: torch.Tensor, w: torch.Tensor | None, model_type: str) -> torch.Tensor:
+    """`--copy-vocab-loss`: the copy head's vocabulary distribution alone (`vocab_logits`, before
+    the mixture with the pointer) scored by cross-entropy on the scored targets where the mixture
+    applied (`copy_field`: the location field under `--copy-scope location`, every position
+    otherwise), weighted as the main loss. Without a head, a model must write the location from
+    its vocabulary, which makes it read the excerpt; with a head, the pointer takes that loss
+    over. This keeps it (an auxiliary loss, as Merity et al.'s 2017 pointer sentinel model keeps
+    the softmax a trained distribution of its own)."""
+    vocab = getattr(out, "vocab_logits", None)
+    if vocab is None:
+        raise ValueError("--copy-vocab-loss needs a model with a copy head")
+    field = getattr(out, "copy_field", None)
+    if model_type == "causal":
+        vocab = vocab[:, :-1]
+        field = field[:, :-1] if field is not None else None
+    return _ce_sum(vocab, target, w, where=field)
 
 
 def unlikelihood_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -301,9 +328,9 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
                     sync = ranks is None or i == len(group) - 1
                     with contextlib.nullcontext() if sync else net.no_sync():
                         with autocast(cfg.precision, device):
-                            loss_sum, ul_sum, _ = token_losses(net, b, model_type, cfg.unlikelihood > 0,
-                                                                  cfg.label_smoothing)
-                        objective = loss_sum if ul_sum is None else loss_sum + cfg.unlikelihood * ul_sum
+                            loss_sum, extra, _ = token_losses(net, b, model_type, cfg.unlikelihood,
+                                                                 cfg.label_smoothing, cfg.copy_vocab_loss)
+                        objective = loss_sum if extra is None else loss_sum + extra
                         (objective / n_tokens if scale == 1.0 else objective * (scale / n_tokens)).backward()
                     loss_total += float(loss_sum.detach()) * (scale > 0)
                 stop_now = bool(should_stop and should_stop())
