@@ -10,6 +10,7 @@ import pytest
 import wmg.pipeline as pipeline
 from wmg.config import ConfigError, REGISTRY, TrainConfig
 from wmg.data import bundled_data
+from wmg.device import loader_processes
 from wmg.pipeline import TrainOptions, hyperparams, make_study_run, resume_run, start_study, train_run
 from wmg.store import Store
 
@@ -17,8 +18,10 @@ QUIET = lambda *a: None  # noqa: E731
 
 
 def _opts(tmp_path, **kw):
+    # the loader processes as `wmg train` sets them (a run continued takes its own process's: device.loader_processes)
     return TrainOptions(data=str(bundled_data()), models="flan-t5-small,distilgpt2", examples=40, tiny=True,
-                        checkpoints=str(tmp_path / "ck"), progress=False, overrides={"epochs": 1}, **kw)
+                        checkpoints=str(tmp_path / "ck"), progress=False, overrides={"epochs": 1},
+                        workers=loader_processes("unix"), **kw)
 
 
 def _changed_defaults(monkeypatch):

@@ -145,6 +145,23 @@ def test_a_process_pinned_to_one_cpu_gets_one_thread_and_one_loader_process():
     assert out.stdout.split() == ["1", "1", "1"]
 
 
+def test_a_run_continued_elsewhere_takes_the_loader_processes_of_the_process_that_continues_it(monkeypatch):
+    """A study recorded by a process with two CPUs holds `workers: 2`; a worker pinned to one CPU
+    that makes (or resumes) one of its runs must use one loader process, as its setup prints, and
+    on windows none."""
+    import os
+
+    from wmg.pipeline import options_from_config
+
+    recorded = {"data": "d.jsonl", "models": "distilgpt2", "workers": 2, "platform": "unix", "seed": 7}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    opts = options_from_config(recorded)
+    assert opts.workers == 1 and opts.seed == 7 and opts.models == "distilgpt2"
+    assert options_from_config(dict(recorded, platform="windows")).workers == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert options_from_config(dict(recorded, workers=0)).workers == 2
+
+
 def test_peak_memory_is_restarted_per_phase():
     """Each model's training and each comparison get their own peak: a large buffer freed before
     the measurement starts is not counted, one allocated after it is."""

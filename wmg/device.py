@@ -100,6 +100,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def loader_processes(platform: str) -> int:
+    """DataLoader processes for this process: two on unix, one where it may run on one CPU only (a
+    process pinned to one core gets one loader process, not two on that core), none on windows
+    (avoids spawn issues). A property of the machine, not of the experiment: a run or study
+    continued elsewhere takes the count of the process that continues it."""
+    return min(2, usable_cpus()) if platform == "unix" else 0
+
+
 def physical_cores() -> int:
     """Physical cores available to this process (hyperthreads share a core's matmul units)."""
     avail = usable_cpus()
@@ -187,8 +195,8 @@ def setup(device: str = "cpu", platform: str = "auto", echo=print, precision: st
         raise ConfigError("--device mps was asked for but MPS is not available")
     if platform == "auto":
         platform = "windows" if _platform.system() == "Windows" else "unix"
-    cores = usable_cpus()  # a process pinned to one core gets one loader process, not two on that core
-    n_workers = min(2, cores) if platform == "unix" else 0
+    cores = usable_cpus()
+    n_workers = loader_processes(platform)
     from .distributed import local_ranks, threads_per_process
 
     threads = threads_per_process()  # the physical cores, shared among the ranks torchrun started here

@@ -11,7 +11,7 @@ import math
 import platform as _platform
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +21,7 @@ from .checkpoint import file_sha256
 from .console import banner
 from .config import DEFAULT_EXAMPLES, DEFAULT_NO_REPEAT, ConfigError, GenerateConfig, ModelSpec, TrainConfig, defaults_for, resolve_models
 from .data import Example, fold_split, instruction_form, load_jsonl, split, subsample, training_share
-from .device import PeakMemory
+from .device import PeakMemory, loader_processes
 from .interrupt import RunInterrupted
 from .parse import canonical_label, location_in_excerpt, parse_output
 from .progress import above_bar
@@ -476,8 +476,6 @@ def _train_models(store: Store, run_id: int, specs: list[ModelSpec], infos: dict
 def resume_run(store: Store, run_id: int, echo: Echo = print, progress: bool = True) -> RunInfo:
     """Continue an interrupted (or failed) run from its last checkpoints, with the options,
     split and hyperparameters it was started with."""
-    from dataclasses import fields
-
     from .checkpoint import ResumeDir
     from .interrupt import process_alive, process_identity
 
@@ -489,8 +487,7 @@ def resume_run(store: Store, run_id: int, echo: Echo = print, progress: bool = T
         raise ConfigError(f"run {run_id} is still running (pid {run.pid} on {run.host}); stop it before resuming")
     if not run.checkpoint_dir:
         raise ConfigError(f"run {run_id} was made by a wmg without resumable checkpoints; start a new run")
-    names = {f.name for f in fields(TrainOptions)}
-    opts = TrainOptions(**{k: v for k, v in run.config.items() if k in names})
+    opts = options_from_config(run.config)
     opts.progress = progress
     if opts.model_configs is None:  # a run recorded before the config kept them: its models' rows have them
         opts.model_configs = {m.name: {"init": m.init, "hyperparams": m.hyperparams} for m in run.models}
@@ -541,15 +538,21 @@ def _study_ready(store: Store, study_id: int, only_fold: int | None) -> StudyInf
     return study
 
 
+def options_from_config(config: dict) -> TrainOptions:
+    """The options a run or study recorded, to make or continue a run with; the loader processes
+    are this process's (`device.loader_processes`), not those of the process that recorded them."""
+    names = {f.name for f in fields(TrainOptions)}
+    opts = TrainOptions(**{k: v for k, v in config.items() if k in names})
+    opts.workers = loader_processes(opts.platform)
+    return opts
+
+
 def make_study_run(store: Store, study: StudyInfo, seed: int, fold: int, run: RunInfo | None, echo: Echo,
                    progress: bool, on_comparison: Callable[[Comparison], None] | None = None,
                    lease: Lease | None = None) -> int:
     """One (seed, fold) of a study: its run made (or resumed) and compared. Returns the run id."""
-    from dataclasses import fields
-
     if run is None:
-        names = {f.name for f in fields(TrainOptions)}
-        opts = TrainOptions(**{k: v for k, v in study.config["train"].items() if k in names})
+        opts = options_from_config(study.config["train"])
         opts.seed, opts.fold, opts.progress = seed, fold, progress
         if opts.model_configs is None:
             echo(f"  Study {study.id} was recorded without its models' hyperparameters (an older wmg): this run "
