@@ -51,6 +51,32 @@ def test_claims_hand_out_each_fold_once_and_an_expired_lease_is_taken_over(any_d
     assert store.claim_study_run(sid, c, fold=1) == Claim(7, 1, run1)  # ours again, at once
 
 
+def test_a_fold_compared_on_its_held_out_split_stays_done_while_another_file_is_compared(any_db):
+    """A comparison of a finished fold's models on another file (`wmg compare --run-id N --data
+    OTHER`), running or failed, is not the fold's own: a worker must not take the fold again and
+    repeat its held-out comparison (one did, in a study whose runs were compared out of
+    distribution while the workers went on)."""
+    store = Store(any_db)
+    sid = store.create_study(data_path="d.jsonl", data_sha256="0" * 64, folds=2, seeds=[7], config={})
+    a, b, c = (Lease(f"host-{n}:1:1", 60) for n in "abc")
+    run1 = _run(any_db, sid, 7, 1, a)
+    store.finish_run(run1, "completed")
+    store.release_lease(sid, 7, 1, a)
+    assert store.claim_study_run(sid, b) == Claim(7, 1, run1)  # trained, not compared yet: still to make
+    held = store.create_evaluation(run1, "validation", {})
+    store.complete_evaluation(held.id, [], [], 1.0, None)
+    store.release_lease(sid, 7, 1, b)
+    assert store.get_run(run1).compared and store.claim_study_run(sid, c) == Claim(7, 2)
+    other = store.create_evaluation(run1, "data/heldout_platforms_2.jsonl", {}, external=[])
+    assert store.get_run(run1).latest_evaluation.status == "running"
+    assert store.get_run(run1).compared and store.claim_study_run(sid, c) == Claim(7, 2)
+    store.fail_evaluation(other.id, "stopped")
+    assert store.get_run(run1).compared and store.claim_study_run(sid, c) == Claim(7, 2)
+    again = store.create_evaluation(run1, "validation", {})  # a held-out comparison made again, failed
+    store.fail_evaluation(again.id, "stopped")
+    assert store.get_run(run1).compared  # the one that completed still stands
+
+
 # ---------------------------------------------------------------- three workers, one killed
 # Tiny models, one example per step with a log line each (the kill lands after the first epoch's
 # checkpoint), fp32, no loader processes. The dead worker is on this machine, so the others free its

@@ -8,8 +8,9 @@ from typing import NamedTuple
 
 
 def is_compared(run_status: str, evaluation_status: str | None) -> bool:
-    """Trained, and its latest comparison (None: none yet) completed: nothing of the run is left to
-    make. The one rule for `RunInfo.compared` and the store's claims, which read ORM rows."""
+    """Trained, and its comparison on its own held-out split completed (`evaluation_status`, None:
+    none yet): nothing of the run is left to make. The one rule for `RunInfo.compared` and the
+    store's claims, which read ORM rows."""
     return run_status == "completed" and evaluation_status == "completed"
 
 
@@ -75,12 +76,15 @@ class RunInfo:
     fold: int | None = None  # the study's fold (1 to K) this run holds out
     lease_owner: str | None = None  # `wmg work`: the worker holding the run, and until when (UTC)
     lease_until: datetime | None = None
+    # its comparisons on its held-out split (not on other files): "completed" if one completed, else
+    # the latest one's status; None: none yet
+    heldout_status: str | None = None
 
     @property
     def compared(self) -> bool:
-        """Trained, and its latest comparison completed: nothing of this run is left to make."""
-        ev = self.latest_evaluation
-        return is_compared(self.status, ev.status if ev else None)
+        """Trained, and compared on its held-out split: nothing of this run is left to make. A
+        comparison on another file (`wmg compare --data`), finished or not, changes nothing here."""
+        return is_compared(self.status, self.heldout_status)
 
 
 @dataclass(frozen=True)

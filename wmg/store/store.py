@@ -407,8 +407,7 @@ class Store:
                     r = runs.get((seed, f))
                     if r is None:
                         return Claim(seed, f)
-                    ev = _latest_eval(s, r.id)
-                    if is_compared(r.status, ev.status if ev else None):
+                    if is_compared(r.status, _heldout_status(s, r.id)):
                         continue
                     if r.lease_owner == lease.owner:  # ours already (a claim after a lost race, say)
                         return Claim(seed, f, r.id)
@@ -707,6 +706,15 @@ def _latest_eval(s, run_id: int) -> t.Evaluation | None:
                      .order_by(t.Evaluation.id.desc()).limit(1)).first()
 
 
+def _heldout_status(s, run_id: int) -> str | None:
+    """The status of the run's comparison on its own held-out split: "completed" if any completed,
+    else that of the latest one (None: none yet). A comparison on another file (`wmg compare
+    --data`) is not the run's own and leaves a study's fold as it was."""
+    rows = s.scalars(select(t.Evaluation.status).where(t.Evaluation.run_id == run_id, t.Evaluation.source == "validation")
+                     .order_by(t.Evaluation.id.desc())).all()
+    return "completed" if "completed" in rows else (rows[0] if rows else None)
+
+
 def _run_info(s, r: t.Run) -> RunInfo:
     models = s.scalars(select(t.RunModel).where(t.RunModel.run_id == r.id).order_by(t.RunModel.position)).all()
     ev = _latest_eval(s, r.id)
@@ -715,7 +723,8 @@ def _run_info(s, r: t.Run) -> RunInfo:
                    json.loads(r.config_json), json.loads(r.versions_json), r.train_seconds, r.error,
                    [_model_info(m) for m in models], _eval_info(s, ev) if ev else None,
                    checkpoint_dir=r.checkpoint_dir, resumes=r.resumes or 0, host=r.host, pid=r.pid,
-                   study_id=r.study_id, fold=r.fold, lease_owner=r.lease_owner, lease_until=r.lease_until)
+                   study_id=r.study_id, fold=r.fold, lease_owner=r.lease_owner, lease_until=r.lease_until,
+                   heldout_status=_heldout_status(s, r.id))
 
 
 def _example_row(run_id: int, split: str, position: int, ex: DataExample, evaluation_id: int | None = None):
