@@ -479,3 +479,47 @@ def test_copy_options_without_a_copy_head_are_one_line(tmp_path, flag):
     assert r.exit_code != 0 and f"{flag[0]}" in r.output and "needs a copy head" in r.output
     assert "Traceback" not in r.output
     assert "TRAINING MODEL" not in r.output  # refused before a run is stored or a model built
+
+
+@pytest.mark.parametrize("mode", ["pointer", "span"])
+def test_the_scoped_mixture_made_at_the_field_alone_equals_the_full_one_there(mode):
+    """`_mix` with a field builds the mixture only at the field's positions (to save memory); its
+    log p and its gradients equal the mixture made everywhere, kept inside the field, and the
+    vocabulary's log-softmax outside."""
+    from wmg.copyhead import _histories, _mix
+
+    model, _ = tiny(GPT, mode)
+    set_gate(model, 0.0 if mode == "pointer" else (0.0, 0.5, 0.5))
+    torch.manual_seed(0)
+    B, n, V, d = 3, 7, model.config.vocab_size, model.config.n_embd
+    ids = torch.randint(3, 12, (B, n))  # few distinct tokens, so that the continuation finds matches
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()[None].expand(B, -1, -1).clone()
+    allowed[2, :, 0] = False  # some position no one may point at
+    field = torch.rand(B, n) < 0.4
+    field[1] = False  # a row with no position in the field
+    field[0, 0] = True
+    asked = _histories(ids, -1) if mode == "span" else None
+    text = ids if mode == "span" else None
+
+    def run(scoped):
+        logits = torch.randn(B, n, V, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        h = torch.randn(B, n, d, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        keys = torch.randn(B, n, d, generator=torch.Generator().manual_seed(3)).requires_grad_()
+        model.zero_grad()
+        if scoped:
+            out = _mix(model, logits, h, keys, ids, allowed, asked, text, field)
+        else:
+            out = torch.where(field[..., None], _mix(model, logits, h, keys, ids, allowed, asked, text),
+                              logits.float().log_softmax(-1))
+        target = torch.randint(3, 12, (B, n), generator=torch.Generator().manual_seed(4))  # tokens it can copy
+        out.gather(-1, target[..., None]).sum().backward()
+        grads = [x.grad for x in (logits, h, keys)] + [model.copy_query.weight.grad.clone(),
+                                                       model.copy_gate.weight.grad.clone()]
+        return out.detach(), logits.detach().log_softmax(-1), grads
+
+    (a, plain, grads_a), (b, _, grads_b) = run(True), run(False)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(a[~field], plain[~field]) and not torch.allclose(a[field], plain[field], atol=1e-3)
+    for ga, gb in zip(grads_a, grads_b):
+        assert torch.allclose(ga, gb, atol=1e-6)
+    assert grads_a[3].abs().sum() > 0  # the pointer's query learns from the field

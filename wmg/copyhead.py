@@ -89,9 +89,25 @@ def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None, field=None
     keys (B, T, d) the pointer's keys (`copy_key` of the states pointed at), ids (B, T) their
     tokens, allowed (B, n, T) where the pointer may go; for `span`, asked and text as
     `continuation` takes them; field (B, n), where given: the positions that may copy (elsewhere
-    log p is the vocabulary's log-softmax)."""
-    scores = torch.matmul(model.copy_query(h), keys.transpose(1, 2)).float()
-    scores = scores * h.size(-1) ** -0.5
+    log p is the vocabulary's log-softmax). The mixture's (positions, vocabulary) tensors are made
+    for the field's positions alone: under `--copy-scope location` a GPT-2 batch asks at every
+    prompt and answer position, and the location is a few of them."""
+    scores = torch.matmul(model.copy_query(h), keys.transpose(1, 2)).float() * h.size(-1) ** -0.5
+    if field is None:
+        return _mixed(model, logits, h, scores, ids, allowed, asked, text)
+    plain = logits.float().log_softmax(-1)
+    rows, at = field.nonzero(as_tuple=True)  # (N,): the batch row and position of each asker
+    if rows.numel() == 0:
+        return plain
+    # each asker as a batch row of its own, asking once (n = 1)
+    one = lambda x: None if x is None else x[rows, at][:, None]  # noqa: E731
+    mixed = _mixed(model, one(logits), one(h), one(scores), ids[rows], one(allowed), one(asked),
+                   None if text is None else text[rows])
+    return plain.index_put((rows, at), mixed[:, 0])
+
+
+def _mixed(model, logits, h, scores, ids, allowed, asked=None, text=None):
+    """`_mix` at every position given, from the pointer's scores (B, n, T): log p (B, n, V)."""
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     pointer = scores.softmax(-1)
     if model.config.copy_head == "span":
@@ -104,10 +120,7 @@ def _mix(model, logits, h, keys, ids, allowed, asked=None, text=None, field=None
         copied = (1 - vocab) * pointer
     p = vocab * logits.float().softmax(-1)
     p = p.scatter_add(-1, ids[:, None, :].expand(-1, p.size(1), -1), copied)
-    mixed = torch.log(p.clamp_min(1e-30))
-    if field is None:
-        return mixed
-    return torch.where(field[..., None], mixed, logits.float().log_softmax(-1))
+    return torch.log(p.clamp_min(1e-30))
 
 
 def _with_vocab(out, vocab, field):
