@@ -132,7 +132,7 @@ def main() -> None:
         model.train()
         return exact, inside
 
-    cfg = SCRATCH_DEFAULTS[kind].with_(micro_batch_size=a.batch_size, precision=precision)
+    cfg = SCRATCH_DEFAULTS[kind].with_(micro_batch_size=a.batch_size, precision=precision, copy_vocab_loss=0.0)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(a.steps, int(0.05 * a.steps), "cosine"))
     collate = Collator(kind, tok.pad_token_id)

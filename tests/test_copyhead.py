@@ -101,9 +101,10 @@ def test_the_pipeline_builds_the_head_and_counts_its_parameters(spec, cls):
     from wmg.pipeline import TINY, TrainOptions, scratch_overrides
 
     opts = TrainOptions("d.jsonl", spec.name, tiny=True, overrides={"copy_head": "pointer"})
-    assert scratch_overrides(spec, opts) == dict(TINY[spec.type], copy_head="pointer")
+    scope = {} if spec.type == "seq2seq" else {"copy_scope": "location"}  # GPT-2's default scope stays
+    assert scratch_overrides(spec, opts) == dict(TINY[spec.type], copy_head="pointer", **scope)
     default = scratch_overrides(spec, TrainOptions("d.jsonl", spec.name))  # the scratch defaults' head
-    assert default == ({"copy_head": "span"} if spec.type == "seq2seq" else None)
+    assert default == dict(copy_head="span", **scope)
     with_head, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=scratch_overrides(spec, opts))
     plain, _ = build_scratch(spec, CORPUS, vocab_size=200, overrides=TINY[spec.type])
     assert type(with_head) is cls and type(plain) is not cls
@@ -474,7 +475,7 @@ def test_copy_options_without_a_copy_head_are_one_line(tmp_path, flag):
     data.write_text("".join(json.dumps({"instruction": "Identify any weird machine gadget.", "input": f"MOV {i} copies.",
                                         "output": f"gadget_type: ReadWrite gadget; location: MOV {i}; explanation: x"}) + "\n"
                             for i in range(12)))
-    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny", *flag,
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny", "--copy-head", "off", *flag,
                                   "--db", str(tmp_path / "r.db"), "--checkpoints", str(tmp_path / "ck")])
     assert r.exit_code != 0 and f"{flag[0]}" in r.output and "needs a copy head" in r.output
     assert "Traceback" not in r.output
@@ -523,3 +524,18 @@ def test_the_scoped_mixture_made_at_the_field_alone_equals_the_full_one_there(mo
     for ga, gb in zip(grads_a, grads_b):
         assert torch.allclose(ga, gb, atol=1e-6)
     assert grads_a[3].abs().sum() > 0  # the pointer's query learns from the field
+
+
+def test_gpt2s_default_head_turned_off_takes_its_scope_and_vocabulary_loss_with_it():
+    """distilgpt2's scratch default is the span head scoped to the location with the vocabulary
+    term; `--copy-head off` gives the plain model, not a refusal of the head's own defaults."""
+    from wmg.pipeline import TrainOptions, hyperparams, record_model_configs, scratch_overrides
+
+    default = hyperparams(GPT, "scratch", TrainOptions("d.jsonl", "distilgpt2"))
+    assert (default.copy_head, default.copy_scope, default.copy_vocab_loss) == ("span", "location", 1.0)
+    assert scratch_overrides(GPT, TrainOptions("d.jsonl", "distilgpt2")) == {"copy_head": "span", "copy_scope": "location"}
+    off = TrainOptions("d.jsonl", "distilgpt2", overrides={"copy_head": "off"})
+    cfg = hyperparams(GPT, "scratch", off)
+    assert (cfg.copy_head, cfg.copy_scope, cfg.copy_vocab_loss) == ("off", "everywhere", 0.0)
+    assert scratch_overrides(GPT, off) is None  # the published architecture
+    assert record_model_configs([GPT], {"distilgpt2": "scratch"}, off)["distilgpt2"]["hyperparams"]["copy_vocab_loss"] == 0.0

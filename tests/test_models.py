@@ -53,7 +53,8 @@ def test_scratch_t5_with_tied_embeddings_saves_and_loads_tied(tmp_path):
     opts = TrainOptions("d.jsonl", "flan-t5-small", tiny=True, overrides={"tie_embeddings": True})
     span = {"copy_head": "span"}  # the scratch default for T5 (tests/test_copyhead.py)
     assert scratch_overrides(spec, opts) == dict(TINY["seq2seq"], tie_word_embeddings=True, **span)
-    assert scratch_overrides(REGISTRY["distilgpt2"], opts) == TINY["causal"]  # GPT-2 is tied either way
+    gpt_head = {"copy_head": "span", "copy_scope": "location"}  # GPT-2's scratch default (tests/test_copyhead.py)
+    assert scratch_overrides(REGISTRY["distilgpt2"], opts) == dict(TINY["causal"], **gpt_head)  # tied either way
     assert scratch_overrides(spec, TrainOptions("d.jsonl", "flan-t5-small", tiny=True)) == dict(TINY["seq2seq"], **span)
     assert scratch_overrides(spec, TrainOptions("d.jsonl", "flan-t5-small")) == span
     published = TrainOptions("d.jsonl", "flan-t5-small", overrides={"copy_head": "off"})

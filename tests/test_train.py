@@ -49,7 +49,7 @@ def _run(spec, over, seed, epochs=3):
     torch.manual_seed(seed)
     model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=over)
     cfg = SCRATCH_DEFAULTS[spec.type].with_(epochs=epochs, micro_batch_size=2, grad_accum=2, seed=seed,
-                                            learning_rate=3e-3, optimizer="adamw")
+                                            learning_rate=3e-3, optimizer="adamw", copy_vocab_loss=0.0)
     steps = []
     res = train(model, _data(spec, tok), cfg, spec.type, tok.pad_token_id, _data(spec, tok, 2),
                 on_step=steps.append, progress=False)

@@ -186,7 +186,8 @@ def bench_training(spec: ModelSpec, model0, tok, examples, steps: int, lr: float
     data = examples[:n]
     cfg = SCRATCH_DEFAULTS[spec.type].with_(epochs=1, micro_batch_size=4, grad_accum=1, learning_rate=lr,
                                             warmup_ratio=0.0, schedule="linear", weight_decay=0.0,
-                                            precision=precision, causal_loss="full", seed=seed, log_every=0)
+                                            precision=precision, causal_loss="full", seed=seed, log_every=0,
+                                            copy_head="off", copy_scope="everywhere", copy_vocab_loss=0.0)  # model0's
     enc = _toolkit_encoded(spec, tok, data, cfg)
     real_tokens = sum(len(e.input_ids) + (len(e.labels) if spec.type == "seq2seq" else 0) for e in enc)
 

@@ -326,14 +326,15 @@ def _given(ctx, name: str) -> bool:
 @click.option("--copy-head", type=click.Choice(["off", "pointer", "span"]), default=None,
               help="Scratch models: a copy head that can draw each output token from the excerpt (T5's input, "
                    "the excerpt in GPT-2's prompt): pointer, by attention (See et al., 2017); span, also by continuing "
-                   "the text after the place matching the last tokens written [pretrained: off; scratch: span "
-                   "seq2seq, off causal].")
+                   "the text after the place matching the last tokens written [pretrained: off; scratch: span]; "
+                   "off also drops the head's scope and vocabulary loss defaults.")
 @click.option("--copy-scope", type=click.Choice(["everywhere", "location"]), default=None,
               help="With a copy head: copy into every output token, or only inside the location field (the "
-                   "gadget type and explanation then come from the vocabulary alone) [everywhere].")
+                   "gadget type and explanation then come from the vocabulary alone) [seq2seq: everywhere; causal: "
+                   "location].")
 @click.option("--copy-vocab-loss", type=click.FloatRange(0), default=None, metavar="W",
               help="With a copy head: add W times the vocabulary distribution's own cross-entropy where the head "
-                   "may copy, so the model still learns to write those tokens itself [0].")
+                   "may copy, so the model still learns to write those tokens itself [seq2seq: 0; causal: 1].")
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")

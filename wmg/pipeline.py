@@ -168,6 +168,9 @@ def hyperparams(spec: ModelSpec, init: str, opts: TrainOptions) -> TrainConfig:
     recorded = (opts.model_configs or {}).get(spec.name)
     if recorded is None:
         cfg = defaults_for(spec, init).with_(**opts.overrides)
+        if cfg.copy_head == "off":  # a default head turned off takes its default settings with it
+            cfg = cfg.with_(**{k: v for k, v in (("copy_scope", "everywhere"), ("copy_vocab_loss", 0.0))
+                               if k not in opts.overrides})
     else:
         if recorded.get("init") not in (None, init):
             raise ConfigError(f"{spec.name}: its hyperparameters were recorded for {recorded['init']} init, but "
