@@ -14,6 +14,7 @@ training's autocast, the training's token losses (label weight, the vocabulary t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -59,21 +60,29 @@ def step(variant: str, rows: int, length: int, precision: str) -> dict:
         from transformers import GPT2LMHeadModel
         torch.manual_seed(0)
         net = GPT2LMHeadModel(net.config)
-    if variant == "full":
-        original = copyhead._mix
-        copyhead._mix = lambda *a, **k: full_mix_with(original, *a, **k)  # noqa: E731
     net.train()
-    memory = PeakMemory()
-    with autocast(precision, "cpu"):
-        ce, extra, n = token_losses(net, b, "causal", vocab_loss=0.0 if variant == "no head" else 1.0)
-    (ce if extra is None else ce + extra).div(n).backward()
+    with full_mixture() if variant == "full" else contextlib.nullcontext():
+        memory = PeakMemory()
+        with autocast(precision, "cpu"):
+            ce, extra, n = token_losses(net, b, "causal", vocab_loss=0.0 if variant == "no head" else 1.0)
+        (ce if extra is None else ce + extra).div(n).backward()
     return {"variant": variant, "peak_rss_mb": memory.mb(), "loss": round(float(ce / n), 5)}
 
 
-def full_mix_with(original, m, logits, h, keys, ids, allowed, asked=None, text=None, field=None):
-    """The code before: the mixture at every position, then kept inside the field."""
-    mixed = original(m, logits, h, keys, ids, allowed, asked, text)
-    return mixed if field is None else torch.where(field[..., None], mixed, logits.float().log_softmax(-1))
+@contextlib.contextmanager
+def full_mixture():
+    """The code before, while inside: the mixture made at every position, then kept inside the field."""
+    original = copyhead._mix
+
+    def mix(m, logits, h, keys, ids, allowed, asked=None, text=None, field=None):
+        mixed = original(m, logits, h, keys, ids, allowed, asked, text)
+        return mixed if field is None else torch.where(field[..., None], mixed, logits.float().log_softmax(-1))
+
+    copyhead._mix = mix
+    try:
+        yield
+    finally:
+        copyhead._mix = original
 
 
 def check_equal() -> None:
@@ -81,12 +90,8 @@ def check_equal() -> None:
     net.eval()
     with torch.no_grad():
         scoped = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        original = copyhead._mix
-        copyhead._mix = lambda *a, **k: full_mix_with(original, *a, **k)  # noqa: E731
-        try:
+        with full_mixture():
             full = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        finally:
-            copyhead._mix = original
     if not torch.allclose(scoped, full, atol=1e-5):
         sys.exit("the two variants' log p differ")
 
