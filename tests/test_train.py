@@ -82,6 +82,38 @@ def test_causal_labels_mask_prompt_and_padding():
     assert (batch["labels"][1][batch["attention_mask"][1] == 0] == -100).all()
 
 
+def test_prompt_loss_weight_scores_the_prompt_at_its_weight():
+    """Under `full` loss the prompt's tokens are scored with weight W (the answer's keep theirs, the
+    label's included), so the loss is the weighted mean over both: W = 1 is the plain full loss.
+    Under `answer` loss the prompt stays unscored whatever W is."""
+    spec = REGISTRY["distilgpt2"]
+    torch.manual_seed(0)
+    model, tok = build_scratch(spec, CORPUS, vocab_size=300, overrides=dict(TINY_GPT, resid_pdrop=0, embd_pdrop=0,
+                                                                            attn_pdrop=0))
+    model.eval()
+    prompt, answer = "Task: x\n\nExcerpt:\nTag_1 MOV.\n\nAnswer:", " gadget_type: ReadWrite gadget; location: Tag_1;"
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    plain = encode_causal(tok, prompt, answer, 96, 32, "full")
+    light = encode_causal(tok, prompt, answer, 96, 32, "full", prompt_weight=0.25)
+    both = encode_causal(tok, prompt, answer, 96, 32, "full", 3.0, prompt_weight=0.25)
+    assert plain.weights is None and light.labels == plain.labels
+    assert light.weights[:n_prompt] == (0.25,) * n_prompt and set(light.weights[n_prompt:]) == {1.0}
+    assert both.weights[:n_prompt] == (0.25,) * n_prompt and 3.0 in both.weights[n_prompt:]
+    assert encode_causal(tok, prompt, answer, 96, 32, "answer", prompt_weight=0.25).weights is None
+    with torch.no_grad():
+        per_token = []
+        for e in (plain, light):
+            batch = Collator("causal", tok.pad_token_id)([e])
+            loss, _, n = token_losses(model, batch, "causal")
+            per_token.append((loss, n))
+        logits = model(input_ids=batch["input_ids"]).logits[0, :-1].float()
+    ce = torch.nn.functional.cross_entropy(logits, batch["labels"][0, 1:], reduction="none")[:len(plain.input_ids) - 1]
+    w = torch.tensor([0.25] * (n_prompt - 1) + [1.0] * (len(plain.input_ids) - n_prompt))
+    assert torch.allclose(per_token[0][0], ce.sum(), rtol=1e-5) and per_token[0][1] == len(plain.input_ids) - 1
+    assert torch.allclose(per_token[1][0], (ce * w).sum(), rtol=1e-5)
+    assert abs(per_token[1][1] - float(w.sum())) < 1e-4
+
+
 def test_fit_keeps_head_and_tail():
     assert fit(list(range(10)), 4) == [0, 1, 8, 9]
     assert fit(list(range(3)), 4) == [0, 1, 2]
@@ -233,3 +265,21 @@ def test_label_smoothing_changes_the_training_objective_not_the_validation_loss(
         runs[eps] = (steps[0].loss, res.epoch_val_losses[0])
     assert runs[0.2][0] != runs[0.0][0]  # the same weights, another objective
     assert runs[0.2][1] == runs[0.0][1]  # learning rate 0: the same weights, the same plain validation loss
+
+
+def test_prompt_loss_weight_without_the_full_loss_is_one_line(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from wmg.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"instruction": "Identify any weird machine gadget.", "input": f"MOV {i} copies.",
+                                        "output": f"gadget_type: ReadWrite gadget; location: MOV {i}; explanation: x"}) + "\n"
+                            for i in range(12)))
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny",
+                                  "--prompt-loss-weight", "0.1", "--db", str(tmp_path / "r.db"),
+                                  "--checkpoints", str(tmp_path / "ck")])
+    assert r.exit_code != 0 and "--prompt-loss-weight needs" in r.output and "--causal-loss full" in r.output
+    assert "Traceback" not in r.output and "TRAINING MODEL" not in r.output

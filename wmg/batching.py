@@ -86,14 +86,19 @@ def prompt_ids(tokenizer, prompt: str, max_len: int, model_type: str) -> list[in
 
 
 def encode_causal(tokenizer, prompt: str, answer: str, max_len: int, max_answer: int, loss: str,
-                  type_weight: float = 1.0, location_weight: float = 1.0) -> Encoded:
-    """prompt + answer + EOS; the prompt is shortened (middle first) so the answer fits."""
+                  type_weight: float = 1.0, location_weight: float = 1.0, prompt_weight: float = 1.0) -> Encoded:
+    """prompt + answer + EOS; the prompt is shortened (middle first) so the answer fits. With
+    `loss="full"` the prompt's tokens are scored too, each weighing `prompt_weight`."""
     ans = tokenizer(answer, add_special_tokens=False)["input_ids"][: max_answer] + [tokenizer.eos_token_id]
     p = fit(tokenizer(prompt, add_special_tokens=False)["input_ids"], max_len - len(ans))
     ids = p + ans
     labels = ([IGNORE] * len(p) + ans) if loss == "answer" else list(ids)
     w = type_weights(tokenizer, answer, len(ans) - 1, type_weight, False, location_weight)
-    return Encoded(ids, labels, None if w is None else (1.0,) * len(p) + w + (1.0,))
+    if loss == "full" and prompt_weight != 1.0:
+        w = w or (1.0,) * (len(ans) - 1)
+    else:
+        prompt_weight = 1.0
+    return Encoded(ids, labels, None if w is None else (prompt_weight,) * len(p) + w + (1.0,))
 
 
 PAD_MULTIPLE = int(__import__("os").environ.get("WMG_PAD_MULTIPLE", "32"))

@@ -304,6 +304,9 @@ def _given(ctx, name: str) -> bool:
 @click.option("--max-causal-length", type=click.IntRange(16), default=None, help="Causal prompt+answer tokens [768].")
 @click.option("--causal-loss", type=click.Choice(["answer", "full"]), default=None,
               help="Causal models: loss on the answer tokens only (default) or on the whole sequence (the tutorial).")
+@click.option("--prompt-loss-weight", type=click.FloatRange(0, min_open=True), default=None, metavar="W",
+              help="Causal models under --causal-loss full: loss weight of the prompt's tokens (instruction and "
+                   "excerpt) against 1 for the answer's [1].")
 @click.option("--type-loss-weight", type=click.FloatRange(0, min_open=True), default=None,
               help="Loss weight of the gadget_type value's tokens [1; scratch 5].")
 @click.option("--location-loss-weight", type=click.FloatRange(0, min_open=True), default=None,
@@ -408,7 +411,7 @@ def _given(ctx, name: str) -> bool:
 @torchrun_aware
 def train(data_sha256, data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, type_loss_weight, location_loss_weight, unlikelihood, label_smoothing, quote_mix, quote_shuffle, tie_embeddings, copy_head, copy_scope, copy_vocab_loss, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, prompt_loss_weight, type_loss_weight, location_loss_weight, unlikelihood, label_smoothing, quote_mix, quote_shuffle, tie_embeddings, copy_head, copy_scope, copy_vocab_loss, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, extra_train, seeds,
           record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
@@ -480,6 +483,7 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
                          warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay,
                          max_grad_norm=max_grad_norm, max_input_length=max_input_length,
                          max_target_length=max_target_length, max_causal_length=max_causal_length, causal_loss=causal_loss,
+                         prompt_loss_weight=prompt_loss_weight,
                          log_every=log_every, dropout=dropout, type_loss_weight=type_loss_weight,
                          location_loss_weight=location_loss_weight, unlikelihood=unlikelihood,
                          label_smoothing=label_smoothing, quote_mix=quote_mix,

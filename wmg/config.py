@@ -114,6 +114,10 @@ class TrainConfig:
     max_target_length: int
     max_causal_length: int
     causal_loss: Literal["answer", "full"] = "answer"
+    # Causal models under causal_loss="full": the loss weight of the prompt's tokens (instruction
+    # and excerpt), the answer's weighing 1 (OpenAI's fine-tuning `prompt_loss_weight`; Shi et al.,
+    # 2024, "Instruction Tuning With Loss Over Instructions"). 1 is the tutorial's full loss.
+    prompt_loss_weight: float = 1.0
     dropout: float | None = None  # None keeps the model's published dropout
     precision: Literal["fp32", "bf16"] = "fp32"
     schedule: Literal["linear", "cosine"] = "linear"

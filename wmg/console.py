@@ -320,7 +320,7 @@ def show_tables(r) -> list[Table]:
     run = Table("run", f"Run {r.id}", ["field", "value"], [[k, v] for k, v in fields],
                 [] if ev else [f"no comparison yet: run `wmg compare --run-id {r.id}`"])
     hp_keys = ("learning_rate", "epochs", "micro_batch_size", "grad_accum", "schedule", "warmup_ratio",
-               "weight_decay", "dropout", "precision", "type_loss_weight", "location_loss_weight", "unlikelihood", "label_smoothing", "quote_mix", "quote_shuffle", "tie_embeddings", "copy_head", "copy_scope", "copy_vocab_loss", "open_copies", "dev_fraction", "tapt_epochs", "tapt_denoise",
+               "weight_decay", "dropout", "precision", "causal_loss", "prompt_loss_weight", "type_loss_weight", "location_loss_weight", "unlikelihood", "label_smoothing", "quote_mix", "quote_shuffle", "tie_embeddings", "copy_head", "copy_scope", "copy_vocab_loss", "open_copies", "dev_fraction", "tapt_epochs", "tapt_denoise",
                "tapt_quotes", "optimizer")
     models = Table("models", "Models", ["model", "status", "init", "parameters", "vocab_size", "steps", "chosen_epoch",
                                         "final_loss",

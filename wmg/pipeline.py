@@ -187,6 +187,8 @@ def record_model_configs(specs: list[ModelSpec], inits: dict[str, str], opts: Tr
             raise ConfigError(f"{name}: --copy-scope {cfg.copy_scope} needs a copy head (--copy-head pointer|span)")
         if cfg.copy_vocab_loss and cfg.copy_head == "off":
             raise ConfigError(f"{name}: --copy-vocab-loss needs a copy head (--copy-head pointer|span)")
+        if cfg.prompt_loss_weight != 1.0 and cfg.causal_loss != "full":
+            raise ConfigError(f"{name}: --prompt-loss-weight needs the prompt in the loss (--causal-loss full)")
     return {name: {"init": inits[name], "hyperparams": cfg.to_dict()} for name, cfg in configs.items()}
 
 
@@ -215,7 +217,7 @@ def encode_all(spec: ModelSpec, tokenizer, examples, cfg: TrainConfig):
                                cfg.location_loss_weight) for e in examples]
     return [encode_causal(tokenizer, seq2seq_prompt(e.instruction, e.input), causal_answer(e.output),
                           cfg.max_causal_length, cfg.max_target_length, cfg.causal_loss, cfg.type_loss_weight,
-                          cfg.location_loss_weight)
+                          cfg.location_loss_weight, cfg.prompt_loss_weight)
             for e in examples]
 
 
