@@ -67,6 +67,24 @@ def test_the_held_out_file_shares_nothing_with_the_bundled_file(tmp_path):
     assert rep.findings() == []
 
 
+def test_the_kept_apart_feature_lines_are_balanced_and_share_nothing(tmp_path):
+    """data/more_features_2.jsonl (parts 21 to 24, kept apart while measured as a data lever): valid,
+    all open form, 44 per label, exact locations, and not a sentence or near-duplicate shared with
+    the bundled file or the held-out file (which must stay unseen)."""
+    extra = BUNDLED.with_name("more_features_2.jsonl")
+    rep = check(extra)
+    assert rep.errors == [] and rep.valid == rep.lines == 264 and rep.forms == {"open": 264}
+    assert set(rep.labels) == set(LABELS) and all(n == 44 for n in rep.labels.values())
+    assert all(2 <= w <= 10 for w in rep.location_words) and all(40 <= w <= 160 for w in rep.excerpt_words)
+    assert rep.findings() == []
+    merged = tmp_path / "merged.jsonl"
+    merged.write_text("".join(BUNDLED.with_name(n).read_text()
+                              for n in (BUNDLED.name, "heldout_platforms_2.jsonl", extra.name)))
+    rep = check(merged)
+    assert rep.errors == [] and rep.valid == 1848
+    assert rep.shared_sentences == [] and rep.near_duplicates == [] and rep.max_jaccard < 0.1
+
+
 def test_check_reports_errors_with_file_and_line(tmp_path):
     good = json.loads(BUNDLED.read_text().splitlines()[0])
     lines = [json.dumps(good),
