@@ -247,11 +247,16 @@ def test_adamw_scale_moves_each_weight_by_the_learning_rate_times_its_rms():
     assert torch.allclose(decayed.detach(), torch.full((4,), 0.95))  # decoupled decay: lr x weight decay
 
 
+@pytest.mark.parametrize("on_disk", [False, True], ids=["in-memory", "on-disk"])
 @pytest.mark.parametrize("resume_from", ["interrupt", "epoch"])
-def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from):
+def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from, on_disk, tmp_path):
     """The kept epoch's weights travel in the checkpoint (or are the checkpoint's own), so a run
-    stopped in epoch 3 and resumed ends with the weights an uninterrupted run kept."""
+    stopped in epoch 3 and resumed ends with the weights an uninterrupted run kept; the same when
+    they wait in a file instead of memory (`keep_dir`, as the pipeline trains), which is removed
+    when training ends."""
     import copy
+
+    keep = {"keep_dir": tmp_path / "kept"} if on_disk else {}
 
     spec = REGISTRY["distilgpt2"]
     corpus = [l.input + " " + l.output for l in load_jsonl(BUNDLED)[:40]]
@@ -268,8 +273,9 @@ def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from):
         n = iter(range(first_epoch, 5))
         return lambda m: table[next(n)]
 
-    full = train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False)
+    full = train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False, **keep)
     assert full.chosen_epoch == 2
+    assert not (tmp_path / "kept" / "kept.pt").exists()
     kept = copy.deepcopy(model.state_dict())
 
     model.load_state_dict(start)
@@ -283,15 +289,32 @@ def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from):
     from wmg.train import TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted):
-        train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False, should_stop=stop,
+        train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False, should_stop=stop, **keep,
               checkpoint=lambda st, why: saved.append((why, copy.deepcopy(st), copy.deepcopy(model.state_dict()))))
     why, state, weights = [s for s in saved if s[0] == resume_from][-1]
     assert state["best_epoch"] == 2 and (state["best_weights"] is None) == (resume_from == "epoch")
     model.load_state_dict(weights)
     again = train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(state["epoch"]), progress=False,
-                  resume=state)
+                  resume=state, **keep)
     assert again.chosen_epoch == 2 and again.epoch_scores == table
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+
+
+def test_kept_weights_in_a_file_are_a_copy_that_later_training_does_not_change(tmp_path):
+    from wmg.train import KeptWeights
+
+    w = torch.nn.Linear(3, 2)
+    kept = KeptWeights(tmp_path / "k")
+    kept.keep(w.state_dict())
+    before = {k: v.clone() for k, v in w.state_dict().items()}
+    with torch.no_grad():
+        w.weight.add_(1.0)
+    back = kept.weights()
+    assert back.keys() == before.keys() and all(torch.equal(back[k], before[k]) for k in before)
+    assert (tmp_path / "k" / "kept.pt").exists() and not list((tmp_path / "k").glob(".*tmp*"))
+    del back
+    kept.clear()
+    assert not (tmp_path / "k" / "kept.pt").exists() and kept.weights() is None
 
 
 def test_cue_quotes_ask_for_a_span_by_its_ends_and_answer_it_verbatim():

@@ -90,6 +90,22 @@ def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None
     _fsync_dir(path.parent)
 
 
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save` to a temporary sibling, fsynced, then renamed over `path`: readers find the old
+    file or the new one, never a part."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def rng_state() -> dict[str, Any]:
     """Every random state training draws from, as tensors and plain values only."""
     import random

@@ -336,7 +336,8 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
     result = train_loop(model, train_enc, cfg, spec.type, tok.pad_token_id, val_enc, device=opts.device,
                         on_step=on_step, on_epoch=on_epoch, progress=opts.progress, desc=spec.name,
                         checkpoint=on_checkpoint, should_stop=stop, resume=state,
-                        select=dev_selector(tok, spec, cfg, dev, opts.device) if dev else None)
+                        select=dev_selector(tok, spec, cfg, dev, opts.device) if dev else None,
+                        keep_dir=ckpt_root / spec.name)
     out = save_model_folder(ckpt_root / spec.name / "final_model", model, tok)
     chosen = result.chosen_epoch or cfg.epochs
     peak = memory.mb()
