@@ -465,23 +465,6 @@ def test_copy_vocab_loss_changes_the_training_step_not_the_logged_loss():
     assert not torch.allclose(runs[5.0][1], runs[0.0][1])  # but another gradient
 
 
-@pytest.mark.parametrize("flag", [["--copy-scope", "location"], ["--copy-vocab-loss", "1"]])
-def test_copy_options_without_a_copy_head_are_one_line(tmp_path, flag):
-    import json
-
-    from wmg.cli import main
-
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"instruction": "Identify any weird machine gadget.", "input": f"MOV {i} copies.",
-                                        "output": f"gadget_type: ReadWrite gadget; location: MOV {i}; explanation: x"}) + "\n"
-                            for i in range(12)))
-    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny", "--copy-head", "off", *flag,
-                                  "--db", str(tmp_path / "r.db"), "--checkpoints", str(tmp_path / "ck")])
-    assert r.exit_code != 0 and f"{flag[0]}" in r.output and "needs a copy head" in r.output
-    assert "Traceback" not in r.output
-    assert "TRAINING MODEL" not in r.output  # refused before a run is stored or a model built
-
-
 @pytest.mark.parametrize("mode", ["pointer", "span"])
 def test_the_scoped_mixture_made_at_the_field_alone_equals_the_full_one_there(mode):
     """`_mix` with a field builds the mixture only at the field's positions (to save memory); its

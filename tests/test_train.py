@@ -1,4 +1,5 @@
 """The training loop: accumulation equals the full batch, runs are reproducible, the model learns."""
+import pytest
 import torch
 
 from wmg.batching import Collator, encode_causal, encode_seq2seq, fit
@@ -267,7 +268,13 @@ def test_label_smoothing_changes_the_training_objective_not_the_validation_loss(
     assert runs[0.2][1] == runs[0.0][1]  # learning rate 0: the same weights, the same plain validation loss
 
 
-def test_prompt_loss_weight_without_the_full_loss_is_one_line(tmp_path):
+@pytest.mark.parametrize("flags, needs", [
+    (["--copy-head", "off", "--copy-scope", "location"], "--copy-scope location needs a copy head"),
+    (["--copy-head", "off", "--copy-vocab-loss", "1"], "--copy-vocab-loss needs a copy head"),
+    (["--prompt-loss-weight", "0.1"], "--prompt-loss-weight needs the prompt in the loss (--causal-loss full)"),
+])
+def test_an_option_without_the_option_it_needs_is_one_line(tmp_path, flags, needs):
+    """Refused when the run's configs are resolved, before a run is stored or a model built."""
     import json
 
     from click.testing import CliRunner
@@ -278,8 +285,7 @@ def test_prompt_loss_weight_without_the_full_loss_is_one_line(tmp_path):
     data.write_text("".join(json.dumps({"instruction": "Identify any weird machine gadget.", "input": f"MOV {i} copies.",
                                         "output": f"gadget_type: ReadWrite gadget; location: MOV {i}; explanation: x"}) + "\n"
                             for i in range(12)))
-    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny",
-                                  "--prompt-loss-weight", "0.1", "--db", str(tmp_path / "r.db"),
-                                  "--checkpoints", str(tmp_path / "ck")])
-    assert r.exit_code != 0 and "--prompt-loss-weight needs" in r.output and "--causal-loss full" in r.output
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--models", "distilgpt2", "--tiny", *flags,
+                                  "--db", str(tmp_path / "r.db"), "--checkpoints", str(tmp_path / "ck")])
+    assert r.exit_code != 0 and needs in r.output
     assert "Traceback" not in r.output and "TRAINING MODEL" not in r.output
