@@ -158,5 +158,5 @@ def test_a_run_trains_on_its_share_and_holds_out_the_same_fold():
         return prepare_data(opts, lambda *a: None)
 
     (train, val), (quarter, val_q) = prepared(1.0), prepared(0.25)
-    assert val_q == val and len(val) == 264 and len(train) == 1320 - len(val)
-    assert 255 <= len(quarter) <= 273 and set(quarter) <= set(train)
+    assert val_q == val and len(val) == 317 and len(train) == 1584 - len(val)
+    assert 307 <= len(quarter) <= 327 and set(quarter) <= set(train)

@@ -247,7 +247,7 @@ def test_the_bundled_dataset_is_the_default_from_any_folder(tmp_path):
     r = wmg(["data", "check", "--format", "json"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = {x["metric"]: x["value"] for x in parse("json", r.stdout) if x["table"] == "summary"}
-    assert summary["valid"] == 1320 and summary["path"] != str(tmp_path / "data" / "weird_machine_gadgets.jsonl")
+    assert summary["valid"] == 1584 and summary["path"] != str(tmp_path / "data" / "weird_machine_gadgets.jsonl")
     assert "(the bundled dataset)" in r.stderr
 
 
