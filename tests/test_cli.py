@@ -177,6 +177,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, db, small_data):
     notdb = tmp_path / "notdb.db"
     notdb.write_text("hello, I am not a database")
     one_line_error(run("runs", "--db", str(notdb)), "not a SQLite database")
+    for var in ("WMG_TRIM_STEPS", "WMG_MMAP_THRESHOLD"):  # the memory settings read from the environment
+        r = CliRunner().invoke(main, ["train", "--data", small_data, "--db", db, "--tiny", "--no-progress"],
+                               env={var: "many"})
+        one_line_error(r, f"{var}='many'", "whole number")
+        assert r.exit_code != 0
     # nothing was half-written: the failed attempts left no run behind
     assert q(db, "SELECT COUNT(*) FROM runs") == [(0,)]
 

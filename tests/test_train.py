@@ -289,3 +289,41 @@ def test_an_option_without_the_option_it_needs_is_one_line(tmp_path, flags, need
                                   "--db", str(tmp_path / "r.db"), "--checkpoints", str(tmp_path / "ck")])
     assert r.exit_code != 0 and needs in r.output
     assert "Traceback" not in r.output and "TRAINING MODEL" not in r.output
+
+
+def test_heap_trimmer_trims_every_n_steps_every_step_by_default(monkeypatch):
+    import wmg.device as device
+
+    calls = []
+
+    class Libc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+
+    monkeypatch.setattr(device, "glibc", lambda: Libc())
+    monkeypatch.delenv("WMG_TRIM_STEPS", raising=False)
+    trim = device.heap_trimmer()  # by default after every step
+    trim(), trim()
+    assert calls == [0, 0]
+    calls.clear()
+    assert device.heap_trimmer(0) is None
+    monkeypatch.setenv("WMG_TRIM_STEPS", "0")  # turned off
+    assert device.heap_trimmer() is None
+    trim = device.heap_trimmer(3)
+    for _ in range(7):
+        trim()
+    assert calls == [0, 0]  # after the 3rd and the 6th step
+    trim(force=True)  # an epoch's end: at once, and the step count goes on from 7
+    trim(), trim()
+    assert calls == [0, 0, 0, 0]  # the forced one, then after the 9th step
+    monkeypatch.setattr(device, "glibc", lambda: None)  # not glibc: nothing to trim with
+    assert device.heap_trimmer(1) is None
+
+
+def test_trimming_the_heap_changes_no_number_of_a_training(monkeypatch):
+    spec = REGISTRY["distilgpt2"]
+    monkeypatch.setenv("WMG_TRIM_STEPS", "0")
+    plain, plain_losses = _run(spec, TINY_GPT, seed=5, epochs=2)
+    monkeypatch.setenv("WMG_TRIM_STEPS", "1")
+    trimmed, trimmed_losses = _run(spec, TINY_GPT, seed=5, epochs=2)
+    assert trimmed_losses == plain_losses and trimmed.epoch_val_losses == plain.epoch_val_losses

@@ -138,6 +138,19 @@ def glibc():
         return None
 
 
+def env_int(name: str, default: int) -> int:
+    """A whole number >= 0 from the environment variable `name`, else `default`; anything else is
+    refused in one line (ConfigError)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        from .config import ConfigError
+
+        raise ConfigError(f"{name}={raw!r}: expected a whole number >= 0")
+    return int(raw)
+
+
 def limit_heap_growth() -> bool:
     """Serve large allocations with mmap so freed tensors go back to the system.
 
@@ -146,11 +159,38 @@ def limit_heap_growth() -> bool:
     padding then keeps gigabytes it no longer uses. A fixed threshold
     (WMG_MMAP_THRESHOLD bytes, default 4 MiB; 0 leaves glibc alone) stops that.
     """
-    threshold = int(os.environ.get("WMG_MMAP_THRESHOLD", str(4 << 20)))
+    threshold = env_int("WMG_MMAP_THRESHOLD", 4 << 20)
     libc = glibc()
     if not threshold or libc is None:
         return False
     return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+
+
+def heap_trimmer(every: int | None = None):
+    """A callable for the training loop that hands the heap's free pages back to the system
+    (glibc's `malloc_trim`) every `every` optimizer steps (default: WMG_TRIM_STEPS, else 1; 0 = never),
+    and whenever called with `force=True` (after an epoch's validation and generation), or None
+    where that is off or the C library is not glibc.
+
+    Tensors under the mmap threshold come from the heap; batches of many shapes leave it full of
+    free pieces that stay resident, so the resident set drifts up over an epoch and a training's
+    peak with it. Trimming changes no number the training computes, only which freed pages the
+    process keeps: `benchmarks/trim_memory.py` (scratch distilgpt2, 60 steps of many shapes, Zen 4)
+    measured the peak 0.93x and the time 0.99x with a trim after every step, the same final weights."""
+    if every is None:
+        every = env_int("WMG_TRIM_STEPS", 1)
+    libc = glibc() if every > 0 else None
+    if libc is None:
+        return None
+    count = 0
+
+    def trim(force: bool = False) -> None:
+        nonlocal count
+        count += not force
+        if force or count % every == 0:
+            libc.malloc_trim(0)
+
+    return trim
 
 
 def hide_accelerators() -> None:
@@ -181,6 +221,7 @@ def setup(device: str = "cpu", platform: str = "auto", echo=print, precision: st
     """Hide accelerators unless asked for, set threads, pick loader workers and precision;
     print what was chosen and why."""
     limit_heap_growth()
+    heap_trimmer()  # WMG_TRIM_STEPS checked before anything is stored
     if device == "cpu":
         hide_accelerators()
     import torch

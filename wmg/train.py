@@ -233,6 +233,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
           keep_dir: str | Path | None = None) -> TrainResult:
     from . import distributed
     from .checkpoint import rng_state, set_rng_state
+    from .device import heap_trimmer
     from .progress import bar as progress_bar
 
     if not train_data:
@@ -288,6 +289,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         best_epoch = resume.get("best_epoch")
         if best_epoch is not None:  # no weights in the state: the checkpoint's own are the best
             best.keep(resume.get("best_weights") or model.state_dict())
+    trim = heap_trimmer()
     start = time.perf_counter() - elapsed
     bar = progress_bar(total_steps, desc, enabled=progress, initial=step, unit="steps")
 
@@ -350,6 +352,8 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if trim is not None:
+                trim()
             step += 1
             loss = loss_total / n_tokens
             all_losses.append(loss)
@@ -380,6 +384,8 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             if best_epoch is None or score >= scores[best_epoch - 1]:
                 best_epoch = epoch + 1
                 best.keep(model.state_dict())
+        if trim is not None:  # generation's caches and validation's batches are freed now
+            trim(force=True)
         if on_epoch:
             on_epoch(epoch + 1, tr, val, score)
         if checkpoint and epoch + 1 < cfg.epochs:
