@@ -303,19 +303,19 @@ def test_heap_trimmer_trims_every_n_steps_every_step_by_default(monkeypatch):
     monkeypatch.setattr(device, "glibc", lambda: Libc())
     monkeypatch.delenv("WMG_TRIM_STEPS", raising=False)
     trim = device.heap_trimmer()  # by default after every step
-    trim(), trim()
+    trim(1), trim(2)
     assert calls == [0, 0]
     calls.clear()
     assert device.heap_trimmer(0) is None
     monkeypatch.setenv("WMG_TRIM_STEPS", "0")  # turned off
     assert device.heap_trimmer() is None
     trim = device.heap_trimmer(3)
-    for _ in range(7):
-        trim()
+    for step in range(1, 8):
+        trim(step)
     assert calls == [0, 0]  # after the 3rd and the 6th step
-    trim(force=True)  # an epoch's end: at once, and the step count goes on from 7
-    trim(), trim()
-    assert calls == [0, 0, 0, 0]  # the forced one, then after the 9th step
+    trim()  # an epoch's end: at once, whatever the step
+    trim(8), trim(9)
+    assert calls == [0, 0, 0, 0]  # the epoch's end, then after the 9th step
     monkeypatch.setattr(device, "glibc", lambda: None)  # not glibc: nothing to trim with
     assert device.heap_trimmer(1) is None
 

@@ -167,10 +167,10 @@ def limit_heap_growth() -> bool:
 
 
 def heap_trimmer(every: int | None = None):
-    """A callable for the training loop that hands the heap's free pages back to the system
-    (glibc's `malloc_trim`) every `every` optimizer steps (default: WMG_TRIM_STEPS, else 1; 0 = never),
-    and whenever called with `force=True` (after an epoch's validation and generation), or None
-    where that is off or the C library is not glibc.
+    """A callable for the training loop, `trim(step)` after each optimizer step, that hands the
+    heap's free pages back to the system (glibc's `malloc_trim`) when `step` is a multiple of
+    `every` (default: WMG_TRIM_STEPS, else 1; 0 = never), and at once when called without a step
+    (an epoch's end); None where that is off or the C library is not glibc.
 
     Tensors under the mmap threshold come from the heap; batches of many shapes leave it full of
     free pieces that stay resident, so the resident set drifts up over an epoch and a training's
@@ -182,12 +182,8 @@ def heap_trimmer(every: int | None = None):
     libc = glibc() if every > 0 else None
     if libc is None:
         return None
-    count = 0
-
-    def trim(force: bool = False) -> None:
-        nonlocal count
-        count += not force
-        if force or count % every == 0:
+    def trim(step: int | None = None) -> None:
+        if step is None or step % every == 0:
             libc.malloc_trim(0)
 
     return trim

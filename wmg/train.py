@@ -352,9 +352,9 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if trim is not None:
-                trim()
             step += 1
+            if trim is not None:
+                trim(step)
             loss = loss_total / n_tokens
             all_losses.append(loss)
             epoch_losses.append(loss)
@@ -384,8 +384,8 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             if best_epoch is None or score >= scores[best_epoch - 1]:
                 best_epoch = epoch + 1
                 best.keep(model.state_dict())
-        if trim is not None:  # generation's caches and validation's batches are freed now
-            trim(force=True)
+        if trim is not None:  # what the epoch's validation and generation freed, whatever the step
+            trim()
         if on_epoch:
             on_epoch(epoch + 1, tr, val, score)
         if checkpoint and epoch + 1 < cfg.epochs:
