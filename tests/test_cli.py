@@ -177,11 +177,15 @@ def test_bad_inputs_give_one_line_errors(tmp_path, db, small_data):
     notdb = tmp_path / "notdb.db"
     notdb.write_text("hello, I am not a database")
     one_line_error(run("runs", "--db", str(notdb)), "not a SQLite database")
-    for var in ("WMG_TRIM_STEPS", "WMG_MMAP_THRESHOLD"):  # the memory settings read from the environment
-        r = CliRunner().invoke(main, ["train", "--data", small_data, "--db", db, "--tiny", "--no-progress"],
-                               env={var: "many"})
-        one_line_error(r, f"{var}='many'", "whole number")
-        assert r.exit_code != 0
+    # the numbers read from the environment: refused before the command starts, whichever it is
+    for var, bad, expected in (("WMG_TRIM_STEPS", "many", "whole number"), ("WMG_MMAP_THRESHOLD", "-1", "whole number"),
+                               ("WMG_BUSY_TIMEOUT_MS", "2.5", "whole number"), ("WMG_PROGRESS_EVERY", "often", "a number")):
+        for args in (["train", "--data", small_data, "--db", db, "--tiny", "--no-progress"], ["runs", "--db", db]):
+            r = CliRunner().invoke(main, args, env={var: bad})
+            one_line_error(r, f"{var}='{bad}'", expected)
+            assert r.exit_code == 1
+    r = CliRunner().invoke(main, ["runs", "--db", db], env={"WMG_PROGRESS_EVERY": "0.5", "WMG_BUSY_TIMEOUT_MS": " 100 "})
+    assert r.exit_code == 0, r.output  # good values pass
     # nothing was half-written: the failed attempts left no run behind
     assert q(db, "SELECT COUNT(*) FROM runs") == [(0,)]
 

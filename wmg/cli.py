@@ -199,6 +199,12 @@ class OneLineErrors(click.Group):
 def main():
     """wmg: fine-tune small language models to spot weird-machine gadgets in PLC manual
     excerpts, compare their predictions, and keep every result in a SQLite store."""
+    from .config import check_environment
+
+    try:
+        check_environment()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 NO_REPEAT = click.option("--no-repeat-ngram-size", "no_repeat", type=click.IntRange(0), default=DEFAULT_NO_REPEAT,

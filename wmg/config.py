@@ -86,6 +86,41 @@ class ConfigError(ValueError):
     """A user-facing configuration problem (reported as one line by the CLI)."""
 
 
+# The environment variables wmg reads as numbers: (kind, default, what it sets).
+ENV_NUMBERS: dict[str, tuple[type, float, str]] = {
+    "WMG_BUSY_TIMEOUT_MS": (int, 30000, "how long a store transaction waits for a lock, in ms"),
+    "WMG_PROGRESS_EVERY": (float, 30.0, "seconds between plain progress lines"),
+    "WMG_TRIM_STEPS": (int, 1, "optimizer steps between heap trims (0: never)"),
+    "WMG_MMAP_THRESHOLD": (int, 4 << 20, "allocations from this size up are served by mmap (0: glibc's own rule)"),
+}
+
+
+def env_number(name: str) -> int | float:
+    """The number >= 0 in the environment variable `name` (one of ENV_NUMBERS), else its default;
+    anything else is refused in one line (ConfigError)."""
+    import math
+    import os
+
+    kind, default, what = ENV_NUMBERS[name]
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < 0 or (kind is float and not math.isfinite(value)):
+        expected = "a whole number >= 0" if kind is int else "a number >= 0"
+        raise ConfigError(f"{name}={raw!r}: expected {expected} ({what})")
+    return value
+
+
+def check_environment() -> None:
+    """Every numeric WMG_ setting read once, so that a bad one stops a command before it starts."""
+    for name in ENV_NUMBERS:
+        env_number(name)
+
+
 def resolve_models(names: str | list[str] | tuple[str, ...]) -> list[ModelSpec]:
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]

@@ -10,6 +10,7 @@ import os
 import platform as _platform
 from dataclasses import dataclass
 
+from .config import env_number
 from .console import RULE
 
 
@@ -138,19 +139,6 @@ def glibc():
         return None
 
 
-def env_int(name: str, default: int) -> int:
-    """A whole number >= 0 from the environment variable `name`, else `default`; anything else is
-    refused in one line (ConfigError)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit():
-        from .config import ConfigError
-
-        raise ConfigError(f"{name}={raw!r}: expected a whole number >= 0")
-    return int(raw)
-
-
 def limit_heap_growth() -> bool:
     """Serve large allocations with mmap so freed tensors go back to the system.
 
@@ -159,7 +147,7 @@ def limit_heap_growth() -> bool:
     padding then keeps gigabytes it no longer uses. A fixed threshold
     (WMG_MMAP_THRESHOLD bytes, default 4 MiB; 0 leaves glibc alone) stops that.
     """
-    threshold = env_int("WMG_MMAP_THRESHOLD", 4 << 20)
+    threshold = env_number("WMG_MMAP_THRESHOLD")
     libc = glibc()
     if not threshold or libc is None:
         return False
@@ -178,7 +166,7 @@ def heap_trimmer(every: int | None = None):
     process keeps: `benchmarks/trim_memory.py` (scratch distilgpt2, 60 steps of many shapes, Zen 4)
     measured the peak 0.93x and the time 0.99x with a trim after every step, the same final weights."""
     if every is None:
-        every = env_int("WMG_TRIM_STEPS", 1)
+        every = env_number("WMG_TRIM_STEPS")
     libc = glibc() if every > 0 else None
     if libc is None:
         return None

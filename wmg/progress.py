@@ -7,9 +7,10 @@ line (`desc: 120/360 steps (33%), 95 s, loss=5.8788`) goes to stderr at most eve
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
+
+from .config import env_number
 
 _QUIET = False
 _LOG_TO_STDERR = False
@@ -44,7 +45,7 @@ class PlainProgress:
 
     def __init__(self, total: int, desc: str, initial: int = 0, unit: str = "it", every: float | None = None):
         self.total, self.desc, self.n, self.unit = total, desc, initial, unit
-        self.every = float(os.environ.get("WMG_PROGRESS_EVERY", "30")) if every is None else every
+        self.every = env_number("WMG_PROGRESS_EVERY") if every is None else every
         self.start = self.last = time.monotonic()
         self.postfix = ""
         self.closed = False

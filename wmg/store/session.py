@@ -66,7 +66,13 @@ def is_sqlite(url: str) -> bool:
 DIALECTS = ("sqlite", "postgresql")
 
 
-BUSY_TIMEOUT_MS = int(os.environ.get("WMG_BUSY_TIMEOUT_MS", "30000"))
+BUSY_TIMEOUT_MS: int | None = None  # tests set it; otherwise WMG_BUSY_TIMEOUT_MS, default 30000
+
+
+def busy_timeout_ms() -> int:
+    from ..config import env_number
+
+    return BUSY_TIMEOUT_MS if BUSY_TIMEOUT_MS is not None else env_number("WMG_BUSY_TIMEOUT_MS")
 LOCK_RETRIES = 5
 
 
@@ -74,7 +80,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None  # the driver's own BEGIN is off; `_begin` emits ours
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms()}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
@@ -118,7 +124,7 @@ def _engine(url: str, write: bool = False) -> Engine:
     """One engine per store and mode: SQLite `write` engines begin every transaction IMMEDIATE;
     a PostgreSQL store has one engine for both (`ready_engine` never asks for a write one)."""
     if is_sqlite(url):
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_ms() / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         begin = "BEGIN IMMEDIATE" if write else "BEGIN"
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
@@ -134,7 +140,7 @@ def _engine(url: str, write: bool = False) -> Engine:
             # lock_timeout: like SQLite's busy timeout, a lock another process holds longer than
             # WMG_BUSY_TIMEOUT_MS fails the transaction (retried, then one line) instead of waiting forever
             engine = create_engine(url, pool_pre_ping=True,
-                                   connect_args={"options": f"-c lock_timeout={BUSY_TIMEOUT_MS}"})
+                                   connect_args={"options": f"-c lock_timeout={busy_timeout_ms()}"})
         except ImportError as exc:  # the dialect's driver is not installed
             raise StoreError(_missing_driver(url, exc)) from None
         except (ArgumentError, NoSuchModuleError) as exc:
