@@ -211,7 +211,7 @@ def test_the_kept_epoch_is_the_best_scored_and_its_weights_are_restored():
     scores = iter([(0.2, 1.0), (0.6, 0.5), (0.6, 0.4), (0.4, 1.0)])
     snaps = []
 
-    def select(m):
+    def select(m, should_stop):
         snaps.append({k: v.clone() for k, v in m.state_dict().items()})
         return next(scores)
 
@@ -220,7 +220,7 @@ def test_the_kept_epoch_is_the_best_scored_and_its_weights_are_restored():
     assert all(torch.equal(v, snaps[1][k]) for k, v in model.state_dict().items())
     assert not torch.equal(snaps[1]["transformer.h.0.mlp.c_fc.weight"], snaps[3]["transformer.h.0.mlp.c_fc.weight"])
     tie = iter([(0.5, 1.0), (0.5, 1.0)])
-    again = train(model, enc, cfg.with_(epochs=2), "causal", tok.pad_token_id, select=lambda m: next(tie),
+    again = train(model, enc, cfg.with_(epochs=2), "causal", tok.pad_token_id, select=lambda m, _: next(tie),
                   progress=False)
     assert again.chosen_epoch == 2  # a later epoch wins a tie
 
@@ -271,7 +271,7 @@ def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from, o
 
     def scorer(first_epoch):
         n = iter(range(first_epoch, 5))
-        return lambda m: table[next(n)]
+        return lambda m, _: table[next(n)]
 
     full = train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False, **keep)
     assert full.chosen_epoch == 2
@@ -280,16 +280,16 @@ def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from, o
 
     model.load_state_dict(start)
     saved = []
-    steps = {"n": 0}
+    asked = {"stop": False}  # a stop request stays asked for, as a signal's does
 
-    def stop():
-        steps["n"] += 1
-        return steps["n"] == 8  # the 2nd of epoch 3's 3 steps
+    def step_done(st):
+        asked["stop"] |= st.step == 7  # asked during step 8, the 2nd of epoch 3's 3 steps
 
     from wmg.train import TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted):
-        train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False, should_stop=stop, **keep,
+        train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False,
+              should_stop=lambda: asked["stop"], on_step=step_done, **keep,
               checkpoint=lambda st, why: saved.append((why, copy.deepcopy(st), copy.deepcopy(model.state_dict()))))
     why, state, weights = [s for s in saved if s[0] == resume_from][-1]
     assert state["best_epoch"] == 2 and (state["best_weights"] is None) == (resume_from == "epoch")
@@ -298,6 +298,65 @@ def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from, o
                   resume=state, **keep)
     assert again.chosen_epoch == 2 and again.epoch_scores == table
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+
+
+def test_a_stop_during_the_development_slices_generation_is_obeyed_and_resumed_as_never_stopped(tmp_path):
+    """A stop asked for while the epoch's end generates for the development slice (minutes on a
+    CPU) stops the training within one generation batch, from a checkpoint at the epoch's last
+    step; the resume does that epoch's end again and ends as a training that never stopped."""
+    import copy
+
+    from wmg.generate import GenerationStopped
+    from wmg.pipeline import dev_selector
+    from wmg.train import TrainingInterrupted
+
+    spec = REGISTRY["distilgpt2"]
+    lines = load_jsonl(BUNDLED)
+    corpus = [l.input + " " + l.output for l in lines[:40]]
+    torch.manual_seed(4)
+    model, tok = build_scratch(spec, corpus, vocab_size=300, overrides={"n_layer": 1, "n_embd": 16, "n_head": 2,
+                                                                         "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                                                         "attn_pdrop": 0.0})
+    start = copy.deepcopy(model.state_dict())
+    enc = [encode_causal(tok, e.input, " " + e.output, 96, 32, "answer") for e in lines[:24]]
+    cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=3, micro_batch_size=8, copy_vocab_loss=0.0, max_target_length=24,
+                                           max_causal_length=160, precision="fp32")
+    real = dev_selector(tok, spec, cfg, lines[40:80], "cpu")  # 40 prompts: 3 generation batches of 16
+    full = train(model, enc, cfg, "causal", tok.pad_token_id, select=real, progress=False)
+    full_weights = copy.deepcopy(model.state_dict())
+
+    model.load_state_dict(start)
+    asked, scored, polls, saved = {"stop": False}, [], [], []
+
+    def select(m, should_stop):
+        scored.append(m)
+
+        def poll():  # generate asks before each batch; the request arrives during epoch 2's first batch
+            polls.append(len(scored))
+            asked["stop"] |= polls.count(2) == 2
+            return should_stop()
+
+        return real(m, poll)
+
+    with pytest.raises(TrainingInterrupted):
+        train(model, enc, cfg, "causal", tok.pad_token_id, select=select, progress=False,
+              should_stop=lambda: asked["stop"],
+              checkpoint=lambda st, why: saved.append((why, copy.deepcopy(st), copy.deepcopy(model.state_dict()))))
+    steps_per_epoch = full.steps // cfg.epochs
+    why, state, weights = saved[-1]
+    assert why == "interrupt" and state["epoch"] == 1 and state["next_group"] == steps_per_epoch
+    assert state["step"] == 2 * steps_per_epoch  # every step of epoch 2 done, its end not
+    assert len(state["epoch_train"]) == 1 and len(state["epoch_scores"]) == 1
+    assert len(scored) == 2 and polls.count(2) == 2  # stopped after one of the pass's three batches
+
+    model.load_state_dict(weights)
+    again = train(model, enc, cfg, "causal", tok.pad_token_id, select=real, progress=False, resume=state)
+    assert again.epoch_scores == full.epoch_scores and again.chosen_epoch == full.chosen_epoch
+    assert again.epoch_train_losses == pytest.approx(full.epoch_train_losses, abs=1e-6)
+    assert again.epoch_val_losses == pytest.approx(full.epoch_val_losses, abs=1e-6)
+    assert all(torch.allclose(v, full_weights[k], atol=1e-6) for k, v in model.state_dict().items())
+    with pytest.raises(GenerationStopped):  # asked before its first batch, generate does nothing
+        real(model, lambda: True)
 
 
 def test_kept_weights_in_a_file_are_a_copy_that_later_training_does_not_change(tmp_path):

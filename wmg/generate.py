@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -28,6 +28,10 @@ from .batching import prompt_ids
 from .config import GenerateConfig
 from .device import autocast
 from .models import has_copy_head
+
+
+class GenerationStopped(Exception):
+    """`generate` was asked to stop (its `should_stop` turned true) before its next batch."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,11 @@ def excerpt_ids(tokenizer, excerpt: str, model_type: str) -> list[int]:
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: GenerateConfig,
              max_input_length: int, device: str = "cpu", progress: bool = False, desc: str = "generate",
-             excerpts: Sequence[str] | None = None) -> list[Generation]:
+             excerpts: Sequence[str] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> list[Generation]:
+    """Greedy outputs for `prompts`, in batches of similar length. `should_stop` is asked before
+    each batch: when it is true, GenerationStopped is raised (a training's development-slice pass
+    gives way to a stop request within one batch, not after the whole slice)."""
     from .progress import bar as progress_bar
 
     model.eval()
@@ -152,6 +160,9 @@ def generate(model, tokenizer, prompts: Sequence[str], model_type: str, cfg: Gen
     bar = progress_bar(len(encoded), desc, enabled=progress, unit="examples")
     marked = None  # the vocabulary's word starts and `;` tokens, for LocationSpan (found on first use)
     for start in range(0, len(order), cfg.batch_size):
+        if should_stop is not None and should_stop():
+            bar.close()
+            raise GenerationStopped()
         idx = order[start:start + cfg.batch_size]
         rows = [encoded[i] for i in idx]
         width = max(len(r) for r in rows)

@@ -367,8 +367,8 @@ def dev_selector(tok, spec: ModelSpec, cfg: TrainConfig, dev: list[Example], dev
     gcfg = GenerateConfig(max_new_tokens=cfg.max_target_length, batch_size=16, precision=cfg.precision)
     limit = cfg.max_input_length if spec.type == "seq2seq" else cfg.max_causal_length - cfg.max_target_length
 
-    def select(model) -> tuple[float, float]:
-        outs = generate(model, tok, prompts, spec.type, gcfg, max(16, limit), device=device)
+    def select(model, should_stop=None) -> tuple[float, float]:
+        outs = generate(model, tok, prompts, spec.type, gcfg, max(16, limit), device=device, should_stop=should_stop)
         return dev_score([o.text for o in outs], dev)
 
     return select

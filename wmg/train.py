@@ -7,7 +7,8 @@ zero the gradients once.
 Resumable: `checkpoint(state, reason)` is called with everything needed to go on
 (optimizer, scheduler, RNG states, step, epoch, position in the epoch and the
 epoch's batch order) at the end of every epoch, and after the current step when
-`should_stop()` turns true, after which `TrainingInterrupted` is raised. Given that
+`should_stop()` turns true (or, at an epoch's end, before the validation loss and between
+the development slice's generation batches), after which `TrainingInterrupted` is raised. Given that
 state back as `resume`, the loop continues with the very next optimizer step and
 produces the same losses as a run that never stopped. Each token's loss is divided by the number of scored
 tokens in the whole group, so the accumulated gradient equals the gradient of
@@ -229,11 +230,12 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
           checkpoint: Callable[[dict, str], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
           resume: dict | None = None,
-          select: Callable[[object], tuple[float, ...]] | None = None,
+          select: Callable[[object, Callable[[], bool] | None], tuple[float, ...]] | None = None,
           keep_dir: str | Path | None = None) -> TrainResult:
     from . import distributed
     from .checkpoint import rng_state, set_rng_state
     from .device import heap_trimmer
+    from .generate import GenerationStopped
     from .progress import bar as progress_bar
 
     if not train_data:
@@ -270,7 +272,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
     all_losses: list[float] = []
     epoch_train: list[float] = []
     epoch_val: list[float | None] = []
-    # Keeping the best epoch: `select(model)` scores the model after every epoch; the weights
+    # Keeping the best epoch: `select(model, should_stop)` scores the model after every epoch; the weights
     # of the best score so far are kept (a later epoch wins a tie) and restored at the end.
     scores: list[tuple[float, ...]] = []
     best_epoch, best = None, KeptWeights(keep_dir)
@@ -304,6 +306,12 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             "tokens_seen": tokens_seen, "seconds": time.perf_counter() - start,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
         }
+
+    def stop_at_epoch_end(epoch: int, n_micro: int, batches: list, epoch_losses: list[float]):
+        bar.close()
+        if checkpoint:
+            checkpoint(state(epoch, math.ceil(n_micro / cfg.grad_accum), batches, epoch_losses), "interrupt")
+        raise TrainingInterrupted(step)
 
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -372,14 +380,26 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
                     if checkpoint:
                         checkpoint(state(epoch, next_group, batches, epoch_losses), "interrupt")
                     raise TrainingInterrupted(step)
+        # The epoch's end (validation loss, the development slice's generation) takes minutes on a
+        # CPU: a stop asked for before or during it is obeyed within one generation batch, from a
+        # checkpoint at the epoch's last step, and a resume does the epoch's end again. One process
+        # only: under torchrun the ranks agree on stopping at optimizer steps alone.
+        end_stop = should_stop if ranks is None else None
+        if end_stop is not None and end_stop():
+            stop_at_epoch_end(epoch, len(micro), batches, epoch_losses)
         val = evaluate_loss(model, val_data, collate, model_type, cfg, device)
         tr = sum(epoch_losses) / len(epoch_losses)
-        epoch_train.append(tr)
-        epoch_val.append(val)
         score = None
         if select is not None:
-            score = tuple(select(model))
+            try:
+                score = tuple(select(model, end_stop))
+            except GenerationStopped:
+                model.train()
+                stop_at_epoch_end(epoch, len(micro), batches, epoch_losses)
             model.train()
+        epoch_train.append(tr)
+        epoch_val.append(val)
+        if select is not None:
             scores.append(score)
             if best_epoch is None or score >= scores[best_epoch - 1]:
                 best_epoch = epoch + 1
