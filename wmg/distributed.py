@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -182,7 +183,13 @@ def torchrun_aware(command):
         if ranks is None:
             return command(*args, **kwargs)
         if not ranks.leader:
-            raise SystemExit(follow(ranks))
+            status = follow(ranks)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # A follower writes nothing but its output: it ends without the interpreter's teardown,
+            # in which a C++ thread still joinable (seen once in a CI-like run) aborted the process
+            # ("terminate called without an active exception") after every job was done.
+            os._exit(status)
         with leading(ranks):
             return command(*args, **kwargs)
 
