@@ -300,7 +300,7 @@ def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from, o
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
 
 
-def test_a_stop_during_the_development_slices_generation_is_obeyed_and_resumed_as_never_stopped(tmp_path):
+def test_a_stop_during_the_development_slices_generation_is_obeyed_and_resumed_as_never_stopped():
     """A stop asked for while the epoch's end generates for the development slice (minutes on a
     CPU) stops the training within one generation batch, from a checkpoint at the epoch's last
     step; the resume does that epoch's end again and ends as a training that never stopped."""

@@ -170,6 +170,7 @@ def heap_trimmer(every: int | None = None):
     libc = glibc() if every > 0 else None
     if libc is None:
         return None
+
     def trim(step: int | None = None) -> None:
         if step is None or step % every == 0:
             libc.malloc_trim(0)

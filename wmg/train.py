@@ -307,10 +307,10 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
         }
 
-    def stop_at_epoch_end(epoch: int, n_micro: int, batches: list, epoch_losses: list[float]):
+    def interrupt(epoch: int, next_group: int, batches: list, epoch_losses: list[float]):
         bar.close()
         if checkpoint:
-            checkpoint(state(epoch, math.ceil(n_micro / cfg.grad_accum), batches, epoch_losses), "interrupt")
+            checkpoint(state(epoch, next_group, batches, epoch_losses), "interrupt")
         raise TrainingInterrupted(step)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -376,17 +376,15 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             if stop_now:
                 next_group = g // cfg.grad_accum + 1
                 if next_group * cfg.grad_accum < len(micro) or epoch + 1 < cfg.epochs:
-                    bar.close()
-                    if checkpoint:
-                        checkpoint(state(epoch, next_group, batches, epoch_losses), "interrupt")
-                    raise TrainingInterrupted(step)
+                    interrupt(epoch, next_group, batches, epoch_losses)
         # The epoch's end (validation loss, the development slice's generation) takes minutes on a
         # CPU: a stop asked for before or during it is obeyed within one generation batch, from a
         # checkpoint at the epoch's last step, and a resume does the epoch's end again. One process
         # only: under torchrun the ranks agree on stopping at optimizer steps alone.
         end_stop = should_stop if ranks is None else None
+        groups = math.ceil(len(micro) / cfg.grad_accum)  # the state after the epoch's last step
         if end_stop is not None and end_stop():
-            stop_at_epoch_end(epoch, len(micro), batches, epoch_losses)
+            interrupt(epoch, groups, batches, epoch_losses)
         val = evaluate_loss(model, val_data, collate, model_type, cfg, device)
         tr = sum(epoch_losses) / len(epoch_losses)
         score = None
@@ -394,12 +392,11 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             try:
                 score = tuple(select(model, end_stop))
             except GenerationStopped:
-                model.train()
-                stop_at_epoch_end(epoch, len(micro), batches, epoch_losses)
+                interrupt(epoch, groups, batches, epoch_losses)
             model.train()
-        epoch_train.append(tr)
+        epoch_train.append(tr)  # only now: an interrupt above leaves the epoch's end to the resume
         epoch_val.append(val)
-        if select is not None:
+        if score is not None:
             scores.append(score)
             if best_epoch is None or score >= scores[best_epoch - 1]:
                 best_epoch = epoch + 1

@@ -32,6 +32,8 @@ from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
 
+from ..config import env_number
+
 DEFAULT_DB = "results.db"
 
 
@@ -67,13 +69,11 @@ DIALECTS = ("sqlite", "postgresql")
 
 
 BUSY_TIMEOUT_MS: int | None = None  # tests set it; otherwise WMG_BUSY_TIMEOUT_MS, default 30000
+LOCK_RETRIES = 5
 
 
 def busy_timeout_ms() -> int:
-    from ..config import env_number
-
     return BUSY_TIMEOUT_MS if BUSY_TIMEOUT_MS is not None else env_number("WMG_BUSY_TIMEOUT_MS")
-LOCK_RETRIES = 5
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
