@@ -188,7 +188,7 @@ def test_llm_judge_through_the_cli_stores_verdicts_but_never_the_key(store, tmp_
         srv.shutdown()
     assert q(store, "SELECT judge, model, prompt_hash IS NOT NULL FROM judgment_sets") == [("llm", "local-judge", 1)]
     assert q(store, "SELECT COUNT(*), SUM(verdict = 'disagreement') FROM judgments WHERE kind = 'overall'") == [(4, 4)]
-    from wmg.judging import _safe_url
+    from wmg.judges.verdicts import _safe_url
 
     assert _safe_url("http://user:pw@host:8000/v1") == "http://host:8000/v1"  # URL credentials are not stored
     for path in [store] + [store + s for s in ("-wal", "-shm")]:

@@ -682,7 +682,7 @@ def compare(run_id, max_new_tokens, batch_size, precision, device, no_repeat, lo
 
 
 def _judge_into_report(store, eid, judges, report, progress):
-    from .judging import add_to_report, judge_evaluation, summary
+    from .judges.verdicts import add_to_report, judge_evaluation, summary
 
     set_ids = {}
     echo("")
@@ -982,7 +982,7 @@ def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, 
     disagreement, invalid) with an explanation and a confidence, between the models (every pair and
     overall) and for each model against the gold output. Verdicts of several judges live side by side."""
     from .console import Table
-    from .judging import compare_to_manual, judge_evaluation, summary
+    from .judges.verdicts import compare_to_manual, judge_evaluation, summary
 
     eid = _evaluation_of(store, run_id, evaluation_id)
     if compare_to:
@@ -1029,7 +1029,7 @@ def annotate(run_id, evaluation_id, annotator, all_examples, import_path, export
     """Label the models' outputs by hand: each disagreement is shown (instruction, excerpt, gold,
     each model's output) and gets full / partial / disagreement / invalid and an optional note.
     Labels are stored as they are given, so a session resumes where it stopped."""
-    from .judging import annotate_session, export_csv, import_csv
+    from .judges.verdicts import annotate_session, export_csv, import_csv
 
     eid = _evaluation_of(store, run_id, evaluation_id)
     try:

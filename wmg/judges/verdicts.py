@@ -9,9 +9,9 @@ from itertools import combinations
 from typing import Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from .console import Table, Wide
-from .judges.base import Judge, JudgeError, Verdict
-from .store import EvaluationItem, JudgmentRow, Store
+from ..console import Table, Wide
+from ..store import EvaluationItem, JudgmentRow, Store
+from .base import Judge, JudgeError, Verdict
 
 JUDGES = ("rules", "embedding", "llm")
 LABELS = ("full", "partial", "disagreement", "invalid")
@@ -32,17 +32,17 @@ def make_judge(name: str, store: Store | None = None, **llm) -> tuple[Judge, dic
     """The judge and the configuration stored with its verdicts (never a key). The embedding judge
     is fitted on the manual labels of `store` when one is given."""
     if name == "rules":
-        from .judges.rules import RulesJudge
+        from .rules import RulesJudge
 
         return RulesJudge(), {}
     if name == "embedding":
-        from .judges.embedding import EmbeddingJudge
+        from .embedding import EmbeddingJudge
 
         judge = EmbeddingJudge.fit(manual_pairs(store)) if store is not None else EmbeddingJudge()
         return judge, {"full_threshold": judge.full_threshold, "partial_threshold": judge.partial_threshold,
                        "fitted_on_annotations": judge.fitted_on}
     if name == "llm":
-        from .judges.llm import LLMJudge
+        from .llm import LLMJudge
 
         judge = LLMJudge(**{k: v for k, v in llm.items() if v is not None})
         return judge, {"api": judge.api, "base_url": _safe_url(judge.base_url), "timeout": judge.timeout,
@@ -76,7 +76,7 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
 
 
 def judge_items(judge: Judge, items: Sequence[EvaluationItem], progress: bool = True) -> list[JudgmentRow]:
-    from .progress import bar as progress_bar
+    from ..progress import bar as progress_bar
 
     rows: list[JudgmentRow] = []
     bar = progress_bar(len(items), f"judge {judge.name}", enabled=progress, unit="examples")
@@ -259,7 +259,7 @@ def import_csv(store: Store, evaluation_id: int, path: str, default_annotator: s
 
 def add_to_report(report_path: str, store: Store, set_ids: dict[str, int]) -> None:
     """Put each judge's verdicts and semantic agreement rates into an ensemble report."""
-    from .pipeline import write_report
+    from ..pipeline import write_report
 
     with open(report_path, encoding="utf-8") as fh:
         report = json.load(fh)
