@@ -279,7 +279,7 @@ def load_model_folder(folder: Path, model_type: str):
         raise CheckpointError(f"{weights}: missing (wmg loads weights from safetensors only)")
     cls = AutoModelForSeq2SeqLM if model_type == "seq2seq" else AutoModelForCausalLM
     try:
-        from .models import has_copy_head
+        from .config import has_copy_head
 
         if has_copy_head(json.loads((folder / "config.json").read_text())):
             from .copyhead import GPT2WithCopy, T5WithCopy

@@ -982,6 +982,7 @@ def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, 
     disagreement, invalid) with an explanation and a confidence, between the models (every pair and
     overall) and for each model against the gold output. Verdicts of several judges live side by side."""
     from .console import Table
+    from .judges.base import VERDICTS
     from .judges.verdicts import compare_to_manual, judge_evaluation, summary
 
     eid = _evaluation_of(store, run_id, evaluation_id)
@@ -1001,10 +1002,10 @@ def judge(run_id, evaluation_id, judges, replace, compare_to, judge_model, api, 
             raise ConfigError(f"{name} judge: {exc}") from None
         s = summary(verdicts)
         rows.append([eid, name, set_id, s["examples"], string, s["full_rate"], s["full_or_partial_rate"]]
-                    + [s["counts"][k] for k in ("full", "partial", "disagreement", "invalid", "error")])
+                    + [s["counts"][k] for k in VERDICTS + ("error",)])
     output.emit([Table("semantic", "Semantic agreement", ["evaluation_id", "judge", "judgment_set", "examples",
                                                           "string_agreement", "full_rate", "full_or_partial_rate",
-                                                          "full", "partial", "disagreement", "invalid", "error"],
+                                                          *VERDICTS, "error"],
                        rows, ["string_agreement: every model gave the same non-empty normalized type"])])
 
 

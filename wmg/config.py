@@ -300,3 +300,9 @@ class GenerateConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     no_repeat_ngram_size: int = 0  # 0: plain greedy, as the tutorial; n: no n-gram generated twice
     location_span: bool = False  # the location field constrained to a span of the excerpt (generate.LocationSpan)
+
+
+def has_copy_head(config) -> bool:
+    """Whether a model config (or a config.json's dict) asks for wmg.copyhead's head."""
+    value = config.get("copy_head") if isinstance(config, dict) else getattr(config, "copy_head", None)
+    return value in ("pointer", "span")

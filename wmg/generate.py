@@ -25,9 +25,8 @@ from typing import Callable, Sequence
 import torch
 
 from .batching import prompt_ids
-from .config import GenerateConfig
+from .config import GenerateConfig, has_copy_head
 from .device import autocast
-from .models import has_copy_head
 
 
 class GenerationStopped(Exception):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlparse
 
-from .config import SCRATCH_VOCAB, ConfigError, ModelSpec
+from .config import SCRATCH_VOCAB, ConfigError, ModelSpec, has_copy_head
 from .console import quiet_transformers
 
 
@@ -170,12 +170,6 @@ def model_from_config(spec: ModelSpec, config):
 
         return GPT2WithCopy(config)
     return GPT2LMHeadModel(config)
-
-
-def has_copy_head(config) -> bool:
-    """Whether a model config (or a config.json's dict) asks for wmg.copyhead's head."""
-    value = config.get("copy_head") if isinstance(config, dict) else getattr(config, "copy_head", None)
-    return value in ("pointer", "span")
 
 
 def build_scratch(spec: ModelSpec, corpus: Iterable[str], vocab_size: int | None = None,

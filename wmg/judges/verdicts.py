@@ -11,10 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..console import Table, Wide
 from ..store import EvaluationItem, JudgmentRow, Store
-from .base import Judge, JudgeError, Verdict
+from .base import VERDICTS, Judge, JudgeError, Verdict
 
 JUDGES = ("rules", "embedding", "llm")
-LABELS = ("full", "partial", "disagreement", "invalid")
+LABELS = VERDICTS  # the manual labels are the judges' verdicts
 
 
 def _safe_url(url: str | None) -> str | None:
