@@ -247,6 +247,17 @@ def test_adamw_scale_moves_each_weight_by_the_learning_rate_times_its_rms():
     assert torch.allclose(decayed.detach(), torch.full((4,), 0.95))  # decoupled decay: lr x weight decay
 
 
+def _tiny_gpt2(seed):
+    spec = REGISTRY["distilgpt2"]
+    corpus = [l.input + " " + l.output for l in load_jsonl(BUNDLED)[:40]]
+    torch.manual_seed(seed)
+    model, tok = build_scratch(spec, corpus, vocab_size=300, overrides={"n_layer": 1, "n_embd": 16, "n_head": 2,
+                                                                         "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                                                         "attn_pdrop": 0.0})
+    enc = [encode_causal(tok, e.input, " " + e.output, 96, 32, "answer") for e in load_jsonl(BUNDLED)[:24]]
+    return model, tok, enc
+
+
 @pytest.mark.parametrize("on_disk", [False, True], ids=["in-memory", "on-disk"])
 @pytest.mark.parametrize("resume_from", ["interrupt", "epoch"])
 def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from, on_disk, tmp_path):
@@ -258,14 +269,8 @@ def test_a_resumed_training_keeps_the_same_best_epoch_and_weights(resume_from, o
 
     keep = {"keep_dir": tmp_path / "kept"} if on_disk else {}
 
-    spec = REGISTRY["distilgpt2"]
-    corpus = [l.input + " " + l.output for l in load_jsonl(BUNDLED)[:40]]
-    torch.manual_seed(3)
-    model, tok = build_scratch(spec, corpus, vocab_size=300, overrides={"n_layer": 1, "n_embd": 16, "n_head": 2,
-                                                                         "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-                                                                         "attn_pdrop": 0.0})
+    model, tok, enc = _tiny_gpt2(3)
     start = copy.deepcopy(model.state_dict())
-    enc = [encode_causal(tok, e.input, " " + e.output, 96, 32, "answer") for e in load_jsonl(BUNDLED)[:24]]
     cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=4, micro_batch_size=8, copy_vocab_loss=0.0)  # no head here
     table = [(0.5,), (0.9,), (0.1,), (0.2,)]
 
@@ -312,13 +317,8 @@ def test_a_stop_during_the_development_slices_generation_is_obeyed_and_resumed_a
 
     spec = REGISTRY["distilgpt2"]
     lines = load_jsonl(BUNDLED)
-    corpus = [l.input + " " + l.output for l in lines[:40]]
-    torch.manual_seed(4)
-    model, tok = build_scratch(spec, corpus, vocab_size=300, overrides={"n_layer": 1, "n_embd": 16, "n_head": 2,
-                                                                         "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-                                                                         "attn_pdrop": 0.0})
+    model, tok, enc = _tiny_gpt2(4)
     start = copy.deepcopy(model.state_dict())
-    enc = [encode_causal(tok, e.input, " " + e.output, 96, 32, "answer") for e in lines[:24]]
     cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=3, micro_batch_size=8, copy_vocab_loss=0.0, max_target_length=24,
                                            max_causal_length=160, precision="fp32")
     real = dev_selector(tok, spec, cfg, lines[40:80], "cpu")  # 40 prompts: 3 generation batches of 16
@@ -410,3 +410,141 @@ def test_shuffled_cue_quotes_copy_from_a_reordering_of_the_same_words():
         loc = parse_output(q.output).location
         assert location_in_excerpt(loc, q.input) and 3 <= len(loc.split()) <= 10  # a span of what the model reads
     assert reordered == 80
+
+
+@pytest.mark.parametrize("average_score, kept", [((0.6, 0.5), True), ((0.6, 0.4), False), ((0.5, 1.0), False)],
+                         ids=["tie-keeps-the-average", "worse-format", "worse-accuracy"])
+def test_the_average_of_the_last_epochs_is_kept_when_it_scores_at_least_as_well_as_the_best_epoch(average_score, kept):
+    """With average_epochs 3 of 4, the model scored after the last epoch holds the mean of the weights
+    at the ends of epochs 2 to 4; it is kept if its score is at least the best epoch's, else the best
+    epoch's weights are restored. Training itself is the same as without averaging."""
+    import copy
+
+    model, tok, enc = _tiny_gpt2(5)
+    start = copy.deepcopy(model.state_dict())
+    cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=4, micro_batch_size=8, copy_vocab_loss=0.0, average_epochs=3)
+    scores = iter([(0.2, 1.0), (0.6, 0.5), (0.5, 1.0), (0.4, 1.0), average_score])
+    snaps = []
+
+    def select(m, should_stop):
+        snaps.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(scores)
+
+    result = train(model, enc, cfg, "causal", tok.pad_token_id, enc[:8], select=select, progress=False)
+    assert len(snaps) == 5 and result.chosen_epoch == 2 and result.kept_average is kept
+    assert result.average_score == average_score and result.average_val_loss is not None
+    for k, v in snaps[4].items():
+        if v.is_floating_point():  # the candidate scored last is the mean of epochs 2, 3 and 4
+            assert torch.allclose(v, (snaps[1][k] + snaps[2][k] + snaps[3][k]) / 3, atol=1e-6), k
+    name = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.allclose(snaps[4][name], snaps[1][name])  # the epochs differ, so the mean is new weights
+    final = model.state_dict()
+    assert all(torch.equal(v, (snaps[4] if kept else snaps[1])[k]) for k, v in final.items())
+
+    model.load_state_dict(start)  # the same training without averaging: the same epochs, the same scores
+    plain = iter([(0.2, 1.0), (0.6, 0.5), (0.5, 1.0), (0.4, 1.0)])
+    same = train(model, enc, cfg.with_(average_epochs=0), "causal", tok.pad_token_id, enc[:8],
+                 select=lambda m, _: next(plain), progress=False)
+    assert same.epoch_train_losses == result.epoch_train_losses and same.epoch_val_losses == result.epoch_val_losses
+    assert same.chosen_epoch == 2 and not same.kept_average and same.average_score is None
+
+
+def test_without_a_development_slice_the_average_is_kept(tmp_path):
+    model, tok, enc = _tiny_gpt2(6)
+    cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=3, micro_batch_size=8, copy_vocab_loss=0.0, average_epochs=2)
+    seen = []
+    result = train(model, enc, cfg, "causal", tok.pad_token_id, progress=False, keep_dir=tmp_path / "k",
+                   on_epoch=lambda *a: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
+    assert result.kept_average and result.chosen_epoch is None and result.average_score is None
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (seen[1][k] + seen[2][k]) / 2, atol=1e-6), k
+    assert not any((tmp_path / "k").iterdir())  # the averaged file is gone with the training
+    with pytest.raises(ValueError, match="average_epochs is 4"):
+        train(model, enc, cfg.with_(average_epochs=4), "causal", tok.pad_token_id, progress=False)
+
+
+@pytest.mark.parametrize("stop_at", ["in-the-window", "while-the-average-is-scored"])
+def test_a_resumed_averaging_training_ends_with_the_uninterrupted_ones_weights(stop_at, tmp_path):
+    """The running mean travels in the checkpoint; a stop asked for while the average is scored on
+    the development slice is a phase of its own, done again on resume. Either way the resumed run
+    keeps what the uninterrupted one kept."""
+    import copy
+
+    from wmg.train import TrainingInterrupted
+
+    model, tok, enc = _tiny_gpt2(7)
+    start = copy.deepcopy(model.state_dict())
+    cfg = SCRATCH_DEFAULTS["causal"].with_(epochs=4, micro_batch_size=8, copy_vocab_loss=0.0, average_epochs=3)
+    table = [(0.5,), (0.9,), (0.1,), (0.2,), (0.95,)]  # the average beats epoch 2
+
+    def scorer(first):
+        n = iter(range(first, 5))
+        return lambda m, _: table[next(n)]
+
+    full = train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(0), progress=False,
+                 keep_dir=tmp_path / "a")
+    assert full.kept_average and full.chosen_epoch == 2
+    kept = copy.deepcopy(model.state_dict())
+
+    model.load_state_dict(start)
+    saved, asked, calls = [], {"stop": False}, []
+
+    def select(m, should_stop):
+        calls.append(1)
+        if stop_at == "while-the-average-is-scored" and len(calls) == 5:
+            asked["stop"] = True
+            should_stop()
+            from wmg.generate import GenerationStopped
+            raise GenerationStopped()
+        return table[len(calls) - 1]
+
+    def step_done(st):  # epoch 3's second of 3 steps
+        asked["stop"] |= stop_at == "in-the-window" and st.step == 7
+
+    with pytest.raises(TrainingInterrupted):
+        train(model, enc, cfg, "causal", tok.pad_token_id, select=select, progress=False,
+              should_stop=lambda: asked["stop"], on_step=step_done, keep_dir=tmp_path / "b",
+              checkpoint=lambda st, why: saved.append((copy.deepcopy(st), copy.deepcopy(model.state_dict()))))
+    state, weights = saved[-1]
+    assert state["average_count"] == (1 if stop_at == "in-the-window" else 3)
+    assert state["epoch"] == (2 if stop_at == "in-the-window" else 4) and state["best_weights"] is not None
+    model.load_state_dict(weights)
+    again = train(model, enc, cfg, "causal", tok.pad_token_id, select=scorer(len(state["epoch_scores"])),
+                  progress=False, resume=state, keep_dir=tmp_path / "b")
+    assert again.kept_average and again.chosen_epoch == 2 and again.average_score == (0.95,)
+    assert all(torch.allclose(v, kept[k], atol=1e-6) for k, v in model.state_dict().items())
+
+
+def test_a_run_with_checkpoint_averaging_records_what_it_kept(tmp_path):
+    """`wmg train --average-epochs K`: each model's run_models row says whether the saved weights are
+    the average and how the average scored on the development slice; `wmg show` shows both; the
+    saved model holds the kept weights (its comparison is the run's own)."""
+    import json
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from wmg.cli import main
+
+    db = str(tmp_path / "r.db")
+    r = CliRunner().invoke(main, ["train", "--data", str(BUNDLED), "--tiny", "--examples", "60", "--epochs", "3",
+                                  "--average-epochs", "2", "--dev-fraction", "0.2", "--no-compare",
+                                  "--checkpoints", str(tmp_path / "ck"), "--db", db, "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT id, name, chosen_epoch, kept_average, average_dev_accuracy, average_dev_format, "
+                            "hyperparams_json FROM run_models ORDER BY position").fetchall()
+        assert len(rows) == 2
+        for rm_id, name, chosen, kept, acc, fmt, hp in rows:
+            assert json.loads(hp)["average_epochs"] == 2 and kept in (0, 1) and 0 <= acc <= 1 and 0 <= fmt <= 1
+            best = conn.execute("SELECT dev_accuracy, dev_format FROM epoch_losses WHERE run_model_id = ? AND epoch = ?",
+                                (rm_id, chosen)).fetchone()
+            assert bool(kept) == ((acc, fmt) >= best), name  # the average wins a tie
+            verb = "Kept the average of epochs 2 to 3" if kept else f"Kept epoch {chosen} of 3"
+            assert verb in r.output
+    show = CliRunner().invoke(main, ["show", "--run-id", "1", "--table", "models", "--format", "json", "--db", db])
+    assert show.exit_code == 0, show.output
+    models = json.loads(show.output)
+    assert [(m["kept_average"], m["average_dev_accuracy"], m["average_epochs"]) for m in models] == \
+        [(bool(k), a, 2) for _, _, _, k, a, _, _ in rows]

@@ -30,7 +30,7 @@ def schema_dump(db):
 def test_migrations_create_schema_matching_models(any_db):
     store = Store(any_db)
     engine = store.engine()
-    assert store.revision() == store.head() == "0011_peak_memory"
+    assert store.revision() == store.head() == "0012_checkpoint_averaging"
     assert store.dialect == ("postgresql" if is_pg(any_db) else "sqlite")
     names, views = set(inspect(engine).get_table_names()), set(inspect(engine).get_view_names())
     if not is_pg(any_db):

@@ -272,6 +272,8 @@ def test_label_smoothing_changes_the_training_objective_not_the_validation_loss(
     (["--copy-head", "off", "--copy-scope", "location"], "--copy-scope location needs a copy head"),
     (["--copy-head", "off", "--copy-vocab-loss", "1"], "--copy-vocab-loss needs a copy head"),
     (["--prompt-loss-weight", "0.1"], "--prompt-loss-weight needs the prompt in the loss (--causal-loss full)"),
+    (["--average-epochs", "1"], "--average-epochs 1 must be between 2 and the epochs (6), or 0"),
+    (["--epochs", "3", "--average-epochs", "4"], "--average-epochs 4 must be between 2 and the epochs (3), or 0"),
 ])
 def test_an_option_without_the_option_it_needs_is_one_line(tmp_path, flags, needs):
     """Refused when the run's configs are resolved, before a run is stored or a model built."""

@@ -348,6 +348,10 @@ def _given(ctx, name: str) -> bool:
 @click.option("--open-copies/--no-open-copies", default=None,
               help="Also train on an open-instruction copy of every example whose instruction names its label "
                    "[pretrained: no; scratch: yes].")
+@click.option("--average-epochs", type=click.IntRange(0), default=None, metavar="K",
+              help="Checkpoint averaging: the mean of the weights at the ends of the last K epochs (2 to --epochs) "
+                   "is kept if it scores at least as well on the development slice as the best epoch (always "
+                   "without a slice); `wmg show` says which was kept [0: off].")
 @click.option("--dev-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=None,
               help="Hold out this share of the training split and keep the epoch with the best gold-type accuracy "
                    "on it (0: keep the last epoch) [0; scratch 0.1].")
@@ -418,7 +422,7 @@ def _given(ctx, name: str) -> bool:
 @torchrun_aware
 def train(data_sha256, data, models, examples, eval_split, seed, init, weights, epochs, dropout, learning_rate, batch_size, grad_accum,
           warmup_ratio, schedule, weight_decay, max_grad_norm, max_input_length, max_target_length,
-          max_causal_length, causal_loss, prompt_loss_weight, type_loss_weight, location_loss_weight, unlikelihood, label_smoothing, quote_mix, quote_shuffle, tie_embeddings, copy_head, copy_scope, copy_vocab_loss, open_copies, dev_fraction, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
+          max_causal_length, causal_loss, prompt_loss_weight, type_loss_weight, location_loss_weight, unlikelihood, label_smoothing, quote_mix, quote_shuffle, tie_embeddings, copy_head, copy_scope, copy_vocab_loss, open_copies, dev_fraction, average_epochs, tapt_epochs, tapt_denoise, tapt_quotes, optimizer, log_every, precision, device, platform, checkpoints, scratch_vocab, tiny, compare,
           baseline, max_new_tokens, no_repeat, location_span, report, show_examples, progress, folds, fold, train_fraction, extra_train, seeds,
           record_only, study, resume, store, output):
     """Train every model on one split of the data, then compare them.
@@ -496,7 +500,8 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
                          label_smoothing=label_smoothing, quote_mix=quote_mix,
                          quote_shuffle=quote_shuffle,
                          tie_embeddings=tie_embeddings, copy_head=copy_head, copy_scope=copy_scope, copy_vocab_loss=copy_vocab_loss,
-                         open_copies=open_copies, dev_fraction=dev_fraction, tapt_epochs=tapt_epochs,
+                         open_copies=open_copies, dev_fraction=dev_fraction, average_epochs=average_epochs,
+                         tapt_epochs=tapt_epochs,
                          tapt_denoise=tapt_denoise, tapt_quotes=tapt_quotes, optimizer=optimizer)
         opts = TrainOptions(data=data, models=models, examples=examples, eval_split=eval_split, seed=seed, init=init,
                             device=device, platform=info.platform, workers=info.workers, precision=prec,

@@ -169,6 +169,9 @@ class TrainConfig:
     quote_shuffle: bool = False  # the quoting examples' excerpts with their words in a random order
     open_copies: bool = False  # train also on an open-form copy of each example whose instruction names its label
     dev_fraction: float = 0.0  # >0: hold out this share of the training split and keep the epoch best on it
+    # >0: the weights of the last K epochs' ends averaged, kept if they score at least as well on the
+    # development slice as the best epoch (or always without one); wmg.train.WeightAverage
+    average_epochs: int = 0
     tapt_epochs: int = 0  # task-adaptive pretraining epochs on the training excerpts before fine-tuning
     tapt_denoise: bool = True  # pretraining includes span corruption (T5) / language modelling (GPT-2)
     tapt_quotes: int = 0  # quoting examples (random spans of the excerpt) per excerpt and pretraining epoch

@@ -320,21 +320,24 @@ def show_tables(r) -> list[Table]:
     run = Table("run", f"Run {r.id}", ["field", "value"], [[k, v] for k, v in fields],
                 [] if ev else [f"no comparison yet: run `wmg compare --run-id {r.id}`"])
     hp_keys = ("learning_rate", "epochs", "micro_batch_size", "grad_accum", "schedule", "warmup_ratio",
-               "weight_decay", "dropout", "precision", "causal_loss", "prompt_loss_weight", "type_loss_weight", "location_loss_weight", "unlikelihood", "label_smoothing", "quote_mix", "quote_shuffle", "tie_embeddings", "copy_head", "copy_scope", "copy_vocab_loss", "open_copies", "dev_fraction", "tapt_epochs", "tapt_denoise",
+               "weight_decay", "dropout", "precision", "causal_loss", "prompt_loss_weight", "type_loss_weight", "location_loss_weight", "unlikelihood", "label_smoothing", "quote_mix", "quote_shuffle", "tie_embeddings", "copy_head", "copy_scope", "copy_vocab_loss", "open_copies", "dev_fraction", "average_epochs", "tapt_epochs", "tapt_denoise",
                "tapt_quotes", "optimizer")
     models = Table("models", "Models", ["model", "status", "init", "parameters", "vocab_size", "steps", "chosen_epoch",
-                                        "final_loss",
+                                        "kept_average", "average_dev_accuracy", "final_loss",
                                         "final_val_loss", "train_seconds", "peak_rss_mb", "format_accuracy", "format_accuracy_low",
                                         "format_accuracy_high", "gold_accuracy", "gold_accuracy_low",
                                         "gold_accuracy_high", *hp_keys, "init_note"],
-                   [[m.name, m.status, m.init, m.parameters, m.vocab_size, m.steps, m.chosen_epoch, m.final_loss,
+                   [[m.name, m.status, m.init, m.parameters, m.vocab_size, m.steps, m.chosen_epoch, m.kept_average,
+                     m.average_dev_accuracy, m.final_loss,
                      m.final_val_loss,
                      m.train_seconds, m.peak_rss_mb, *_rate_and_interval((ev.format_accuracy or {}).get(m.name) if ev else None, ev),
                      *_rate_and_interval((ev.gold_accuracy or {}).get(m.name) if ev else None, ev),
                      *[(m.hyperparams or {}).get(k) for k in hp_keys], m.init_note] for m in r.models],
                    ["_low/_high: 95% Wilson score interval over the latest comparison's examples",
-                    "chosen_epoch: the epoch whose weights were kept, best on the development slice (dev_fraction of "
-                    "the training split); empty: the last epoch",
+                    "chosen_epoch: the epoch best on the development slice (dev_fraction of the training split), "
+                    "whose weights were kept unless kept_average; empty: the last epoch",
+                    "kept_average: with average_epochs K, whether the saved weights are the average of the last K "
+                    "epochs (average_dev_accuracy: its score on the development slice); empty: no averaging",
                     "peak_rss_mb: the wmg process's peak resident memory while it trained the model (Linux; empty: "
                     "not measured); the comparison's is evaluation_peak_rss_mb"])
     config = Table("config", "Options the run was started with", ["option", "value"],

@@ -187,6 +187,9 @@ def record_model_configs(specs: list[ModelSpec], inits: dict[str, str], opts: Tr
             raise ConfigError(f"{name}: --copy-scope {cfg.copy_scope} needs a copy head (--copy-head pointer|span)")
         if cfg.copy_vocab_loss and cfg.copy_head == "off":
             raise ConfigError(f"{name}: --copy-vocab-loss needs a copy head (--copy-head pointer|span)")
+        if cfg.average_epochs and not 2 <= cfg.average_epochs <= cfg.epochs:
+            raise ConfigError(f"{name}: --average-epochs {cfg.average_epochs} must be between 2 and the "
+                              f"epochs ({cfg.epochs}), or 0")
         if cfg.prompt_loss_weight != 1.0 and cfg.causal_loss != "full":
             raise ConfigError(f"{name}: --prompt-loss-weight needs the prompt in the loss (--causal-loss full)")
     return {name: {"init": inits[name], "hyperparams": cfg.to_dict()} for name, cfg in configs.items()}
@@ -258,7 +261,8 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
         init, note = model_info.init, model_info.init_note
         store.truncate_training(run_model_id, state["step"], len(state["epoch_train"]))
         echo(f"✓ Resuming from {folder}: step {state['step']} of {state['total_steps']} "
-             f"(epoch {state['epoch'] + 1}, {state['next_group']} steps into it) [init={init}]")
+             + (f"(epoch {state['epoch'] + 1}, {state['next_group']} steps into it)" if state["epoch"] < cfg.epochs
+                else "(every epoch done; the average of the last epochs to be scored)") + f" [init={init}]")
     else:
         if model_info is not None:  # resumed run, but this model never reached a checkpoint
             store.truncate_training(run_model_id, 0, 0)
@@ -341,11 +345,21 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
     out = save_model_folder(ckpt_root / spec.name / "final_model", model, tok)
     chosen = result.chosen_epoch or cfg.epochs
     peak = memory.mb()
+    averaged = bool(cfg.average_epochs)
     store.model_finished(run_model_id, steps=result.steps, final_loss=result.final_loss,
-                        mean_loss=result.mean_loss, final_val_loss=result.epoch_val_losses[chosen - 1],
+                        mean_loss=result.mean_loss,
+                        final_val_loss=result.average_val_loss if result.kept_average else result.epoch_val_losses[chosen - 1],
                         seconds=result.seconds, tokens_seen=result.tokens_seen, checkpoint_path=str(out),
-                        chosen_epoch=chosen, peak_rss_mb=peak)
-    if result.chosen_epoch is not None:
+                        chosen_epoch=chosen, peak_rss_mb=peak, kept_average=result.kept_average if averaged else None,
+                        average_dev=result.average_score)
+    window = f"the average of epochs {cfg.epochs - cfg.average_epochs + 1} to {cfg.epochs}"
+    if averaged and result.average_score is not None:
+        a = result.average_score
+        echo(f"  {window[0].upper() + window[1:]}: dev_accuracy={a[0]:.1%} dev_format={a[1]:.1%}")
+    if result.kept_average:
+        echo(f"✓ Kept {window}" + (f" (at least as good as the best epoch, {chosen}, on the development slice)"
+                                    if result.chosen_epoch is not None else ""))
+    elif result.chosen_epoch is not None:
         echo(f"✓ Kept epoch {chosen} of {cfg.epochs} (best on the development slice)")
     resume_dir.clear()  # the final model is saved and recorded; the resume state is no longer needed
     echo(f"✓ Training complete! Loss: {result.final_loss:.4f} (last epoch; mean over training "

@@ -141,7 +141,8 @@ def run_config(run, study=None) -> str:
         comments.append(f"  {m.name} ({m.init}): " + ", ".join(
             f"{k} {hp[k]}" for k in ("learning_rate", "epochs", "micro_batch_size", "grad_accum", "schedule",
                                      "warmup_ratio", "weight_decay", "dropout", "type_loss_weight",
-                                     "unlikelihood", "label_smoothing", "open_copies", "dev_fraction", "optimizer") if k in hp))
+                                     "unlikelihood", "label_smoothing", "open_copies", "dev_fraction", "average_epochs",
+                                     "optimizer") if k in hp))
     for path, sha in zip(cfg.get("extra_train") or [], cfg.get("extra_train_sha256") or []):
         comments.append(f"extra training file {path}: SHA-256 {sha}")
     if not compare:

@@ -54,7 +54,12 @@ class TrainResult:
     epoch_val_losses: list[float | None] = field(default_factory=list)
     epoch_train_losses: list[float] = field(default_factory=list)
     epoch_scores: list[tuple[float, ...]] = field(default_factory=list)  # `select`'s score per epoch
-    chosen_epoch: int | None = None  # the epoch whose weights the model holds (None: the last, unscored)
+    chosen_epoch: int | None = None  # the best epoch on `select` (None: the last, unscored)
+    # Checkpoint averaging (cfg.average_epochs): the average of the last epochs' weights, its
+    # `select` score and validation loss, and whether the model holds it (else the chosen epoch's).
+    average_score: tuple[float, ...] | None = None
+    average_val_loss: float | None = None
+    kept_average: bool = False
 
 
 class TrainingInterrupted(Exception):
@@ -240,6 +245,8 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
 
     if not train_data:
         raise ValueError("no training examples")
+    if cfg.average_epochs and not 2 <= cfg.average_epochs <= cfg.epochs:
+        raise ValueError(f"average_epochs is {cfg.average_epochs}: it averages 2 to {cfg.epochs} (the epochs) epochs")
     ranks = distributed.current()  # under torchrun: every micro-batch's rows shared among the ranks
     if ranks is not None and ranks.leader:
         distributed.send_job(distributed.Job(model, list(train_data), cfg, model_type, pad_id, device, resume))
@@ -276,6 +283,9 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
     # of the best score so far are kept (a later epoch wins a tie) and restored at the end.
     scores: list[tuple[float, ...]] = []
     best_epoch, best = None, KeptWeights(keep_dir)
+    # Checkpoint averaging: the running mean of the weights at the ends of the last K epochs, scored
+    # after the last one as one more candidate (a phase of its own: epoch == cfg.epochs in a state).
+    average = WeightAverage(keep_dir) if cfg.average_epochs else None
     start_epoch, start_group, carried, elapsed = 0, 0, [], 0.0
     if resume is not None:
         if resume["total_steps"] != total_steps:
@@ -291,15 +301,20 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         best_epoch = resume.get("best_epoch")
         if best_epoch is not None:  # no weights in the state: the checkpoint's own are the best
             best.keep(resume.get("best_weights") or model.state_dict())
+        if average is not None and resume.get("average_count"):
+            average.restore(resume["average_weights"], resume["average_count"])
     trim = heap_trimmer()
     start = time.perf_counter() - elapsed
     bar = progress_bar(total_steps, desc, enabled=progress, initial=step, unit="steps")
 
     def state(epoch: int, next_group: int, batches: list, epoch_losses: list[float]) -> dict:
-        current = best_epoch is not None and next_group == 0 and best_epoch == epoch
+        # the checkpoint's own weights are the best epoch's, except in the averaging phase (the average's)
+        current = best_epoch is not None and next_group == 0 and best_epoch == epoch < cfg.epochs
         return {
             "epoch_scores": [list(x) for x in scores], "best_epoch": best_epoch,
             "best_weights": None if current or best_epoch is None else best.weights(),
+            "average_weights": average.weights() if average is not None else None,
+            "average_count": average.count if average is not None else 0,
             "step": step, "epoch": epoch, "next_group": next_group, "total_steps": total_steps,
             "batches": batches, "epoch_losses": list(epoch_losses), "all_losses": list(all_losses),
             "epoch_train": list(epoch_train), "epoch_val": list(epoch_val), "examples_seen": examples_seen,
@@ -313,6 +328,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             checkpoint(state(epoch, next_group, batches, epoch_losses), "interrupt")
         raise TrainingInterrupted(step)
 
+    end_stop = should_stop if ranks is None else None  # see the epoch's end below
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         batches = sampler.batches()
@@ -381,7 +397,6 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         # CPU: a stop asked for before or during it is obeyed within one generation batch, from a
         # checkpoint at the epoch's last step, and a resume does the epoch's end again. One process
         # only: under torchrun the ranks agree on stopping at optimizer steps alone.
-        end_stop = should_stop if ranks is None else None
         groups = math.ceil(len(micro) / cfg.grad_accum)  # the state after the epoch's last step
         if end_stop is not None and end_stop():
             interrupt(epoch, groups, batches, epoch_losses)
@@ -401,6 +416,8 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             if best_epoch is None or score >= scores[best_epoch - 1]:
                 best_epoch = epoch + 1
                 best.keep(model.state_dict())
+        if average is not None and epoch >= cfg.epochs - cfg.average_epochs:
+            average.add(model.state_dict())
         if trim is not None:  # what the epoch's validation and generation freed, whatever the step
             trim()
         if on_epoch:
@@ -408,14 +425,36 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         if checkpoint and epoch + 1 < cfg.epochs:
             checkpoint(state(epoch + 1, 0, sampler.batches_for(epoch + 1), []), "epoch")
     bar.close()
-    if best_epoch is not None and best_epoch != cfg.epochs:
+    average_score = average_val = None
+    kept_average = False
+    if average is not None:
+        # The average of the last epochs is one more candidate, scored like an epoch (Vaswani et al.,
+        # 2017, averaged the last checkpoints; Izmailov et al., 2018, weights along the trajectory):
+        # kept where it scores at least as well as the best epoch, or always without `select`. A stop
+        # asked for meanwhile checkpoints this phase (the model holding the average) to be done again.
+        model.load_state_dict(average.weights())
+        if end_stop is not None and end_stop():
+            interrupt(cfg.epochs, 0, [], [])
+        average_val = evaluate_loss(model, val_data, collate, model_type, cfg, device)
+        if select is not None:
+            try:
+                average_score = tuple(select(model, end_stop))
+            except GenerationStopped:
+                interrupt(cfg.epochs, 0, [], [])
+        model.train()
+        kept_average = average_score is None or best_epoch is None or average_score >= scores[best_epoch - 1]
+        if not kept_average:
+            model.load_state_dict(best.weights())
+        average.clear()
+    elif best_epoch is not None and best_epoch != cfg.epochs:
         model.load_state_dict(best.weights())
     best.clear()
     return TrainResult(
         steps=step, final_loss=epoch_train[-1], mean_loss=sum(all_losses) / len(all_losses),
         seconds=time.perf_counter() - start, examples_seen=examples_seen, tokens_seen=tokens_seen,
         effective_batch_size=cfg.effective_batch_size, epoch_val_losses=epoch_val, epoch_train_losses=epoch_train,
-        epoch_scores=scores, chosen_epoch=best_epoch,
+        epoch_scores=scores, chosen_epoch=best_epoch, average_score=average_score, average_val_loss=average_val,
+        kept_average=kept_average,
     )
 
 
@@ -449,8 +488,9 @@ class KeptWeights:
 
     FILE = "kept.pt"
 
-    def __init__(self, folder: str | Path | None = None):
+    def __init__(self, folder: str | Path | None = None, name: str = FILE):
         self.folder = Path(folder) if folder is not None else None
+        self.FILE = name
         self._weights: dict[str, torch.Tensor] | None = None
         self._saved = False
 
@@ -474,3 +514,39 @@ class KeptWeights:
         if self.folder is not None and self._saved:
             (self.folder / self.FILE).unlink(missing_ok=True)
             self._saved = False
+
+
+class WeightAverage:
+    """The running mean of weights added one epoch at a time (in fp32; other tensors, such as
+    integer buffers, are the latest), kept like `KeptWeights`: in memory, or in `average.pt` of a
+    folder, so a training holds at most one more copy of the model while it adds one."""
+
+    def __init__(self, folder: str | Path | None = None):
+        self._kept = KeptWeights(folder, "average.pt")
+        self.count = 0
+
+    def add(self, weights: dict[str, torch.Tensor]) -> None:
+        mean = self._kept.weights()
+        n = self.count + 1
+        new = {}
+        for k, v in weights.items():
+            v = v.detach()
+            if not v.is_floating_point():
+                new[k] = v.clone()
+            elif mean is None:
+                new[k] = v.float().clone()
+            else:
+                new[k] = mean[k] + (v.float() - mean[k]) / n
+        self._kept.keep(new)
+        self.count = n
+
+    def restore(self, weights: dict[str, torch.Tensor], count: int) -> None:
+        self._kept.keep(weights)
+        self.count = count
+
+    def weights(self) -> dict[str, torch.Tensor] | None:
+        return self._kept.weights()
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self.count = 0

@@ -42,8 +42,11 @@ class ModelInfo:
     final_val_loss: float | None
     train_seconds: float | None
     checkpoint_path: str | None
-    chosen_epoch: int | None = None  # the epoch whose weights were kept (None: the last, before 0009)
+    chosen_epoch: int | None = None  # the best epoch on the dev slice (None: the last, before 0009)
     peak_rss_mb: float | None = None  # peak resident memory while training it (None: not measured)
+    kept_average: bool | None = None  # the saved weights are the last epochs' average (None: not averaged)
+    average_dev_accuracy: float | None = None  # the average's score on the development slice
+    average_dev_format: float | None = None
 
 
 @dataclass(frozen=True)

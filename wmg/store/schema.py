@@ -106,8 +106,14 @@ class RunModel(Base):
     train_seconds: Mapped[float | None] = mapped_column(Float)
     tokens_seen: Mapped[int | None] = mapped_column(Integer)
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
-    chosen_epoch: Mapped[int | None] = mapped_column(Integer)  # the epoch whose weights were saved
+    chosen_epoch: Mapped[int | None] = mapped_column(Integer)  # the best epoch on the development slice
     peak_rss_mb: Mapped[float | None] = mapped_column(Float)  # the process's peak while training this model
+    # Checkpoint averaging (hyperparams' average_epochs K; NULL without it): whether the saved weights
+    # are the average of the last K epochs rather than chosen_epoch's, and the average's scores on the
+    # development slice (NULL without one)
+    kept_average: Mapped[bool | None] = mapped_column(Boolean)
+    average_dev_accuracy: Mapped[float | None] = mapped_column(Float)
+    average_dev_format: Mapped[float | None] = mapped_column(Float)
     __table_args__ = (
         UniqueConstraint("run_id", "name"),
         CheckConstraint(f"status IN {MODEL_STATUSES}", name="status"),

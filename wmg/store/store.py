@@ -294,12 +294,15 @@ class Store:
     @retry_locked
     def model_finished(self, run_model_id: int, *, steps: int, final_loss: float, mean_loss: float,
                        final_val_loss: float | None, seconds: float, tokens_seen: int, checkpoint_path: str,
-                       chosen_epoch: int | None = None, peak_rss_mb: float | None = None) -> None:
+                       chosen_epoch: int | None = None, peak_rss_mb: float | None = None,
+                       kept_average: bool | None = None, average_dev: Sequence[float] | None = None) -> None:
         with self.session() as s:
             s.execute(update(t.RunModel).where(t.RunModel.id == run_model_id).values(
                 status="completed", steps=steps, final_loss=final_loss, mean_loss=mean_loss,
                 final_val_loss=final_val_loss, train_seconds=seconds, tokens_seen=tokens_seen,
-                checkpoint_path=checkpoint_path, chosen_epoch=chosen_epoch, peak_rss_mb=peak_rss_mb))
+                checkpoint_path=checkpoint_path, chosen_epoch=chosen_epoch, peak_rss_mb=peak_rss_mb,
+                kept_average=kept_average, average_dev_accuracy=average_dev[0] if average_dev else None,
+                average_dev_format=average_dev[1] if average_dev else None))
 
     @retry_locked
     def finish_run(self, run_id: int, status: str, error: str | None = None,
@@ -674,7 +677,8 @@ def _rate(flag):
 def _model_info(m: t.RunModel) -> ModelInfo:
     return ModelInfo(m.id, m.name, m.hub_id, m.model_type, m.position, m.status, m.init, m.init_note,
                      m.parameters, m.vocab_size, json.loads(m.hyperparams_json), m.steps, m.final_loss,
-                     m.mean_loss, m.final_val_loss, m.train_seconds, m.checkpoint_path, m.chosen_epoch, m.peak_rss_mb)
+                     m.mean_loss, m.final_val_loss, m.train_seconds, m.checkpoint_path, m.chosen_epoch, m.peak_rss_mb,
+                     m.kept_average, m.average_dev_accuracy, m.average_dev_format)
 
 
 def _eval_info(s, e: t.Evaluation) -> EvaluationInfo:
