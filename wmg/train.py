@@ -486,11 +486,9 @@ class KeptWeights:
     for either scratch model (46 M parameters with the 4000-piece vocabulary; a training's peak
     measured 0.20 GB lower, `benchmarks/kept_memory.py`)."""
 
-    FILE = "kept.pt"
-
-    def __init__(self, folder: str | Path | None = None, name: str = FILE):
+    def __init__(self, folder: str | Path | None = None, name: str = "kept.pt"):
         self.folder = Path(folder) if folder is not None else None
-        self.FILE = name
+        self.name = name  # the file's name in `folder`
         self._weights: dict[str, torch.Tensor] | None = None
         self._saved = False
 
@@ -501,18 +499,18 @@ class KeptWeights:
         from .checkpoint import atomic_torch_save
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({k: v.detach() for k, v in weights.items()}, self.folder / self.FILE)
+        atomic_torch_save({k: v.detach() for k, v in weights.items()}, self.folder / self.name)
         self._saved = True
 
     def weights(self) -> dict[str, torch.Tensor] | None:
         if self.folder is None or not self._saved:
             return self._weights
-        return torch.load(self.folder / self.FILE, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(self.folder / self.name, map_location="cpu", weights_only=True, mmap=True)
 
     def clear(self) -> None:
         self._weights = None
         if self.folder is not None and self._saved:
-            (self.folder / self.FILE).unlink(missing_ok=True)
+            (self.folder / self.name).unlink(missing_ok=True)
             self._saved = False
 
 
