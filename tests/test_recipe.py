@@ -530,6 +530,7 @@ def test_a_run_with_checkpoint_averaging_records_what_it_kept(tmp_path):
     db = str(tmp_path / "r.db")
     r = CliRunner().invoke(main, ["train", "--data", str(BUNDLED), "--tiny", "--examples", "60", "--epochs", "3",
                                   "--average-epochs", "2", "--dev-fraction", "0.2", "--no-compare",
+                                  "--max-target-length", "48",  # the dev slice's generations stay short
                                   "--checkpoints", str(tmp_path / "ck"), "--db", db, "--no-progress"])
     assert r.exit_code == 0, r.output
     with sqlite3.connect(db) as conn:
