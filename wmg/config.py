@@ -196,6 +196,11 @@ class TrainConfig:
     def effective_batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accum
 
+    @property
+    def averages_validly(self) -> bool:
+        """average_epochs is 0 (off) or a window of 2 to `epochs` epochs."""
+        return not self.average_epochs or 2 <= self.average_epochs <= self.epochs
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -187,7 +187,7 @@ def record_model_configs(specs: list[ModelSpec], inits: dict[str, str], opts: Tr
             raise ConfigError(f"{name}: --copy-scope {cfg.copy_scope} needs a copy head (--copy-head pointer|span)")
         if cfg.copy_vocab_loss and cfg.copy_head == "off":
             raise ConfigError(f"{name}: --copy-vocab-loss needs a copy head (--copy-head pointer|span)")
-        if cfg.average_epochs and not 2 <= cfg.average_epochs <= cfg.epochs:
+        if not cfg.averages_validly:
             raise ConfigError(f"{name}: --average-epochs {cfg.average_epochs} must be between 2 and the "
                               f"epochs ({cfg.epochs}), or 0")
         if cfg.prompt_loss_weight != 1.0 and cfg.causal_loss != "full":
@@ -352,12 +352,12 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
                         seconds=result.seconds, tokens_seen=result.tokens_seen, checkpoint_path=str(out),
                         chosen_epoch=chosen, peak_rss_mb=peak, kept_average=result.kept_average if averaged else None,
                         average_dev=result.average_score)
-    window = f"the average of epochs {cfg.epochs - cfg.average_epochs + 1} to {cfg.epochs}"
+    window = f"average of epochs {cfg.epochs - cfg.average_epochs + 1} to {cfg.epochs}"
     if averaged and result.average_score is not None:
         a = result.average_score
-        echo(f"  {window[0].upper() + window[1:]}: dev_accuracy={a[0]:.1%} dev_format={a[1]:.1%}")
+        echo(f"  The {window}: dev_accuracy={a[0]:.1%} dev_format={a[1]:.1%}")
     if result.kept_average:
-        echo(f"✓ Kept {window}" + (f" (at least as good as the best epoch, {chosen}, on the development slice)"
+        echo(f"✓ Kept the {window}" + (f" (at least as good as the best epoch, {chosen}, on the development slice)"
                                     if result.chosen_epoch is not None else ""))
     elif result.chosen_epoch is not None:
         echo(f"✓ Kept epoch {chosen} of {cfg.epochs} (best on the development slice)")

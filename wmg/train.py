@@ -245,7 +245,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
 
     if not train_data:
         raise ValueError("no training examples")
-    if cfg.average_epochs and not 2 <= cfg.average_epochs <= cfg.epochs:
+    if not cfg.averages_validly:
         raise ValueError(f"average_epochs is {cfg.average_epochs}: it averages 2 to {cfg.epochs} (the epochs) epochs")
     ranks = distributed.current()  # under torchrun: every micro-batch's rows shared among the ranks
     if ranks is not None and ranks.leader:
