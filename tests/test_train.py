@@ -329,3 +329,57 @@ def test_trimming_the_heap_changes_no_number_of_a_training(monkeypatch):
     monkeypatch.setenv("WMG_TRIM_STEPS", "1")
     trimmed, trimmed_losses = _run(spec, TINY_GPT, seed=5, epochs=2)
     assert trimmed_losses == plain_losses and trimmed.epoch_val_losses == plain.epoch_val_losses
+
+
+def test_a_skipping_sampler_leaves_out_the_epochs_first_batches_only():
+    from wmg.batching import LengthGroupedBatches
+
+    s = LengthGroupedBatches([5, 1, 9, 3, 7, 2, 8], batch_size=2, seed=4)
+    s.set_epoch(1)
+    whole = list(s)
+    s.set_epoch(1, skip=3)
+    assert list(s) == whole[3:] and s.batches() == whole and len(s) == 4
+    s.set_epoch(2)  # a new epoch starts from its first batch
+    assert list(s) == s.batches_for(2) != whole
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "one-worker"])
+def test_a_stop_between_accumulation_groups_resumes_to_the_uninterrupted_losses_and_weights(workers):
+    """The loop feeds an epoch's micro-batches from the loader as it steps, from the first one not yet
+    trained: a run stopped after step 6, the second of epoch 2's four (7 micro-batches in groups of
+    2, so each epoch's last group is partial), and resumed ends with the losses and weights of a run
+    never stopped, with or without a loader process."""
+    import copy
+
+    from wmg.train import TrainingInterrupted
+
+    spec = REGISTRY["distilgpt2"]
+    torch.manual_seed(5)
+    model, tok = build_scratch(spec, CORPUS, vocab_size=200, overrides=TINY_GPT)
+    data = _data(spec, tok, n=13)
+    start = copy.deepcopy(model.state_dict())
+    cfg = SCRATCH_DEFAULTS[spec.type].with_(epochs=3, micro_batch_size=2, grad_accum=2, seed=2, learning_rate=3e-3,
+                                            optimizer="adamw", copy_vocab_loss=0.0, num_workers=workers,
+                                            dev_fraction=0.0)
+    losses = []
+    torch.manual_seed(7)  # dropout's masks
+    full = train(model, data, cfg, spec.type, tok.pad_token_id, on_step=lambda s: losses.append(s.loss), progress=False)
+    assert full.steps == 3 * 4
+    done = copy.deepcopy(model.state_dict())
+
+    model.load_state_dict(start)
+    torch.manual_seed(7)
+    saved, first = [], []
+    train_kwargs = dict(progress=False, checkpoint=lambda st, why: saved.append((why, copy.deepcopy(st),
+                                                                                copy.deepcopy(model.state_dict()))))
+    with pytest.raises(TrainingInterrupted):
+        train(model, data, cfg, spec.type, tok.pad_token_id, should_stop=lambda: len(first) >= 5,
+              on_step=lambda s: first.append(s.loss), **train_kwargs)
+    why, state, weights = saved[-1]
+    assert why == "interrupt" and (state["epoch"], state["next_group"], state["step"]) == (1, 2, 6)
+    model.load_state_dict(weights)
+    rest = []
+    again = train(model, data, cfg, spec.type, tok.pad_token_id, resume=state,
+                  on_step=lambda s: rest.append(s.loss), progress=False)
+    assert again.steps == full.steps and first[:6] + rest == losses
+    assert all(torch.equal(v, done[k]) for k, v in model.state_dict().items())

@@ -143,7 +143,9 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
     Indices are shuffled, cut into chunks of `chunk` micro-batches, sorted by length
     inside a chunk and cut into micro-batches; the micro-batches are shuffled again.
-    Similar lengths mean little padding; the shuffles keep the order random.
+    Similar lengths mean little padding; the shuffles keep the order random. `set_epoch(epoch,
+    skip)` picks the epoch and how many of its first micro-batches an iteration leaves out (a
+    resumed epoch's, already trained); the length stays the whole epoch's.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group: bool = True, chunk: int = 16):
@@ -153,9 +155,10 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         self.group = group
         self.chunk = chunk
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def batches(self) -> list[list[int]]:
         return self.batches_for(self.epoch)
@@ -175,7 +178,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        return iter(self.batches()[self.skip:])
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)

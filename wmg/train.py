@@ -19,6 +19,7 @@ progress goes to the `on_step` / `on_epoch` callbacks.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -330,18 +331,20 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
 
     end_stop = should_stop if ranks is None else None  # see the epoch's end below
     for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        batches = sampler.batches()
         first = start_group if epoch == start_epoch else 0
+        sampler.set_epoch(epoch, skip=first * cfg.grad_accum)
+        batches = sampler.batches()
         epoch_losses: list[float] = carried if epoch == start_epoch else []
         resuming = resume is not None and epoch == start_epoch
         if resuming and resume["batches"] != batches:
             raise ValueError("the data order differs from the checkpoint's (were the examples changed?)")
         if resuming:  # the RNG state where the checkpoint took it (the loader draws nothing from it)
             set_rng_state(resume["rng"])
-        micro = list(loader)  # collated micro-batches of this epoch, in sampler order
-        for g in range(first * cfg.grad_accum, len(micro), cfg.grad_accum):
-            group = micro[g:g + cfg.grad_accum]  # the last group of an epoch may be partial
+        # The epoch's micro-batches in the sampler's order from the first untrained one, collated by
+        # the loader's workers while the steps run (a couple of batches ahead).
+        feed = iter(loader)
+        for g in range(first, steps_per_epoch):
+            group = list(itertools.islice(feed, cfg.grad_accum))  # an epoch's last group may be partial
             n_tokens = max(1, sum(scored_tokens(b, model_type) for b in group))
             loss_total = 0.0
             try:
@@ -383,23 +386,20 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             all_losses.append(loss)
             epoch_losses.append(loss)
             lr = scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{epoch + (g // cfg.grad_accum + 1) / steps_per_epoch:.2f}",
+            bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{epoch + (g + 1) / steps_per_epoch:.2f}",
                             refresh=False)
             bar.update(1)
             if on_step:
-                on_step(StepLog(step, epoch + (g // cfg.grad_accum + 1) / steps_per_epoch, loss, lr,
+                on_step(StepLog(step, epoch + (g + 1) / steps_per_epoch, loss, lr,
                                 sum(int(b["attention_mask"].sum()) for b in group)))
-            if stop_now:
-                next_group = g // cfg.grad_accum + 1
-                if next_group * cfg.grad_accum < len(micro) or epoch + 1 < cfg.epochs:
-                    interrupt(epoch, next_group, batches, epoch_losses)
+            if stop_now and (g + 1 < steps_per_epoch or epoch + 1 < cfg.epochs):
+                interrupt(epoch, g + 1, batches, epoch_losses)
         # The epoch's end (validation loss, the development slice's generation) takes minutes on a
         # CPU: a stop asked for before or during it is obeyed within one generation batch, from a
         # checkpoint at the epoch's last step, and a resume does the epoch's end again. One process
         # only: under torchrun the ranks agree on stopping at optimizer steps alone.
-        groups = math.ceil(len(micro) / cfg.grad_accum)  # the state after the epoch's last step
-        if end_stop is not None and end_stop():
-            interrupt(epoch, groups, batches, epoch_losses)
+        if end_stop is not None and end_stop():  # from the state after the epoch's last step
+            interrupt(epoch, steps_per_epoch, batches, epoch_losses)
         val = evaluate_loss(model, val_data, collate, model_type, cfg, device)
         tr = sum(epoch_losses) / len(epoch_losses)
         score = None
@@ -407,7 +407,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
             try:
                 score = tuple(select(model, end_stop))
             except GenerationStopped:
-                interrupt(epoch, groups, batches, epoch_losses)
+                interrupt(epoch, steps_per_epoch, batches, epoch_losses)
             model.train()
         epoch_train.append(tr)  # only now: an interrupt above leaves the epoch's end to the resume
         epoch_val.append(val)
