@@ -383,3 +383,18 @@ def test_a_stop_between_accumulation_groups_resumes_to_the_uninterrupted_losses_
                   on_step=lambda s: rest.append(s.loss), progress=False)
     assert again.steps == full.steps and first[:6] + rest == losses
     assert all(torch.equal(v, done[k]) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_state_from_before_epoch_scores_and_averaging_reads_with_their_defaults():
+    from wmg.train import TrainState
+
+    older = dict(step=3, epoch=1, next_group=1, total_steps=8, batches=[[0, 1]], epoch_losses=[2.0],
+                 all_losses=[3.0, 2.5, 2.0], epoch_train=[2.7], epoch_val=[None], examples_seen=6, tokens_seen=90,
+                 seconds=1.5, optimizer={}, scheduler={}, rng={})
+    st = TrainState.from_dict(older)
+    assert (st.best_epoch, st.best_weights, st.epoch_scores, st.average_weights, st.average_count) == (None, None, [], None, 0)
+    assert st.as_dict() == {**older, "epoch_scores": [], "best_epoch": None, "best_weights": None,
+                            "average_weights": None, "average_count": 0}
+    assert TrainState.from_dict(st) is st
+    with pytest.raises(TypeError):  # a state without its position is not a checkpoint
+        TrainState.from_dict({k: v for k, v in older.items() if k != "step"})

@@ -124,7 +124,7 @@ class Job:
     model_type: str
     pad_id: int
     device: str
-    resume: dict | None
+    resume: Any  # a TrainState (wmg.train), its dict, or None
 
 
 def send_job(job: Job) -> None:

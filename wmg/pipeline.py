@@ -245,7 +245,7 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
     from .checkpoint import ResumeDir, load_model_folder, save_model_folder
     from .models import build, count_parameters, fuse_gelu, set_dropout
     from .recipe import cue_quotes, dev_slice, open_copies
-    from .train import train as train_loop
+    from .train import TrainState, train as train_loop
 
     banner(echo, f"TRAINING MODEL: {spec.name.upper()}")
     memory = PeakMemory()  # this model's own peak, not the previous one's
@@ -255,13 +255,13 @@ def train_model(store: Store, run_id: int, model_info: ModelInfo | None, run_mod
     folder = resume_dir.latest() if model_info is not None else None
     state = None
     if folder is not None:  # verified by resume_run
-        state = resume_dir.load_state(folder)
+        state = TrainState.from_dict(resume_dir.load_state(folder))
         model, tok = load_model_folder(folder, spec.type)
         cfg = TrainConfig.recorded(spec.name, model_info.hyperparams)
         init, note = model_info.init, model_info.init_note
-        store.truncate_training(run_model_id, state["step"], len(state["epoch_train"]))
-        echo(f"✓ Resuming from {folder}: step {state['step']} of {state['total_steps']} "
-             + (f"(epoch {state['epoch'] + 1}, {state['next_group']} steps into it)" if state["epoch"] < cfg.epochs
+        store.truncate_training(run_model_id, state.step, len(state.epoch_train))
+        echo(f"✓ Resuming from {folder}: step {state.step} of {state.total_steps} "
+             + (f"(epoch {state.epoch + 1}, {state.next_group} steps into it)" if state.epoch < cfg.epochs
                 else "(every epoch done; the average of the last epochs to be scored)") + f" [init={init}]")
     else:
         if model_info is not None:  # resumed run, but this model never reached a checkpoint

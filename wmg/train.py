@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -61,6 +61,47 @@ class TrainResult:
     average_score: tuple[float, ...] | None = None
     average_val_loss: float | None = None
     kept_average: bool = False
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the weights, to go on exactly where a training stopped: the
+    position (`epoch`, `next_group`: the accumulation groups of that epoch already trained; `epoch`
+    == the epochs means the average of the last epochs is still to be scored), the epoch's batch
+    order (checked against the sampler's on resume), the losses and counts so far, the optimizer's,
+    scheduler's and RNGs' states, the epoch scores with the best epoch's weights (None where the
+    checkpoint's own weights are the best), and the running average of the last epochs' weights.
+    Checkpoints store it as a plain dict (`as_dict`), which `torch.load(weights_only=True)` reads;
+    `from_dict` fills what older checkpoints lack."""
+    step: int
+    epoch: int
+    next_group: int
+    total_steps: int
+    batches: list[list[int]]
+    epoch_losses: list[float]
+    all_losses: list[float]
+    epoch_train: list[float]
+    epoch_val: list[float | None]
+    examples_seen: int
+    tokens_seen: int
+    seconds: float
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+    epoch_scores: list[list[float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    average_weights: dict[str, torch.Tensor] | None = None
+    average_count: int = 0
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy, unlike asdict
+
+    @classmethod
+    def from_dict(cls, d: "dict | TrainState") -> "TrainState":
+        if isinstance(d, cls):
+            return d
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 class TrainingInterrupted(Exception):
@@ -235,7 +276,7 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
           progress: bool = True, desc: str = "train",
           checkpoint: Callable[[dict, str], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          resume: dict | None = None,
+          resume: TrainState | dict | None = None,
           select: Callable[[object, Callable[[], bool] | None], tuple[float, ...]] | None = None,
           keep_dir: str | Path | None = None) -> TrainResult:
     from . import distributed
@@ -289,21 +330,21 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
     average = WeightAverage(keep_dir) if cfg.average_epochs else None
     start_epoch, start_group, carried, elapsed = 0, 0, [], 0.0
     if resume is not None:
-        if resume["total_steps"] != total_steps:
-            raise ValueError(f"checkpoint was made for {resume['total_steps']} steps, this training has {total_steps}")
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        step, examples_seen, tokens_seen = resume["step"], resume["examples_seen"], resume["tokens_seen"]
-        all_losses, epoch_train = list(resume["all_losses"]), list(resume["epoch_train"])
-        epoch_val = list(resume["epoch_val"])
-        start_epoch, start_group = resume["epoch"], resume["next_group"]
-        carried, elapsed = list(resume["epoch_losses"]), resume["seconds"]
-        scores = [tuple(x) for x in resume.get("epoch_scores", [])]
-        best_epoch = resume.get("best_epoch")
+        resume = TrainState.from_dict(resume)
+        if resume.total_steps != total_steps:
+            raise ValueError(f"checkpoint was made for {resume.total_steps} steps, this training has {total_steps}")
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        step, examples_seen, tokens_seen = resume.step, resume.examples_seen, resume.tokens_seen
+        all_losses, epoch_train, epoch_val = list(resume.all_losses), list(resume.epoch_train), list(resume.epoch_val)
+        start_epoch, start_group = resume.epoch, resume.next_group
+        carried, elapsed = list(resume.epoch_losses), resume.seconds
+        scores = [tuple(x) for x in resume.epoch_scores]
+        best_epoch = resume.best_epoch
         if best_epoch is not None:  # no weights in the state: the checkpoint's own are the best
-            best.keep(resume.get("best_weights") or model.state_dict())
-        if average is not None and resume.get("average_count"):
-            average.restore(resume["average_weights"], resume["average_count"])
+            best.keep(resume.best_weights or model.state_dict())
+        if average is not None and resume.average_count:
+            average.restore(resume.average_weights, resume.average_count)
     trim = heap_trimmer()
     start = time.perf_counter() - elapsed
     bar = progress_bar(total_steps, desc, enabled=progress, initial=step, unit="steps")
@@ -311,17 +352,16 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
     def state(epoch: int, next_group: int, batches: list, epoch_losses: list[float]) -> dict:
         # the checkpoint's own weights are the best epoch's, except in the averaging phase (the average's)
         current = best_epoch is not None and next_group == 0 and best_epoch == epoch < cfg.epochs
-        return {
-            "epoch_scores": [list(x) for x in scores], "best_epoch": best_epoch,
-            "best_weights": None if current or best_epoch is None else best.weights(),
-            "average_weights": average.weights() if average is not None else None,
-            "average_count": average.count if average is not None else 0,
-            "step": step, "epoch": epoch, "next_group": next_group, "total_steps": total_steps,
-            "batches": batches, "epoch_losses": list(epoch_losses), "all_losses": list(all_losses),
-            "epoch_train": list(epoch_train), "epoch_val": list(epoch_val), "examples_seen": examples_seen,
-            "tokens_seen": tokens_seen, "seconds": time.perf_counter() - start,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-        }
+        return TrainState(
+            step=step, epoch=epoch, next_group=next_group, total_steps=total_steps, batches=batches,
+            epoch_losses=list(epoch_losses), all_losses=list(all_losses), epoch_train=list(epoch_train),
+            epoch_val=list(epoch_val), examples_seen=examples_seen, tokens_seen=tokens_seen,
+            seconds=time.perf_counter() - start, optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), rng=rng_state(), epoch_scores=[list(x) for x in scores],
+            best_epoch=best_epoch, best_weights=None if current or best_epoch is None else best.weights(),
+            average_weights=average.weights() if average is not None else None,
+            average_count=average.count if average is not None else 0,
+        ).as_dict()
 
     def interrupt(epoch: int, next_group: int, batches: list, epoch_losses: list[float]):
         bar.close()
@@ -336,10 +376,10 @@ def train(model, train_data: Sequence[Encoded], cfg: TrainConfig, model_type: st
         batches = sampler.batches()
         epoch_losses: list[float] = carried if epoch == start_epoch else []
         resuming = resume is not None and epoch == start_epoch
-        if resuming and resume["batches"] != batches:
+        if resuming and resume.batches != batches:
             raise ValueError("the data order differs from the checkpoint's (were the examples changed?)")
         if resuming:  # the RNG state where the checkpoint took it (the loader draws nothing from it)
-            set_rng_state(resume["rng"])
+            set_rng_state(resume.rng)
         # The epoch's micro-batches in the sampler's order from the first untrained one, collated by
         # the loader's workers while the steps run (a couple of batches ahead).
         feed = iter(loader)
