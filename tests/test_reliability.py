@@ -191,6 +191,32 @@ def test_resume_refuses_other_options_and_completed_runs(interrupted, tmp_path):
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "not a run id" in r.output
 
 
+def test_a_resumed_run_compares_with_the_options_it_was_started_with(interrupted, tmp_path):
+    """The comparison options given to `wmg train` are kept with the run: a resume compares as the
+    start asked (here: not at all, --no-compare) unless an option is given again; a run recorded
+    before they were kept says so in one line and takes the options given and the defaults."""
+    db, _ = _copy(interrupted, tmp_path / "w")
+    assert json.loads(q(db, "SELECT config_json FROM runs")[0][0])["compare"]["compare"] is False
+    r = wmg(["train", "--resume", "1", "--max-new-tokens", "8", "--db", db], cwd=tmp_path / "w")
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = next(l for l in r.stdout.splitlines() if "Comparison options as run 1 was started" in l)
+    assert "compare=False" in line and "no_repeat_ngram_size=3" in line and "max_new_tokens" not in line
+    assert q(db, "SELECT COUNT(*) FROM evaluations") == [(0,)]
+
+    db, _ = _copy(interrupted, tmp_path / "older")
+    with sqlite3.connect(db) as conn:  # as a run recorded before the options were kept
+        cfg = json.loads(conn.execute("SELECT config_json FROM runs").fetchone()[0])
+        del cfg["compare"]
+        conn.execute("UPDATE runs SET config_json = ?", (json.dumps(cfg),))
+    r = wmg(["train", "--resume", "1", "--max-new-tokens", "8", "--no-repeat-ngram-size", "0", "--db", db],
+            cwd=tmp_path / "older")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "! Run 1 kept no comparison options" in r.stdout
+    (ev,) = q(db, "SELECT config_json FROM evaluations")
+    assert {k: json.loads(ev[0])[k] for k in ("max_new_tokens", "no_repeat_ngram_size")} == \
+        {"max_new_tokens": 8, "no_repeat_ngram_size": 0}
+
+
 def test_truncated_checkpoint_is_one_clear_line_and_the_run_stays_as_it_was(interrupted, tmp_path):
     db, folder = _copy(interrupted, tmp_path / "w")
     before = q(db, "SELECT * FROM runs"), losses(db)

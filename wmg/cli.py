@@ -415,7 +415,8 @@ def _given(ctx, name: str) -> bool:
               help="Continue a study with its own options: make (or resume) the runs it still lacks.")
 @click.option("--resume", "resume", type=RUN_ID, default=None,
               help="Continue an interrupted run from its last checkpoint, with its own data split and options "
-                   "(only the comparison and display options may be given with it).")
+                   "(only the comparison and display options may be given with it; those not given are the "
+                   "run's own, as its start gave them).")
 @db_option
 @output_options(("comparison", "run", "study", "study_pairs"))
 @handle_errors
@@ -436,7 +437,8 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
     """
     from . import device as dev
     from .config import resolve_models
-    from .pipeline import CompareOptions, TrainOptions, compare_run, hash_extra_training, resume_run, start_study, train_run
+    from .pipeline import (COMPARE_OPTIONS, CompareOptions, TrainOptions, compare_run, hash_extra_training, resume_run,
+                           start_study, train_run)
 
     ctx = click.get_current_context()
 
@@ -467,6 +469,21 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
 
         run = store.get_run(resume)
         info = dev.setup(run.device, run.platform, echo, precision=run.config["precision"])
+        recorded = run.config.get("compare")
+        if recorded is None and run.study_id is not None:
+            recorded = store.get_study(run.study_id).config.get("compare")
+        if recorded is None:
+            echo(f"! Run {resume} kept no comparison options (recorded before wmg kept them): it is compared "
+                 "with the options given here and wmg's defaults for the others")
+        else:  # an option given now wins; the others are the run's own
+            taken = {name: recorded[key] for name, key in COMPARE_OPTIONS.items()
+                     if key in recorded and not _given(ctx, name)}
+            compare, baseline = taken.get("compare", compare), taken.get("baseline", baseline)
+            max_new_tokens, no_repeat = taken.get("max_new_tokens", max_new_tokens), taken.get("no_repeat", no_repeat)
+            location_span, report = taken.get("location_span", location_span), taken.get("report", report)
+            if taken:
+                echo(f"✓ Comparison options as run {resume} was started: "
+                     + ", ".join(f"{COMPARE_OPTIONS[n]}={v}" for n, v in taken.items()))
         resume_run(store, resume, echo, progress)
         run_id, prec, device = resume, info.precision, run.device
     else:
@@ -535,6 +552,9 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
                 return
             _run_study(store, sid, fold, output, show_examples and _given(ctx, "show_examples"), progress)
             return
+        opts.compare = {COMPARE_OPTIONS[name]: value for name, value in (
+            ("compare", compare), ("baseline", baseline), ("max_new_tokens", max_new_tokens),
+            ("no_repeat", no_repeat), ("location_span", location_span), ("report", report))}
         run_id = train_run(store, opts, echo)
     echo("")
     echo(f"Run id: {run_id}")

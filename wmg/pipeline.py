@@ -103,6 +103,15 @@ class TrainOptions:
     # and every fold of a study, builds from these, never from the defaults of the wmg that happens
     # to run it (they may have changed since). None: resolve from this wmg's defaults.
     model_configs: dict | None = None
+    # The comparison options the run was started with (`wmg train`: COMPARE_OPTIONS' keys), so a
+    # resumed run compares as its start asked. None for a study's runs (the study keeps them) and
+    # for runs recorded before this was kept.
+    compare: dict | None = None
+
+
+# `wmg train`'s comparison options, as a run's config keeps them (the keys a study's "compare" uses)
+COMPARE_OPTIONS = {"compare": "compare", "baseline": "baseline", "max_new_tokens": "max_new_tokens",
+                   "no_repeat": "no_repeat_ngram_size", "location_span": "location_span", "report": "report"}
 
 
 def prepare_data(opts: TrainOptions, echo: Echo) -> tuple[list[Example], list[Example]]:

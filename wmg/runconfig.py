@@ -129,7 +129,7 @@ def run_config(run, study=None) -> str:
     pairs += [(OPTION_OF_FIELD.get(k, k), v) for k, v in sorted((cfg.get("overrides") or {}).items())]
     ev = run.latest_evaluation
     compare = study.config.get("compare", {}) if study is not None else \
-        (ev.config if ev is not None and ev.source == "validation" else {})
+        (cfg.get("compare") or (ev.config if ev is not None and ev.source == "validation" else {}))
     pairs += [(k, compare.get(k)) for k in ("max_new_tokens", "no_repeat_ngram_size", "location_span")]
     if study is not None:
         pairs += [("baseline", compare.get("baseline"))]
