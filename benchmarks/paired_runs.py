@@ -3,29 +3,45 @@ run and a run of the same fold with one option changed), each possibly in its ow
 the examples both were compared on (the same excerpt and instruction in the same comparison source:
 the held-out fold, or a `--data` file). Prints, per source, model and form (all, open), both
 accuracies, the difference with a bootstrap interval, the examples only one got right and McNemar's
-exact p, and both format rates; the figures of the README's lever tables.
+exact p, and both format rates; the figures of the README's lever tables. A source whose two
+comparisons were generated with other settings (precision, n-gram rule, ...) is flagged.
 
     python benchmarks/paired_runs.py --base study.db:1 --lever lever.db:1
 """
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sqlite3
 
 from wmg.stats import paired
 
 
-def outcomes(db: str, run: int) -> dict[tuple, tuple]:
-    """(source, model, excerpt, instruction) -> (form, right, well-formed) for every comparison of a run."""
-    out = {}
+# What changes the generated text besides the weights: pairs made under other settings mix the
+# lever with them (bf16 and fp32 greedy outputs differ, so do the n-gram rule's)
+SETTINGS = ("precision", "no_repeat_ngram_size", "max_new_tokens", "location_span", "batch_size")
+
+
+def outcomes(db: str, run: int) -> tuple[dict[tuple, tuple], dict[str, dict]]:
+    """(source, model, excerpt, instruction) -> (form, right, well-formed) for every comparison of a
+    run, and each source's generation settings (the latest comparison's, which the pairs use)."""
+    out, settings = {}, {}
     with sqlite3.connect(db) as conn:
-        for ev, source in conn.execute("SELECT id, source FROM evaluations WHERE run_id = ? ORDER BY id", (run,)):
+        for ev, source, config in conn.execute("SELECT id, source, config_json FROM evaluations WHERE run_id = ? "
+                                               "ORDER BY id", (run,)):
+            cfg = json.loads(config)
+            settings[source] = {k: cfg.get(k) for k in SETTINGS}
             for model, inp, ins, form, ok, fmt in conn.execute(
                     "SELECT p.model, x.input, x.instruction, x.instruction_form, p.matches_gold, p.format_ok "
                     "FROM predictions p JOIN examples x ON x.id = p.example_id WHERE p.evaluation_id = ?", (ev,)):
                 out[(source, model, inp, ins)] = (form, int(ok), int(fmt))  # a later comparison replaces one
-    return out
+    return out, settings
+
+
+def differences(base: dict, lever: dict) -> str:
+    """The generation settings two comparisons differ in, as `name base -> lever`; empty if none."""
+    return ", ".join(f"{k} {base.get(k)} -> {lever.get(k)}" for k in SETTINGS if base.get(k) != lever.get(k))
 
 
 def main() -> None:
@@ -40,11 +56,15 @@ def main() -> None:
     for db in (bdb, ldb):
         if not pathlib.Path(db).is_file():
             raise SystemExit(f"{db}: no such store")
-    base, lever = outcomes(bdb, brun), outcomes(ldb, lrun)
+    (base, base_settings), (lever, lever_settings) = outcomes(bdb, brun), outcomes(ldb, lrun)
     shared = sorted(set(base) & set(lever))
     if not shared:
         raise SystemExit("the two runs share no compared example (other folds, or not compared yet)")
     for source in sorted({k[0] for k in shared}):
+        changed = differences(base_settings[source], lever_settings[source])
+        if changed:
+            print(f"! {source}: the two comparisons were generated differently ({changed}): "
+                  "its changes mix the lever with that; compare again with the same options to pair them")
         for model in sorted({k[1] for k in shared if k[0] == source}):
             keys = [k for k in shared if k[:2] == (source, model)]
             for form, sel in (("all", keys), ("open", [k for k in keys if lever[k][0] == "open"])):
