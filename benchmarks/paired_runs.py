@@ -29,7 +29,7 @@ def outcomes(db: str, run: int) -> tuple[dict[tuple, tuple], dict[str, dict]]:
     out, settings = {}, {}
     with sqlite3.connect(db) as conn:
         for ev, source, config in conn.execute("SELECT id, source, config_json FROM evaluations WHERE run_id = ? "
-                                               "ORDER BY id", (run,)):
+                                               "AND status = 'completed' ORDER BY id", (run,)):
             cfg = json.loads(config)
             settings[source] = {k: cfg.get(k) for k in SETTINGS}
             for model, inp, ins, form, ok, fmt in conn.execute(
