@@ -455,6 +455,7 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
             raise click.UsageError(f"{flag} changes the architecture: it applies to scratch init only")
     if (fold is not None or seeds > 1) and folds is None and study is None:
         raise click.UsageError(f"--{'fold' if fold is not None else 'seeds'} needs --folds K (or --study ID)")
+    comparing = {name: ctx.params[name] for name in COMPARE_OPTIONS}  # this command's comparison options
     if study is not None:
         refuse_options("--study continues a study", {"study", "fold", "show_examples"})
 
@@ -469,7 +470,7 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
 
         run = store.get_run(resume)
         info = dev.setup(run.device, run.platform, echo, precision=run.config["precision"])
-        recorded = run.config.get("compare")
+        recorded = run.config.get("compare")  # the comparison's options as the run was started
         if recorded is None and run.study_id is not None:
             recorded = store.get_study(run.study_id).config.get("compare")
         if recorded is None:
@@ -478,9 +479,7 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
         else:  # an option given now wins; the others are the run's own
             taken = {name: recorded[key] for name, key in COMPARE_OPTIONS.items()
                      if key in recorded and not _given(ctx, name)}
-            compare, baseline = taken.get("compare", compare), taken.get("baseline", baseline)
-            max_new_tokens, no_repeat = taken.get("max_new_tokens", max_new_tokens), taken.get("no_repeat", no_repeat)
-            location_span, report = taken.get("location_span", location_span), taken.get("report", report)
+            comparing.update(taken)
             if taken:
                 echo(f"✓ Comparison options as run {resume} was started: "
                      + ", ".join(f"{COMPARE_OPTIONS[n]}={v}" for n, v in taken.items()))
@@ -552,17 +551,15 @@ def train(data_sha256, data, models, examples, eval_split, seed, init, weights, 
                 return
             _run_study(store, sid, fold, output, show_examples and _given(ctx, "show_examples"), progress)
             return
-        opts.compare = {COMPARE_OPTIONS[name]: value for name, value in (
-            ("compare", compare), ("baseline", baseline), ("max_new_tokens", max_new_tokens),
-            ("no_repeat", no_repeat), ("location_span", location_span), ("report", report))}
+        opts.compare = {COMPARE_OPTIONS[name]: value for name, value in comparing.items()}
         run_id = train_run(store, opts, echo)
     echo("")
     echo(f"Run id: {run_id}")
-    if compare:
-        comparison = compare_run(store, CompareOptions(run_id=run_id, max_new_tokens=max_new_tokens, precision=prec,
-                                                    device=device, no_repeat_ngram_size=no_repeat,
-                                                    location_span=location_span, report=report,
-                                                    progress=progress, baseline=baseline), echo)
+    if comparing["compare"]:
+        comparison = compare_run(store, CompareOptions(
+            run_id=run_id, max_new_tokens=comparing["max_new_tokens"], precision=prec, device=device,
+            no_repeat_ngram_size=comparing["no_repeat"], location_span=comparing["location_span"],
+            report=comparing["report"], progress=progress, baseline=comparing["baseline"]), echo)
         show_comparison(comparison, output, show_examples)
         echo(f"Run id: {run_id}")
     elif output.machine or output.out:
